@@ -15,6 +15,7 @@ from cluster.errors import DqemuError
 
 SUBCOMMANDS: list[str] = [
     "cluster.qemu_build",
+    "cluster.guest_images",
     "loopback.command",
 ]
 
