@@ -1,10 +1,124 @@
-"""``dqemu loopback``: placeholder until the launcher module lands."""
+"""``dqemu loopback``: run a VM with every shard on this machine.
+
+The VM comes from a TOML spec (``--spec``) or from flags for the common case. Exits with
+the guest: 0 on a clean poweroff, QEMU's own status when the guest ends the VM through a
+device such as isa-debug-exit, and non-zero with a one-line reason otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import DqemuError
+from cluster.spec import DEVICE_KINDS, MAX_VCPUS, VMSpec, flag_reader, load_spec, spec_from_data
+
+_FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
+    ("vm", "vcpus"): "--vcpus",
+    ("vm", "memory"): "--memory",
+    ("vm", "machine"): "--machine",
+    ("boot", "kernel"): "--kernel",
+    ("boot", "initrd"): "--initrd",
+    ("boot", "append"): "--append",
+    ("boot", "timeout"): "--timeout",
+    ("shard", "vcpus"): "--placement",
+    ("shard", None): "--placement/--shards",
+    ("device", "shard"): "--device/--drive/--netdev (the @SHARD suffix)",
+    ("device", None): "--device/--drive/--netdev",
+}
+_SPEC_EXCLUSIVE = ("kernel", "initrd", "vcpus", "memory", "shards", "placement", "machine")
+
+
+def _device_arg(kind: str, value: str) -> dict[str, Any]:
+    args, sep, shard = value.rpartition("@")
+    if not sep or not shard.isdigit():
+        args, shard = value, "0"
+    return {kind: args, "shard": int(shard)}
+
+
+def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
+    if ns.kernel is None:
+        raise DqemuError("give either --spec FILE or --kernel FILE (see dqemu loopback --help)")
+    shards = ns.shards or 1
+    if ns.placement:
+        groups = ns.placement.split(";")
+        if ns.shards and len(groups) != ns.shards:
+            raise DqemuError(
+                f"--placement names {len(groups)} shard(s) but --shards is {ns.shards}"
+            )
+        placement = groups
+    else:
+        if ns.vcpus < 1:
+            raise DqemuError(f"--vcpus: {ns.vcpus} is outside 1..{MAX_VCPUS}")
+        if shards > ns.vcpus:
+            raise DqemuError(f"--shards {shards} is more than --vcpus {ns.vcpus}")
+        per, extra = divmod(ns.vcpus, shards)
+        placement, start = [], 0
+        for i in range(shards):
+            n = per + (1 if i < extra else 0)
+            placement.append(f"{start}-{start + n - 1}")
+            start += n
+    boot: dict[str, Any] = {"kernel": ns.kernel, "append": ns.append or ""}
+    if ns.initrd:
+        boot["initrd"] = ns.initrd
+    if ns.timeout is not None:
+        boot["timeout"] = ns.timeout
+    data: dict[str, Any] = {
+        "vm": {"vcpus": ns.vcpus, "memory": ns.memory, "machine": ns.machine},
+        "boot": boot,
+        "shard": [{"id": i, "vcpus": cpus} for i, cpus in enumerate(placement)],
+        "device": [_device_arg(k, v) for k in DEVICE_KINDS for v in getattr(ns, k) or []],
+    }
+    return spec_from_data(data, flag_reader(_FLAG_KEYS), Path.cwd())
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from loopback.launcher import run_loopback  # heavy imports only when running
+
+    if ns.spec is not None:
+        mixed = [f"--{k}" for k in _SPEC_EXCLUSIVE if getattr(ns, k) not in (None, [])]
+        mixed += [f"--{k}" for k in DEVICE_KINDS if getattr(ns, k)]
+        if mixed:
+            raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
+        spec = load_spec(ns.spec)
+    else:
+        if ns.vcpus is None:
+            ns.vcpus = 1
+        if ns.memory is None:
+            ns.memory = "512M"
+        if ns.machine is None:
+            ns.machine = "q35"
+        spec = spec_from_flags(ns)
+    result = run_loopback(spec)
+    if result.exit_code == 0:
+        print(f"dqemu: {result.reason}", file=sys.stderr)
+    else:
+        print(f"dqemu: error: {result.reason} (exit {result.exit_code})", file=sys.stderr)
+    return result.exit_code
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("loopback", help="run a VM with every shard on this machine")
-    p.set_defaults(func=lambda _args: 0)
+    p = sub.add_parser(
+        "loopback",
+        help="run a VM with every shard on this machine",
+        description="Run a VM with every shard on this machine, show its serial console "
+        "and exit with the guest.",
+    )
+    p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
+    p.add_argument("--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR")
+    p.add_argument("--initrd", help="initrd file, or guest:FLAVOUR")
+    p.add_argument("--append", help="kernel command line (console=ttyS0 is added)")
+    p.add_argument("--vcpus", type=int, help="number of vCPUs (default 1)")
+    p.add_argument("--memory", help="guest RAM, e.g. 512M or 2G (default 512M)")
+    p.add_argument("--machine", choices=("q35", "pc"), help="machine type (default q35)")
+    p.add_argument("--shards", type=int, help="number of shards (vCPUs split evenly)")
+    p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
+    p.add_argument("--timeout", type=float, help="seconds before giving up on the guest")
+    for kind in DEVICE_KINDS:
+        p.add_argument(
+            f"--{kind}", action="append", metavar="ARGS[@SHARD]",
+            help=f"QEMU -{kind} option, owned by SHARD (default 0)",
+        )  # fmt: skip
+    p.set_defaults(func=_run)

@@ -1,0 +1,386 @@
+"""The VM spec: one TOML file describes a whole distributed VM.
+
+Every shard builds the same machine from it; the placement (which shard runs which vCPU,
+which shard owns which device) is part of it. ``docs/spec.md`` documents the format. Loading
+reports the first problem as a :class:`SpecError` that names the key and its line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import DqemuError
+
+MAX_VCPUS = 256
+MAX_SHARDS = 64
+DEVICE_KINDS = ("device", "drive", "netdev", "chardev", "object")
+MACHINES = ("q35", "pc")
+GUEST_PREFIX = "guest:"
+
+
+class SpecError(DqemuError):
+    """A problem in a VM spec, located by key path and (when known) line."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    id: int
+    vcpus: tuple[int, ...]
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    kind: str  # one of DEVICE_KINDS: the QEMU option it becomes (-device, -drive, ...)
+    args: str  # the option's argument, passed through to QEMU unchanged
+    shard: int  # the owner shard
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    kernel: str  # a path, or "guest:FLAVOUR" for the built Linux test guest
+    initrd: str | None
+    append: str
+    timeout: float  # seconds before the launcher gives up on the guest
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str
+    vcpus: int
+    memory_mib: int
+    machine: str
+    numa: bool
+    io_shard: int  # owner of the platform devices: serial, RTC, PIT, IOAPIC, HPET, PCI host
+    boot: BootSpec
+    shards: tuple[ShardSpec, ...]
+    devices: tuple[DeviceSpec, ...] = field(default=())
+    source: Path | None = None
+
+    def shard_of_vcpu(self, vcpu: int) -> int:
+        for s in self.shards:
+            if vcpu in s.vcpus:
+                return s.id
+        raise KeyError(vcpu)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_UNITS_MIB = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_memory(value: str | int) -> int:
+    """Memory size in MiB from an int (MiB) or a string like "512M", "2G", "1GiB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512M or 2G")
+    if isinstance(value, int):
+        mib = value
+    else:
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size such as 512M or 2G")
+        mib_f = int(m.group(1)) * _UNITS_MIB[m.group(2).upper()]
+        if mib_f != int(mib_f):
+            raise ValueError(f"{value!r} is not a whole number of MiB")
+        mib = int(mib_f)
+    if not 16 <= mib <= 1024 * 1024:
+        raise ValueError(f"{mib} MiB is outside 16 MiB .. 1 TiB")
+    return mib
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """'0-1,4' -> (0, 1, 4)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"empty element in CPU list {text!r}")
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{part!r} is not a CPU number or range")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"range {part!r} runs backwards")
+        out.extend(range(a, b + 1))
+    return tuple(out)
+
+
+class _Locator:
+    """Finds the line of a key in the TOML text, for error messages."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]\]?\s*(#.*)?$")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str | None, index: int | None, key: str | None) -> int | None:
+        current: tuple[str | None, int | None] = (None, None)
+        counts: dict[str, int] = {}
+        header_line: int | None = None
+        for no, line in enumerate(self.lines, start=1):
+            m = self._HEADER.match(line)
+            if m:
+                name = m.group(2)
+                if m.group(1) == "[[":
+                    counts[name] = counts.get(name, -1) + 1
+                    current = (name, counts[name])
+                else:
+                    current = (name, None)
+                if current == (table, index):
+                    header_line = no
+                continue
+            if (
+                current == (table, index)
+                and key is not None
+                and re.match(rf"^\s*{re.escape(key)}\s*=", line)
+            ):
+                return no
+        return header_line
+
+
+class _Reader:
+    def __init__(self, text: str, origin: str) -> None:
+        self.loc = _Locator(text)
+        self.origin = origin
+        self.flags: dict[tuple[str | None, str | None], str] | None = None
+
+    def fail(self, table: str | None, index: int | None, key: str | None, msg: str) -> SpecError:
+        if self.flags is not None:
+            flag = self.flags.get((table, key)) or self.flags.get((table, None))
+            return SpecError(f"{flag}: {msg}" if flag else msg)
+        path = ".".join(
+            p
+            for p in (
+                (f"{table}[{index}]" if index is not None else table) if table else None,
+                key,
+            )
+            if p
+        )
+        line = self.loc.line_of(table, index, key)
+        where = f"{self.origin}:{line}" if line else self.origin
+        return SpecError(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
+
+    def table(
+        self,
+        data: dict[str, Any],
+        name: str,
+        index: int | None,
+        required: set[str],
+        optional: dict[str, type | tuple[type, ...]],
+        types: dict[str, type | tuple[type, ...]],
+    ) -> dict[str, Any]:
+        allowed = set(types) | set(optional)
+        for key in data:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail(name, index, key, f"unknown key (known keys: {known})")
+        for key in sorted(required):
+            if key not in data:
+                raise self.fail(name, index, None, f"missing required key {key!r}")
+        for key, value in data.items():
+            want = types.get(key) or optional[key]
+            if isinstance(value, bool) and bool not in _as_tuple(want):
+                raise self.fail(name, index, key, f"expected {_type_name(want)}, got a boolean")
+            if not isinstance(value, want):
+                raise self.fail(
+                    name, index, key, f"expected {_type_name(want)}, got {_toml_type(value)}"
+                )
+        return data
+
+
+def _as_tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
+    }
+    return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
+
+
+def _toml_type(v: object) -> str:
+    return (
+        _type_name(type(v)) if type(v) in (str, int, float, bool, list, dict) else type(v).__name__
+    )
+
+
+def load_spec(path: Path) -> VMSpec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror}") from exc
+    return parse_spec(text, origin=str(path), base=path.parent)
+
+
+def parse_spec(text: str, origin: str = "<spec>", base: Path | None = None) -> VMSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{origin}: not valid TOML: {exc}") from exc
+    return spec_from_data(data, _Reader(text, origin), base)
+
+
+def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpec:
+    for key in data:
+        if key not in ("vm", "boot", "shard", "device"):
+            raise r.fail(
+                None, None, None, f"unknown table [{key}] (known: vm, boot, shard, device)"
+            )
+    if "vm" not in data or not isinstance(data["vm"], dict):
+        raise r.fail(None, None, None, "missing table [vm]")
+    if "boot" not in data or not isinstance(data["boot"], dict):
+        raise r.fail(None, None, None, "missing table [boot]")
+
+    vm = r.table(
+        data["vm"],
+        "vm",
+        None,
+        required={"vcpus", "memory"},
+        optional={"name": str, "machine": str, "numa": bool, "io_shard": int},
+        types={"vcpus": int, "memory": (str, int)},
+    )
+    vcpus = vm["vcpus"]
+    if not 1 <= vcpus <= MAX_VCPUS:
+        raise r.fail("vm", None, "vcpus", f"{vcpus} is outside 1..{MAX_VCPUS}")
+    try:
+        memory = parse_memory(vm["memory"])
+    except ValueError as exc:
+        raise r.fail("vm", None, "memory", str(exc)) from None
+    machine = vm.get("machine", "q35")
+    if machine not in MACHINES:
+        raise r.fail("vm", None, "machine", f"{machine!r} is not one of {', '.join(MACHINES)}")
+
+    boot = r.table(
+        data["boot"],
+        "boot",
+        None,
+        required={"kernel"},
+        optional={"initrd": str, "append": str, "timeout": (int, float)},
+        types={"kernel": str},
+    )
+    timeout = float(boot.get("timeout", 300))
+    if timeout <= 0:
+        raise r.fail("boot", None, "timeout", "must be positive")
+    kernel = _boot_file(r, boot, "kernel", base)
+    initrd = _boot_file(r, boot, "initrd", base) if "initrd" in boot else None
+
+    shards_raw = data.get("shard", [{"id": 0, "vcpus": f"0-{vcpus - 1}"}])
+    if not isinstance(shards_raw, list):
+        raise r.fail("shard", None, None, "must be an array of tables: write [[shard]]")
+    if not 1 <= len(shards_raw) <= MAX_SHARDS:
+        raise r.fail("shard", None, None, f"{len(shards_raw)} shards is outside 1..{MAX_SHARDS}")
+    shards: list[ShardSpec] = []
+    placed: dict[int, int] = {}
+    for i, raw in enumerate(shards_raw):
+        s = r.table(
+            raw,
+            "shard",
+            i,
+            required={"id", "vcpus"},
+            optional={"host": str},
+            types={"id": int, "vcpus": (str, list)},
+        )
+        sid = s["id"]
+        if sid != i:
+            raise r.fail("shard", i, "id", f"shard ids must be 0, 1, 2, ... in order; expected {i}")
+        try:
+            cpus = parse_cpu_list(s["vcpus"]) if isinstance(s["vcpus"], str) else tuple(s["vcpus"])
+        except ValueError as exc:
+            raise r.fail("shard", i, "vcpus", str(exc)) from None
+        for c in cpus:
+            if not isinstance(c, int) or isinstance(c, bool):
+                raise r.fail("shard", i, "vcpus", f"{c!r} is not a vCPU index")
+            if not 0 <= c < vcpus:
+                raise r.fail("shard", i, "vcpus", f"vCPU {c} does not exist (vm.vcpus = {vcpus})")
+            if c in placed:
+                raise r.fail(
+                    "shard", i, "vcpus", f"vCPU {c} is already placed on shard {placed[c]}"
+                )
+            placed[c] = sid
+        if not cpus:
+            raise r.fail("shard", i, "vcpus", "a shard must run at least one vCPU")
+        shards.append(ShardSpec(sid, tuple(sorted(cpus)), s.get("host")))
+    unplaced = [c for c in range(vcpus) if c not in placed]
+    if unplaced:
+        raise r.fail(
+            "shard", None, None, f"vCPU(s) {', '.join(map(str, unplaced))} not placed on any shard"
+        )
+
+    io_shard = vm.get("io_shard", 0)
+    if not 0 <= io_shard < len(shards):
+        raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
+
+    devices: list[DeviceSpec] = []
+    devs_raw = data.get("device", [])
+    if not isinstance(devs_raw, list):
+        raise r.fail("device", None, None, "must be an array of tables: write [[device]]")
+    for i, raw in enumerate(devs_raw):
+        kinds = [k for k in DEVICE_KINDS if k in raw]
+        d = r.table(
+            raw,
+            "device",
+            i,
+            required={"shard"},
+            optional=dict.fromkeys(DEVICE_KINDS, str),
+            types={"shard": int},
+        )
+        if len(kinds) != 1:
+            raise r.fail(
+                "device",
+                i,
+                None,
+                f"needs exactly one of {', '.join(DEVICE_KINDS)} (found {len(kinds)})",
+            )
+        owner = d["shard"]
+        if not 0 <= owner < len(shards):
+            raise r.fail(
+                "device",
+                i,
+                "shard",
+                f"shard {owner} does not exist (the spec has {len(shards)} shard(s))",
+            )
+        args = d[kinds[0]]
+        if not args.strip():
+            raise r.fail("device", i, kinds[0], "is empty")
+        devices.append(DeviceSpec(kinds[0], args, owner))
+
+    return VMSpec(
+        name=vm.get("name", "dqemu-vm"),
+        vcpus=vcpus,
+        memory_mib=memory,
+        machine=machine,
+        numa=vm.get("numa", True),
+        io_shard=io_shard,
+        boot=BootSpec(kernel, initrd, boot.get("append", ""), timeout),
+        shards=tuple(shards),
+        devices=tuple(devices),
+        source=Path(r.origin) if base is not None else None,
+    )
+
+
+def _boot_file(r: _Reader, boot: dict[str, Any], key: str, base: Path | None) -> str:
+    value: str = boot[key]
+    if value.startswith(GUEST_PREFIX):
+        return value
+    p = Path(value)
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_file():
+        raise r.fail("boot", None, key, f"file {value!r} does not exist")
+    return str(p)
+
+
+def flag_reader(flags: dict[tuple[str | None, str | None], str]) -> _Reader:
+    """A reader whose errors name command-line flags instead of spec keys and lines."""
+    r = _Reader("", "command line")
+    r.flags = flags
+    return r

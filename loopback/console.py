@@ -1,0 +1,82 @@
+"""The guest's serial console: copied from the shard's socket to the user, and watched.
+
+The watcher recognises a kernel panic and the test guest's ``DQ ...`` result lines, so the
+launcher can end a panicked VM at once and callers can read results without re-parsing.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+PANIC_MARKER = b"Kernel panic - not syncing"
+
+
+class ConsoleReader(threading.Thread):
+    def __init__(self, path: Path, sink: BinaryIO | None, alive: Callable[[], bool]) -> None:
+        super().__init__(name="console", daemon=True)
+        self.path = path
+        self.sink = sink
+        self.alive = alive
+        self.connected = threading.Event()
+        self.panic: str | None = None
+        self.panic_seen = threading.Event()
+        self._buf = bytearray()
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def connect(self, timeout: float) -> bool:
+        """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                time.sleep(0.02)
+                continue
+            self._sock = s
+            self.connected.set()
+            return True
+        return False
+
+    def run(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                if self.sink is not None:
+                    self.sink.write(data)
+                    self.sink.flush()
+                self._feed(data)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            self._feed(b"\n")
+
+    def _feed(self, data: bytes) -> None:
+        with self._lock:
+            self._buf += data
+            while (nl := self._buf.find(b"\n")) >= 0:
+                raw = bytes(self._buf[:nl]).rstrip(b"\r")
+                del self._buf[: nl + 1]
+                line = raw.decode("utf-8", "replace")
+                self._lines.append(line)
+                if PANIC_MARKER in raw and self.panic is None:
+                    self.panic = line[line.find("Kernel panic") :]
+                    self.panic_seen.set()
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)

@@ -1,0 +1,148 @@
+"""The VM spec parser: good specs load, bad ones name the key and the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.spec import SpecError, load_spec, parse_cpu_list, parse_memory, parse_spec
+
+GOOD = """\
+[vm]
+name = "t"
+vcpus = 4
+memory = "1G"
+
+[boot]
+kernel = "guest:cloud"
+initrd = "guest:cloud"
+append = "dq.run=cpus"
+
+[[shard]]
+id = 0
+vcpus = "0-1"
+
+[[shard]]
+id = 1
+vcpus = [2, 3]
+
+[[device]]
+device = "isa-debug-exit,iobase=0xf4,iosize=4"
+shard = 1
+"""
+
+
+def test_good_spec_loads() -> None:
+    spec = parse_spec(GOOD)
+    assert spec.vcpus == 4
+    assert spec.memory_mib == 1024
+    assert [s.vcpus for s in spec.shards] == [(0, 1), (2, 3)]
+    assert spec.devices[0].kind == "device"
+    assert spec.devices[0].shard == 1
+    assert spec.shard_of_vcpu(3) == 1
+
+
+def test_default_single_shard() -> None:
+    spec = parse_spec('[vm]\nvcpus = 3\nmemory = 256\n[boot]\nkernel = "guest:cloud"\n')
+    assert len(spec.shards) == 1
+    assert spec.shards[0].vcpus == (0, 1, 2)
+
+
+def _err(text: str) -> str:
+    with pytest.raises(SpecError) as ei:
+        parse_spec(text, origin="vm.toml")
+    return str(ei.value)
+
+
+def test_unknown_key_names_key_and_line() -> None:
+    msg = _err(GOOD.replace('memory = "1G"', 'memory = "1G"\ncolour = "blue"'))
+    assert msg.startswith("vm.toml:5: vm.colour: unknown key")
+
+
+def test_wrong_type_names_key_and_line() -> None:
+    msg = _err(GOOD.replace("vcpus = 4", 'vcpus = "four"'))
+    assert msg.startswith("vm.toml:3: vm.vcpus: expected an integer, got a string")
+
+
+def test_boolean_is_not_an_integer() -> None:
+    assert "got a boolean" in _err(GOOD.replace("vcpus = 4", "vcpus = true"))
+
+
+def test_missing_kernel_file(tmp_path: Path) -> None:
+    text = GOOD.replace('kernel = "guest:cloud"', 'kernel = "nope/bzImage"')
+    with pytest.raises(SpecError) as ei:
+        parse_spec(text, origin="vm.toml", base=tmp_path)
+    assert str(ei.value) == "vm.toml:7: boot.kernel: file 'nope/bzImage' does not exist"
+
+
+def test_unplaced_vcpu() -> None:
+    msg = _err(GOOD.replace("vcpus = [2, 3]", "vcpus = [2]"))
+    assert "vCPU(s) 3 not placed on any shard" in msg
+
+
+def test_vcpu_placed_twice() -> None:
+    msg = _err(GOOD.replace("vcpus = [2, 3]", "vcpus = [1, 2, 3]"))
+    assert msg.startswith("vm.toml:17: shard[1].vcpus: vCPU 1 is already placed on shard 0")
+
+
+def test_device_on_missing_shard() -> None:
+    msg = _err(GOOD.replace("shard = 1", "shard = 5"))
+    assert msg.startswith("vm.toml:21: device[0].shard: shard 5 does not exist")
+
+
+def test_device_needs_one_kind() -> None:
+    msg = _err(GOOD.replace("shard = 1", 'drive = "file=x"\nshard = 1'))
+    assert "device[0]: needs exactly one of" in msg
+
+
+def test_vcpu_out_of_range() -> None:
+    assert "vCPU 7 does not exist" in _err(GOOD.replace("[2, 3]", "[2, 3, 7]"))
+
+
+def test_bad_toml_has_line() -> None:
+    msg = _err("[vm]\nvcpus = = 4\n")
+    assert msg.startswith("vm.toml: not valid TOML:") and "line 2" in msg
+
+
+def test_missing_tables() -> None:
+    assert "missing table [boot]" in _err("[vm]\nvcpus = 1\nmemory = 64\n")
+
+
+def test_unknown_table() -> None:
+    assert "unknown table [disks]" in _err(GOOD + "\n[disks]\nx = 1\n")
+
+
+def test_shard_ids_in_order() -> None:
+    assert "shard ids must be 0, 1, 2" in _err(GOOD.replace("id = 1", "id = 2"))
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("512M", 512), ("2G", 2048), ("1GiB", 1024), (64, 64), ("65536K", 64)]
+)
+def test_parse_memory(text: str | int, mib: int) -> None:
+    assert parse_memory(text) == mib
+
+
+@pytest.mark.parametrize("text", ["lots", "1.5G", "8", "0M", True])
+def test_parse_memory_rejects(text: str | int) -> None:
+    with pytest.raises(ValueError):
+        parse_memory(text)
+
+
+def test_cpu_list() -> None:
+    assert parse_cpu_list("0-2,5") == (0, 1, 2, 5)
+    for bad in ("", "a", "3-1", "1,,2"):
+        with pytest.raises(ValueError):
+            parse_cpu_list(bad)
+
+
+def test_load_spec_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_example_specs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for path in root.glob("*.toml"):
+        load_spec(path)
