@@ -1,0 +1,5 @@
+import sys
+
+from cluster.router.command import main
+
+sys.exit(main())

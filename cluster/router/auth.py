@@ -1,0 +1,255 @@
+"""Per-VM secret handling and the HMAC-SHA256 challenge-response between routers.
+
+The secret never appears on a command line, in a config file, an environment variable or a
+log: it comes from an inherited file descriptor or a 0600 file. See docs/protocol.md,
+"Link set-up", for the exact MAC input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.router import protocol as p
+from cluster.router.transport import LinkClosed, read_frame
+
+MIN_SECRET_BYTES = 16
+_MAC_LABEL = b"DQMU-AUTH-1"
+
+
+class SecretError(ValueError):
+    """The secret could not be loaded; the message names the problem (never the secret)."""
+
+
+def generate_secret() -> bytes:
+    return secrets.token_hex(32).encode()
+
+
+def _clean(data: bytes, where: str) -> bytes:
+    data = data.rstrip(b"\r\n")
+    if len(data) < MIN_SECRET_BYTES:
+        raise SecretError(f"secret from {where} is {len(data)} bytes; need {MIN_SECRET_BYTES}+")
+    return data
+
+
+def load_secret_fd(fd: int) -> bytes:
+    """Read the secret from an inherited fd until EOF, then close the fd."""
+    try:
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            data = f.read(4096)
+    except OSError as e:
+        raise SecretError(f"cannot read secret from fd {fd}: {e.strerror}") from None
+    return _clean(data, f"fd {fd}")
+
+
+def load_secret_file(path: str | Path) -> bytes:
+    """Read the secret from a regular file that only its owner can read or write."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise SecretError(f"cannot open secret file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretError(f"secret file {path} is not a regular file")
+        if st.st_mode & 0o077:
+            raise SecretError(
+                f"secret file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                "it must not be accessible by group or others (chmod 600)"
+            )
+        if st.st_uid != os.geteuid():
+            raise SecretError(f"secret file {path} is not owned by this user")
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return _clean(data, str(path))
+
+
+def write_secret_file(path: str | Path, secret: bytes) -> Path:
+    """Create a 0600 secret file (for launchers and tests)."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, secret)
+    finally:
+        os.close(fd)
+    return path
+
+
+def vm_id_bytes(vm_id: str) -> bytes:
+    b = vm_id.encode()
+    if not b or len(b) > p.VM_ID_SIZE:
+        raise ValueError(f"vm id {vm_id!r} must be 1..{p.VM_ID_SIZE} bytes of UTF-8")
+    return b.ljust(p.VM_ID_SIZE, b"\0")
+
+
+def compute_mac(
+    secret: bytes,
+    vm_id: str,
+    prover: int,
+    verifier: int,
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+) -> bytes:
+    msg = (
+        _MAC_LABEL
+        + vm_id_bytes(vm_id)
+        + struct.pack("<HH", prover, verifier)
+        + verifier_nonce
+        + prover_nonce
+    )
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def verify_mac(
+    secret: bytes,
+    vm_id: str,
+    prover: int,
+    verifier: int,
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+    mac: bytes,
+) -> bool:
+    want = compute_mac(secret, vm_id, prover, verifier, verifier_nonce, prover_nonce)
+    return hmac.compare_digest(want, mac)
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    shard_id: int
+    features: int  # features both ends use
+
+
+class HandshakeRefused(Exception):
+    """The peer was refused (or refused us). ``reason`` is a one-line explanation."""
+
+    def __init__(self, reason: str, code: int, peer_shard: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+        self.peer_shard = peer_shard
+        self.by_peer = False  # True when the peer refused us (we got its ERROR)
+
+
+def _refuse(
+    sock: socket.socket, own_id: int, code: int, reason: str, peer: int | None
+) -> HandshakeRefused:
+    """Tell the peer why (best effort) and build the exception to raise."""
+    with contextlib.suppress(OSError):
+        sock.sendall(p.encode_frame(p.Error(code, reason), src=own_id, dst=p.DST_ROUTER))
+    return HandshakeRefused(reason, code, peer)
+
+
+def _expect(sock: socket.socket, own_id: int, mtype: int, peer: int | None) -> p.Frame:
+    try:
+        f = read_frame(sock)
+    except p.ProtocolError as e:
+        raise _refuse(sock, own_id, e.code, str(e), peer) from None
+    except TimeoutError:
+        raise HandshakeRefused("handshake timed out", p.ERR_TIMEOUT, peer) from None
+    except LinkClosed:
+        raise HandshakeRefused(
+            "connection closed during handshake", p.ERR_LINK_DOWN, peer
+        ) from None
+    if f.is_error and isinstance(f.msg, p.Error):
+        err = HandshakeRefused(f"peer refused us: {f.msg.message}", f.msg.code, peer)
+        err.by_peer = True
+        raise err
+    if f.type != mtype or f.dst != p.DST_ROUTER or f.flags:
+        raise _refuse(
+            sock,
+            own_id,
+            p.ERR_PROTOCOL,
+            f"expected {p.type_name(mtype)} during handshake, got {p.type_name(f.type)}",
+            peer,
+        )
+    if peer is not None and f.src != peer:
+        raise _refuse(sock, own_id, p.ERR_PROTOCOL, f"src {f.src} is not shard {peer}", peer)
+    return f
+
+
+def handshake(
+    sock: socket.socket,
+    *,
+    own_id: int,
+    vm_id: str,
+    secret: bytes,
+    features: int,
+    is_peer: Callable[[int], bool],
+    timeout: float,
+) -> PeerIdentity:
+    """Run the mutual HELLO/AUTH/AUTH_OK exchange on a fresh connection (either side).
+
+    Raises HandshakeRefused with a one-line reason. On success the socket is left
+    blocking with no timeout and nothing beyond the handshake has been read.
+    """
+    sock.settimeout(timeout)
+    nonce = secrets.token_bytes(p.NONCE_SIZE)
+    try:
+        sock.sendall(
+            p.encode_frame(
+                p.Hello(own_id, p.ROLE_ROUTER, features, nonce, vm_id),
+                src=own_id,
+                dst=p.DST_ROUTER,
+            )
+        )
+    except OSError as e:
+        raise HandshakeRefused(f"cannot send HELLO: {e.strerror or e}", p.ERR_LINK_DOWN) from None
+    f = _expect(sock, own_id, p.MSG_HELLO, None)
+    hello = f.msg
+    assert isinstance(hello, p.Hello)
+    peer = hello.shard_id
+    if f.src != peer:
+        raise _refuse(sock, own_id, p.ERR_PROTOCOL, f"HELLO src {f.src} != shard_id {peer}", peer)
+    if hello.vm_id != vm_id:
+        raise _refuse(
+            sock,
+            own_id,
+            p.ERR_VM_MISMATCH,
+            f"vm id {hello.vm_id!r} does not match this router's vm id {vm_id!r}",
+            peer,
+        )
+    if peer == own_id:
+        raise _refuse(sock, own_id, p.ERR_VM_MISMATCH, f"peer claims our own shard id {peer}", peer)
+    if not is_peer(peer):
+        raise _refuse(
+            sock, own_id, p.ERR_VM_MISMATCH, f"shard {peer} is not a peer of shard {own_id}", peer
+        )
+    if hello.role != p.ROLE_ROUTER:
+        raise _refuse(
+            sock, own_id, p.ERR_PROTOCOL, f"HELLO role {hello.role} is not a router", peer
+        )
+    mac = compute_mac(secret, vm_id, own_id, peer, hello.nonce, nonce)
+    try:
+        sock.sendall(p.encode_frame(p.Auth(mac), src=own_id, dst=p.DST_ROUTER))
+    except OSError as e:
+        raise HandshakeRefused(
+            f"cannot send AUTH: {e.strerror or e}", p.ERR_LINK_DOWN, peer
+        ) from None
+    f = _expect(sock, own_id, p.MSG_AUTH, peer)
+    auth = f.msg
+    assert isinstance(auth, p.Auth)
+    if not verify_mac(secret, vm_id, peer, own_id, nonce, hello.nonce, auth.mac):
+        raise _refuse(
+            sock, own_id, p.ERR_AUTH_FAILED, "authentication failed (wrong secret?)", peer
+        )
+    common = features & hello.features
+    try:
+        sock.sendall(p.encode_frame(p.AuthOk(common), src=own_id, dst=p.DST_ROUTER))
+    except OSError as e:
+        raise HandshakeRefused(
+            f"cannot send AUTH_OK: {e.strerror or e}", p.ERR_LINK_DOWN, peer
+        ) from None
+    _expect(sock, own_id, p.MSG_AUTH_OK, peer)
+    sock.settimeout(None)
+    return PeerIdentity(peer, common)

@@ -1,0 +1,193 @@
+"""Router configuration from a TOML or JSON file.
+
+Example (TOML)::
+
+    vm_id = "vm1"
+    shard_id = 1
+    listen = "10.213.0.1:7101"       # TCP address for peer routers
+    socket_dir = "/run/dqemu/vm1-1"  # private dir: shard.sock + control.sock
+    [peers]                          # every other shard of the VM: shard id -> host:port
+    2 = "10.213.0.2:7102"
+    [routes.vcpus]                   # optional: vCPU index -> shard
+    0 = 1
+    1 = 2
+    [routes.devices]                 # optional: device name -> owner shard
+    ioapic = 1
+
+Optional tuning keys: ``ping_interval`` (s, default 1.0), ``link_timeout`` (s, 5.0),
+``handshake_timeout`` (s, 5.0), ``features`` (int, default all known).
+The secret is NOT part of the config; see `auth.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.router import protocol as p
+from cluster.router.routing import Address, check_shard_id
+
+SHARD_SOCKET = "shard.sock"
+CONTROL_SOCKET = "control.sock"
+_VM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_KNOWN_KEYS = {
+    "vm_id",
+    "shard_id",
+    "listen",
+    "socket_dir",
+    "peers",
+    "routes",
+    "ping_interval",
+    "link_timeout",
+    "handshake_timeout",
+    "features",
+}
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line naming the file and the problem."""
+
+
+@dataclass
+class RouterConfig:
+    vm_id: str
+    shard_id: int
+    listen: Address
+    socket_dir: Path
+    peers: dict[int, Address] = field(default_factory=dict)
+    routes: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    ping_interval: float = 1.0
+    link_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    features: int = p.FEATURES_KNOWN
+
+    @property
+    def shard_socket(self) -> Path:
+        return self.socket_dir / SHARD_SOCKET
+
+    @property
+    def control_socket(self) -> Path:
+        return self.socket_dir / CONTROL_SOCKET
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as data that `config_from_data` accepts (for writing config files)."""
+        out: dict[str, Any] = {
+            "vm_id": self.vm_id,
+            "shard_id": self.shard_id,
+            "listen": str(self.listen),
+            "socket_dir": str(self.socket_dir),
+            "peers": {str(k): str(v) for k, v in self.peers.items()},
+            "ping_interval": self.ping_interval,
+            "link_timeout": self.link_timeout,
+            "handshake_timeout": self.handshake_timeout,
+        }
+        if self.routes:
+            out["routes"] = {
+                sec: {str(k): v for k, v in m.items()} for sec, m in self.routes.items()
+            }
+        return out
+
+
+def _positive(data: dict[str, Any], key: str, default: float) -> float:
+    v = data.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        raise ConfigError(f"{key} must be a positive number of seconds, not {v!r}")
+    return float(v)
+
+
+def config_from_data(data: Any) -> RouterConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a table/object at top level")
+    unknown = sorted(set(data) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_KNOWN_KEYS))})")
+    for key in ("vm_id", "shard_id", "listen", "socket_dir"):
+        if key not in data:
+            raise ConfigError(f"missing required key {key!r}")
+    vm_id = data["vm_id"]
+    if not isinstance(vm_id, str) or not _VM_ID_RE.match(vm_id):
+        raise ConfigError(
+            f"vm_id {vm_id!r} must be 1-32 characters of letters, digits, '.', '_' or '-'"
+        )
+    try:
+        shard_id = check_shard_id(data["shard_id"], "shard_id")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(data["listen"], str):
+        raise ConfigError(f"listen must be a 'host:port' string, not {data['listen']!r}")
+    try:
+        listen = Address.parse(data["listen"])
+    except ValueError as e:
+        raise ConfigError(f"listen: {e}") from None
+    if not isinstance(data["socket_dir"], str) or not data["socket_dir"]:
+        raise ConfigError("socket_dir must be a non-empty path string")
+    socket_dir = Path(data["socket_dir"])
+    peers_raw = data.get("peers", {})
+    if not isinstance(peers_raw, dict):
+        raise ConfigError("peers must be a table of shard id -> 'host:port'")
+    peers: dict[int, Address] = {}
+    for k, v in peers_raw.items():
+        try:
+            sid = check_shard_id(k, "peer shard id")
+        except ValueError as e:
+            raise ConfigError(f"peers: {e}") from None
+        if sid == shard_id:
+            raise ConfigError(f"peers: shard {sid} is this router's own shard_id")
+        if not isinstance(v, str):
+            raise ConfigError(f"peers: shard {sid}: address must be a 'host:port' string")
+        try:
+            peers[sid] = Address.parse(v)
+        except ValueError as e:
+            raise ConfigError(f"peers: shard {sid}: {e}") from None
+        if peers[sid].port == 0:
+            raise ConfigError(f"peers: shard {sid}: port 0 is not a peer address")
+    routes = data.get("routes", {})
+    if not isinstance(routes, dict) or not all(isinstance(m, dict) for m in routes.values()):
+        raise ConfigError("routes must be a table of tables (vcpus, apic_ids, devices)")
+    features = data.get("features", p.FEATURES_KNOWN)
+    if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+        raise ConfigError(f"features must be a non-negative integer, not {features!r}")
+    cfg = RouterConfig(
+        vm_id=vm_id,
+        shard_id=shard_id,
+        listen=listen,
+        socket_dir=socket_dir,
+        peers=peers,
+        routes=routes,
+        ping_interval=_positive(data, "ping_interval", 1.0),
+        link_timeout=_positive(data, "link_timeout", 5.0),
+        handshake_timeout=_positive(data, "handshake_timeout", 5.0),
+        features=features,
+    )
+    if cfg.link_timeout <= cfg.ping_interval:
+        raise ConfigError("link_timeout must be longer than ping_interval")
+    # check the routes now, so a bad entry is a config error rather than a start-up crash
+    from cluster.router.routing import RoutingTable
+
+    try:
+        RoutingTable(shard_id, {**dict(peers), shard_id: None}).load(routes)
+    except (ValueError, LookupError) as e:
+        raise ConfigError(f"routes: {e}") from None
+    return cfg
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+    except (ValueError, UnicodeDecodeError) as e:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config {path}: invalid {kind}: {msg}") from None
+    try:
+        return config_from_data(data)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from None

@@ -1,0 +1,925 @@
+"""The router process: one per node per VM.
+
+Threads:
+* the housekeeping loop (the caller of `serve_forever`, normally the main thread): a
+  selector over the listening sockets and control connections, plus timers for dialing
+  peers, keep-alive pings, silence detection and rate computation. Never on the data path.
+* one reader thread per link, which parses frames from a preallocated buffer and forwards
+  them straight to the destination link (no queue hop, no asyncio): all frames from one
+  read that go to the same link leave in one send.
+* one writer thread per link, used only when a non-blocking send could not take all bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.router import protocol as p
+from cluster.router.auth import HandshakeRefused, handshake
+from cluster.router.config import RouterConfig
+from cluster.router.control import ControlConnection, ControlError
+from cluster.router.routing import Address, RoutingTable
+from cluster.router.transport import (
+    KIND_LOCAL,
+    KIND_PEER,
+    Link,
+    LinkClosed,
+    SocketLink,
+    connect_tcp,
+    ensure_private_dir,
+    listen_tcp,
+    listen_unix,
+    read_frame,
+    tune_tcp,
+)
+
+log = logging.getLogger("dqemu.router")
+
+_MAX_FRAME = p.HEADER_SIZE + p.MAX_PAYLOAD
+_RBUF = 256 * 1024 + _MAX_FRAME
+_DIAL_MIN = 0.1
+_DIAL_MAX = 2.0
+_TICK = 0.2
+
+# fast-path size tables: flags == 0 frames of a known type with the exact size, and never
+# a type ERROR frame (that one needs the ERROR flag, so it takes the slow check).
+_FAST_LO = list(p.SIZE_LO)
+_FAST_HI = list(p.SIZE_HI)
+_FAST_LO[p.MSG_ERROR], _FAST_HI[p.MSG_ERROR] = 1, 0
+
+
+class _Batch:
+    __slots__ = ("parts", "reqs", "sizes", "types")
+
+    def __init__(self) -> None:
+        self.parts: list[memoryview | bytes] = []
+        self.types: list[int] = []
+        self.sizes: list[int] = []
+        self.reqs: list[tuple[int, int, int]] = []
+
+
+class Router:
+    def __init__(self, cfg: RouterConfig, secret: bytes) -> None:
+        self.cfg = cfg
+        self.id = cfg.shard_id
+        self._secret = secret
+        self.routes = RoutingTable(cfg.shard_id, {**cfg.peers, cfg.shard_id: None})
+        self.routes.load(cfg.routes)
+        self.local: SocketLink | None = None
+        self.local_pid = 0
+        self.peers: dict[int, SocketLink] = {}
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._started = False
+        self._dial_next: dict[int, float] = {}
+        self._dial_backoff: dict[int, float] = {}
+        self._dialing: set[int] = set()
+        self._ping_ids = iter(range(1, 1 << 62))
+        self.peer_info: dict[int, dict[str, Any]] = {}
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self.started_at = time.time()
+        self._created_dir = False
+        self._sel: selectors.DefaultSelector | None = None
+        self._tcp: socket.socket | None = None
+        self._shard_srv: socket.socket | None = None
+        self._ctl_srv: socket.socket | None = None
+        self._wake_r = -1
+        self._wake_w = -1
+        self.listen_addr: Address = cfg.listen
+        self.closed_link_stats: dict[str, dict[str, Any]] = {}
+        self._drop_logged: set[str] = set()
+        self._loop_thread: threading.Thread | None = None
+        for sid in self.routes.peers():
+            self.peer_info[sid] = {"state": "down", "since": time.time(), "last_error": None}
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the sockets. Raises OSError with a message naming the problem."""
+        cfg = self.cfg
+        self._created_dir = ensure_private_dir(cfg.socket_dir)
+        try:
+            try:
+                self._tcp = listen_tcp(cfg.listen.host, cfg.listen.port)
+            except OSError as e:
+                raise OSError(f"cannot listen on {cfg.listen}: {e.strerror or e}") from None
+            host, port = self._tcp.getsockname()[:2]
+            self.listen_addr = Address(host, port)
+            self._shard_srv = listen_unix(cfg.shard_socket)
+            self._ctl_srv = listen_unix(cfg.control_socket)
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        sel = selectors.DefaultSelector()
+        for s in (self._tcp, self._shard_srv, self._ctl_srv):
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._sel = sel
+        self._started = True
+        log.info(
+            "router for vm %s shard %d listening on %s, sockets in %s",
+            cfg.vm_id,
+            self.id,
+            self.listen_addr,
+            cfg.socket_dir,
+        )
+
+    def start_in_thread(self) -> None:
+        """For in-process use (tests, embedding): start and run the loop in a thread."""
+        self.start()
+        t = threading.Thread(target=self.serve_forever, name=f"router-{self.id}", daemon=True)
+        self._loop_thread = t
+        t.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop and wait until everything is torn down."""
+        self.stop()
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout)
+        elif self._started:
+            self._stopped.wait(timeout)
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            log.info("got %s, shutting down", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def serve_forever(self) -> None:
+        assert self._sel is not None, "start() first"
+        sel = self._sel
+        next_tick = 0.0
+        next_rates = time.monotonic() + 1.0
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._housekeeping(now)
+                    next_tick = now + _TICK
+                if now >= next_rates:
+                    self._update_rates(now)
+                    next_rates = now + 1.0
+                for key, _ev in sel.select(timeout=max(0.0, next_tick - time.monotonic())):
+                    self._on_readable(key)
+        except Exception:
+            log.exception("internal error in the housekeeping loop; shutting down")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._stopping.set()
+        self._close_listeners()
+        with self._lock:
+            links: list[Link] = list(self.peers.values())
+            if self.local is not None:
+                links.append(self.local)
+        for link in links:
+            link.close("router shutting down")
+        deadline = time.monotonic() + 5.0
+        while True:
+            with self._lock:
+                threads = [t for t in self._threads if t is not threading.current_thread()]
+            if not threads:
+                break
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() > deadline:
+                log.warning("%d thread(s) did not stop in time", len(threads))
+                break
+        if self._sel is not None:
+            for key in list(self._sel.get_map().values()):
+                if isinstance(key.data, ControlConnection):
+                    key.data.sock.close()
+            self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.cfg.socket_dir.rmdir()
+        log.info("router for shard %d stopped", self.id)
+        self._stopped.set()
+
+    def _close_listeners(self) -> None:
+        for attr, path in (
+            ("_tcp", None),
+            ("_shard_srv", self.cfg.shard_socket),
+            ("_ctl_srv", self.cfg.control_socket),
+        ):
+            s = getattr(self, attr)
+            if s is not None:
+                s.close()
+                setattr(self, attr, None)
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        Path(path).unlink()
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("internal error in thread %s", name)
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        with self._lock:
+            if self._stopping.is_set():
+                for a in args:
+                    if isinstance(a, socket.socket):
+                        a.close()
+                return
+            self._threads.add(t)
+        t.start()
+
+    # --- housekeeping loop ---------------------------------------------------------------------
+
+    def _on_readable(self, key: selectors.SelectorKey) -> None:
+        obj = key.fileobj
+        if obj == self._wake_r:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+            return
+        if isinstance(key.data, ControlConnection):
+            self._control_readable(key.data)
+            return
+        assert isinstance(obj, socket.socket)
+        try:
+            conn, addr = obj.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("accept failed: %s", e)
+            return
+        conn.setblocking(True)
+        if obj is self._tcp:
+            tune_tcp(conn)
+            peer = f"{addr[0]}:{addr[1]}"
+            self._spawn(self._peer_thread, f"peer-in-{peer}", conn, peer, None)
+        elif obj is self._shard_srv:
+            self._spawn(self._local_thread, "local", conn)
+        elif obj is self._ctl_srv:
+            conn.setblocking(False)
+            assert self._sel is not None
+            self._sel.register(conn, selectors.EVENT_READ, ControlConnection(conn))
+
+    def _control_readable(self, cc: ControlConnection) -> None:
+        assert self._sel is not None
+        try:
+            data = cc.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        keep = bool(data) and cc.feed(data, self._control_commands())
+        if cc.outbuf:
+            try:
+                cc.sock.settimeout(2.0)
+                cc.sock.sendall(cc.outbuf)
+                cc.outbuf.clear()
+                cc.sock.setblocking(False)
+            except OSError:
+                keep = False
+        if not keep:
+            self._sel.unregister(cc.sock)
+            cc.sock.close()
+
+    def _housekeeping(self, now: float) -> None:
+        with self._lock:
+            links = dict(self.peers)
+        for sid, link in links.items():
+            if now - link.last_rx > self.cfg.link_timeout:
+                link.close(f"no traffic from shard {sid} for {self.cfg.link_timeout:g} s")
+            elif now - link.last_tx >= self.cfg.ping_interval:
+                frame = p.encode_frame(
+                    p.Ping(time.monotonic_ns()),
+                    src=self.id,
+                    dst=p.DST_ROUTER,
+                    flags=p.FLAG_WANT_REPLY,
+                    request_id=next(self._ping_ids),
+                )
+                link.send([frame], [p.MSG_PING], [len(frame)])
+        for sid, addr in self.routes.peers().items():
+            if sid in links or sid in self._dialing or addr is None:
+                continue
+            if self.id > sid:
+                continue  # the lower shard id dials
+            if now < self._dial_next.get(sid, 0.0):
+                continue
+            self._dialing.add(sid)
+            self.peer_info[sid]["state"] = "connecting"
+            self._spawn(self._dial_thread, f"dial-{sid}", sid, addr)
+
+    def _update_rates(self, now: float) -> None:
+        with self._lock:
+            links: list[Link] = list(self.peers.values())
+            if self.local is not None:
+                links.append(self.local)
+        for link in links:
+            link.stats.update_rates(now)
+
+    # --- link set-up ---------------------------------------------------------------------------
+
+    def _dial_thread(self, sid: int, addr: Address) -> None:
+        try:
+            try:
+                sock = connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
+            except OSError as e:
+                self._dial_failed(sid, f"connect to {addr} failed: {e.strerror or e}")
+                return
+            self._peer_thread(sock, str(addr), sid)
+        finally:
+            self._dialing.discard(sid)
+
+    def _dial_failed(self, sid: int, reason: str) -> None:
+        info = self.peer_info.setdefault(sid, {})
+        if info.get("last_error") != reason:
+            log.warning("shard %d: %s; retrying", sid, reason)
+        info.update(state="down", last_error=reason)
+        backoff = min(_DIAL_MAX, max(_DIAL_MIN, self._dial_backoff.get(sid, 0.0) * 2))
+        self._dial_backoff[sid] = backoff
+        self._dial_next[sid] = time.monotonic() + backoff
+
+    def _peer_thread(self, sock: socket.socket, addr: str, dialed: int | None) -> None:
+        try:
+            ident = handshake(
+                sock,
+                own_id=self.id,
+                vm_id=self.cfg.vm_id,
+                secret=self._secret,
+                features=self.cfg.features,
+                is_peer=lambda s: s != self.id and self.routes.has_shard(s),
+                timeout=self.cfg.handshake_timeout,
+            )
+            if dialed is not None and ident.shard_id != dialed:
+                raise HandshakeRefused(
+                    f"answered as shard {ident.shard_id}, expected shard {dialed}",
+                    p.ERR_VM_MISMATCH,
+                    ident.shard_id,
+                )
+        except HandshakeRefused as e:
+            sock.close()
+            who = f"{addr}" + (f" (shard {e.peer_shard})" if e.peer_shard is not None else "")
+            if e.by_peer:
+                log.error("peer %s refused us: %s", who, e.reason)
+            else:
+                log.error("refused peer %s: %s", who, e.reason)
+            self.events.append(
+                {"t": time.time(), "event": "refused", "peer": who, "reason": e.reason}
+            )
+            if dialed is not None:
+                self._dial_failed(dialed, e.reason)
+            return
+        sid = ident.shard_id
+        link = SocketLink(sock, KIND_PEER, f"shard {sid} ({addr})")
+        link.peer_id = sid
+        link.features = ident.features
+        with self._lock:
+            if self._stopping.is_set():
+                sock.close()
+                return
+            old = self.peers.get(sid)
+            self.peers[sid] = link
+        if old is not None:
+            old.close("replaced by a newer connection")
+        link.start_writer()
+        self._dial_backoff[sid] = 0.0
+        self.peer_info[sid] = {
+            "state": "up",
+            "since": time.time(),
+            "last_error": None,
+            "addr": addr,
+            "direction": "out" if dialed is not None else "in",
+        }
+        self.events.append({"t": time.time(), "event": "link_up", "shard": sid, "addr": addr})
+        log.info("link to shard %d up (%s)", sid, addr)
+        self._notify_local(sid, p.LINK_UP, 0)
+        reason = self._pump(link)
+        self._link_down(link, reason)
+
+    def _local_thread(self, sock: socket.socket) -> None:
+        sock.settimeout(self.cfg.handshake_timeout)
+        try:
+            f = read_frame(sock)
+        except (p.ProtocolError, OSError, LinkClosed) as e:
+            msg = str(e) if not isinstance(e, TimeoutError) else "no REGISTER within timeout"
+            log.error("local shard connection refused: %s", msg)
+            self._send_error_and_close(sock, p.ERR_PROTOCOL, msg, 0)
+            return
+        reg = f.msg
+        if f.type != p.MSG_REGISTER or f.dst != p.DST_ROUTER or not f.wants_reply:
+            msg = (
+                "expected REGISTER (to the router, wanting a reply) first, "
+                f"got {p.type_name(f.type)}"
+            )
+            log.error("local shard connection refused: %s", msg)
+            self._send_error_and_close(sock, p.ERR_PROTOCOL, msg, f.request_id)
+            return
+        assert isinstance(reg, p.Register)
+        if reg.shard_id != self.id or f.src != self.id:
+            msg = f"shard id {reg.shard_id} does not match this router's shard id {self.id}"
+            log.error("local shard (pid %d) refused: %s", reg.pid, msg)
+            self._send_error_and_close(sock, p.ERR_VM_MISMATCH, msg, f.request_id)
+            return
+        sock.settimeout(None)
+        link = SocketLink(sock, KIND_LOCAL, f"local shard {self.id} (pid {reg.pid})")
+        link.peer_id = self.id
+        link.features = reg.features
+        ok = p.encode_frame(
+            p.RegisterOk(self.id, len(self.routes.shard_ids), self.cfg.features),
+            src=self.id,
+            dst=self.id,
+            flags=p.FLAG_REPLY,
+            request_id=f.request_id,
+        )
+        with self._lock:
+            if self.local is not None and not self.local.closed:
+                dup = True
+            else:
+                dup = False
+                link.send([ok], [p.MSG_REGISTER_OK], [len(ok)])
+                for sid in self.peers:
+                    st = p.encode_frame(p.LinkState(sid, p.LINK_UP, 0), src=self.id, dst=self.id)
+                    link.send([st], [p.MSG_LINK_STATE], [len(st)])
+                self.local = link
+                self.local_pid = reg.pid
+        if dup:
+            msg = f"shard {self.id} is already registered (pid {self.local_pid})"
+            log.error("local shard (pid %d) refused: %s", reg.pid, msg)
+            self._send_error_and_close(sock, p.ERR_DUPLICATE, msg, f.request_id)
+            return
+        link.start_writer()
+        self.events.append({"t": time.time(), "event": "local_up", "pid": reg.pid})
+        log.info("local shard %d registered (pid %d)", self.id, reg.pid)
+        reason = self._pump(link)
+        self._link_down(link, reason)
+
+    def _send_error_and_close(self, sock: socket.socket, code: int, msg: str, rid: int) -> None:
+        if rid:
+            frame = p.encode_error_reply(
+                p.MSG_ERROR, src=self.id, dst=self.id, request_id=rid, code=code, message=msg
+            )
+        else:
+            frame = p.encode_frame(p.Error(code, msg), src=self.id, dst=p.DST_ROUTER)
+        with contextlib.suppress(OSError):
+            sock.settimeout(1.0)
+            sock.sendall(frame)
+        sock.close()
+
+    def _notify_local(self, shard: int, state: int, reason: int) -> None:
+        local = self.local
+        if local is not None:
+            f = p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
+            local.send([f], [p.MSG_LINK_STATE], [len(f)])
+
+    def _link_down(self, link: SocketLink, reason: str) -> None:
+        link.close(reason)
+        with self._lock:
+            if link.kind == KIND_PEER:
+                current = self.peers.get(link.peer_id) is link
+                if current:
+                    del self.peers[link.peer_id]
+            else:
+                current = self.local is link
+                if current:
+                    self.local = None
+        pend = link.take_pending()
+        who = link.peer_id
+        for (src, rid), (_t0, _t) in pend.items():
+            target = self.local if src == self.id else self.peers.get(src)
+            if target is None:
+                continue
+            err = p.encode_error_reply(
+                p.MSG_ERROR,
+                src=who,
+                dst=src,
+                request_id=rid,
+                code=p.ERR_LINK_DOWN,
+                message=f"link to shard {who} lost with the request pending: {reason}",
+            )
+            target.send([err], [p.MSG_ERROR], [len(err)])
+        stopping = self._stopping.is_set()
+        level = logging.INFO if stopping else logging.WARNING
+        log.log(
+            level,
+            "link to %s lost: %s%s",
+            link.name,
+            reason,
+            f"; failed {len(pend)} pending request(s)" if pend else "",
+        )
+        self.events.append(
+            {
+                "t": time.time(),
+                "event": "link_lost" if link.kind == KIND_PEER else "local_lost",
+                "shard": who,
+                "reason": reason,
+                "failed_requests": len(pend),
+            }
+        )
+        self.closed_link_stats[link.name] = link.stats.snapshot()
+        if link.kind == KIND_PEER and current:
+            self.peer_info[who] = {
+                "state": "down",
+                "since": time.time(),
+                "last_error": reason,
+            }
+            self._dial_next[who] = time.monotonic() + _DIAL_MIN
+            if not stopping:
+                self._notify_local(who, p.LINK_DOWN, p.ERR_LINK_DOWN)
+        link.join_writer()
+        link.release()
+
+    # --- the data path ---------------------------------------------------------------------
+
+    def _pump(self, link: SocketLink) -> str:
+        """Read frames from ``link`` and forward them until it closes. Returns the reason."""
+        buf = bytearray(_RBUF)
+        mv = memoryview(buf)
+        size = len(buf)
+        start = end = 0
+        unpack = p.HEADER.unpack_from
+        flo, fhi = _FAST_LO, _FAST_HI
+        st = link.stats
+        rx_msgs, rx_bytes = st.rx_msgs, st.rx_bytes
+        from_local = link.kind == KIND_LOCAL
+        peer_id = link.peer_id
+        own = self.id
+        magic_ok, version_ok = p.MAGIC, p.VERSION
+        want_reply, is_reply = p.FLAG_WANT_REPLY, p.FLAG_REPLY
+        bcast, to_router = p.DST_BROADCAST, p.DST_ROUTER
+        pending = link.pending
+        peers = self.peers
+        try:
+            while True:
+                try:
+                    n = link.recv_into(mv[end:])
+                except OSError as e:
+                    if link.closed:
+                        return link.close_reason
+                    return f"receive failed: {e.strerror or e}"
+                if n == 0:
+                    if link.closed:
+                        return link.close_reason
+                    if end > start:
+                        raise p.ProtocolError(
+                            f"truncated frame: connection closed with {end - start} bytes "
+                            "of an incomplete frame"
+                        )
+                    return "connection closed by peer"
+                end += n
+                link.last_rx = time.monotonic()
+                batches: dict[Link, _Batch] = {}
+                err: str | None = None
+                peer_list: list[SocketLink] | None = None
+                while end - start >= 24:
+                    magic, ver, t, flags, src, dst, length, rid = unpack(buf, start)
+                    if (
+                        flags
+                        or magic != magic_ok
+                        or ver != version_ok
+                        or not flo[t] <= length <= fhi[t]
+                    ):
+                        err = p.header_error(magic, ver, t, flags, length, rid)
+                        if err:
+                            break
+                    fend = start + 24 + length
+                    if fend > end:
+                        break
+                    if src != peer_id:
+                        err = (
+                            f"{p.type_name(t)} frame with src {src} on the link of shard "
+                            f"{peer_id} (spoofed source)"
+                        )
+                        break
+                    frame = mv[start:fend]
+                    start = fend
+                    nbytes = 24 + length
+                    rx_msgs[t] += 1
+                    rx_bytes[t] += nbytes
+                    if flags & is_reply:
+                        pr = pending.pop((dst, rid), None)
+                        if pr is not None:
+                            st.latency.record(time.monotonic_ns() - pr[0])
+                    target: Link | None
+                    if from_local:
+                        if dst == to_router:
+                            self._router_frame(link, bytes(frame))
+                            continue
+                        if dst == bcast:
+                            if flags & want_reply:
+                                self._undeliverable(
+                                    link, batches, t, flags, src, dst, rid,
+                                    p.ERR_BAD_REQUEST, "a broadcast cannot want a reply",
+                                )  # fmt: skip
+                                continue
+                            if peer_list is None:
+                                peer_list = list(peers.values())
+                            for pl in peer_list:
+                                b = batches.get(pl)
+                                if b is None:
+                                    b = batches[pl] = _Batch()
+                                b.parts.append(frame)
+                                b.types.append(t)
+                                b.sizes.append(nbytes)
+                            continue
+                        target = peers.get(dst)
+                        if target is None:
+                            if dst == own:
+                                target = link
+                            else:
+                                self._no_route(link, batches, t, flags, src, dst, rid)
+                                continue
+                    else:
+                        if dst in (own, bcast):
+                            target = self.local
+                            if target is None:
+                                self._undeliverable(
+                                    link, batches, t, flags, src, own, rid, p.ERR_LINK_DOWN,
+                                    f"shard {own}'s QEMU is not connected to its router",
+                                )  # fmt: skip
+                                continue
+                            if dst == bcast and flags & want_reply:
+                                self._undeliverable(
+                                    link, batches, t, flags, src, own, rid,
+                                    p.ERR_BAD_REQUEST, "a broadcast cannot want a reply",
+                                )  # fmt: skip
+                                continue
+                        elif dst == to_router:
+                            self._router_frame(link, bytes(frame))
+                            continue
+                        else:
+                            self._undeliverable(
+                                link, batches, t, flags, src, own, rid, p.ERR_NO_ROUTE,
+                                f"misrouted: shard {own}'s router got a frame for shard {dst}",
+                            )  # fmt: skip
+                            continue
+                    b = batches.get(target)
+                    if b is None:
+                        b = batches[target] = _Batch()
+                    b.parts.append(frame)
+                    b.types.append(t)
+                    b.sizes.append(nbytes)
+                    if flags & want_reply:
+                        b.reqs.append((src, rid, t))
+                if batches:
+                    self._flush(link, batches)
+                if err is not None:
+                    raise p.ProtocolError(err)
+                if start == end:
+                    start = end = 0
+                elif size - end < _MAX_FRAME:
+                    k = end - start
+                    buf[0:k] = buf[start:end]
+                    start, end = 0, k
+        except p.ProtocolError as e:
+            reason = f"protocol error: {e}"
+            log.error("closing link to %s: %s", link.name, reason)
+            with contextlib.suppress(OSError):
+                link.send([p.encode_frame(p.Error(e.code, str(e)), src=own, dst=to_router)])
+            link.stats.drop("protocol error")
+            return reason
+        except Exception as e:
+            log.exception("internal error on link to %s", link.name)
+            return f"internal error: {e!r}"
+        finally:
+            mv.release()
+
+    def _flush(self, src_link: Link, batches: dict[Link, _Batch]) -> None:
+        for target, b in batches.items():
+            if target.send(b.parts, b.types, b.sizes, b.reqs):
+                continue
+            # the target closed between lookup and send
+            for req_src, rid, _t in b.reqs:
+                err = p.encode_error_reply(
+                    p.MSG_ERROR,
+                    src=target.peer_id,
+                    dst=req_src,
+                    request_id=rid,
+                    code=p.ERR_LINK_DOWN,
+                    message=f"link to shard {target.peer_id} is down ({target.close_reason})",
+                )
+                src_link.send([err], [p.MSG_ERROR], [len(err)])
+            src_link.stats.drop("target link closed")
+
+    def _no_route(
+        self,
+        link: Link,
+        batches: dict[Link, _Batch],
+        t: int,
+        flags: int,
+        src: int,
+        dst: int,
+        rid: int,
+    ) -> None:
+        if self.routes.has_shard(dst):
+            info = self.peer_info.get(dst, {})
+            why = info.get("last_error") or "not connected yet"
+            self._undeliverable(
+                link, batches, t, flags, src, dst, rid, p.ERR_LINK_DOWN,
+                f"shard {dst} is unreachable: {why}",
+            )  # fmt: skip
+        else:
+            known = ", ".join(str(s) for s in self.routes.shard_ids)
+            self._undeliverable(
+                link, batches, t, flags, src, dst, rid, p.ERR_NO_ROUTE,
+                f"no route to shard {dst}: this VM's shards are {known}",
+            )  # fmt: skip
+
+    def _undeliverable(
+        self,
+        link: Link,
+        batches: dict[Link, _Batch],
+        t: int,
+        flags: int,
+        src: int,
+        dst: int,
+        rid: int,
+        code: int,
+        message: str,
+    ) -> None:
+        """Answer a request that cannot be delivered with an error reply; drop anything else.
+
+        ``dst`` becomes the error reply's src: the shard that could not be reached (for
+        the local link) or this router's own shard (for peer links, which check src).
+        """
+        link.stats.drop(p.ERROR_NAMES.get(code, "dropped"))
+        if flags & p.FLAG_WANT_REPLY:
+            err = p.encode_error_reply(
+                p.MSG_ERROR,
+                src=dst if dst <= p.MAX_SHARD_ID else self.id,
+                dst=src,
+                request_id=rid,
+                code=code,
+                message=message,
+            )
+            b = batches.get(link)
+            if b is None:
+                b = batches[link] = _Batch()
+            b.parts.append(err)
+            b.types.append(p.MSG_ERROR)
+            b.sizes.append(len(err))
+        else:
+            key = f"{link.name}: {message}"
+            if key not in self._drop_logged and len(self._drop_logged) < 1000:
+                self._drop_logged.add(key)
+                log.warning("dropped %s from %s: %s", p.type_name(t), link.name, message)
+
+    def _router_frame(self, link: SocketLink, raw: bytes) -> None:
+        """A frame addressed to this router (dst = DST_ROUTER). Slow path."""
+        f = p.decode_frame(raw)
+        reply_dst = self.id if link.kind == KIND_LOCAL else p.DST_ROUTER
+        msg = f.msg
+        if f.is_reply and f.type == p.MSG_PONG and isinstance(msg, p.Pong):
+            link.stats.latency.record(time.monotonic_ns() - msg.t_send)
+            self.peer_info.get(link.peer_id, {})["rtt_us"] = round(
+                (time.monotonic_ns() - msg.t_send) / 1000.0, 1
+            )
+            return
+        if f.type == p.MSG_PING and isinstance(msg, p.Ping):
+            if f.wants_reply:
+                out = p.encode_frame(
+                    p.Pong(msg.t_send, time.monotonic_ns()),
+                    src=self.id,
+                    dst=reply_dst,
+                    flags=p.FLAG_REPLY,
+                    request_id=f.request_id,
+                )
+                link.send([out], [p.MSG_PONG], [len(out)])
+            return
+        if f.is_error and isinstance(msg, p.Error):
+            log.warning("%s reports error %d: %s", link.name, msg.code, msg.message)
+            return
+        if f.wants_reply:
+            if f.type == p.MSG_REGISTER:
+                code, text = p.ERR_DUPLICATE, "already registered"
+            else:
+                code = p.ERR_UNSUPPORTED
+                text = f"the router does not handle {p.type_name(f.type)}"
+            out = p.encode_error_reply(
+                p.MSG_ERROR,
+                src=self.id,
+                dst=reply_dst,
+                request_id=f.request_id,
+                code=code,
+                message=text,
+            )
+            link.send([out], [p.MSG_ERROR], [len(out)])
+        else:
+            link.stats.drop("unsupported router message")
+
+    # --- control API ---------------------------------------------------------------------------
+
+    def _control_commands(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {
+            "stats": lambda _r: self.stats(),
+            "routes": lambda _r: self.routes.snapshot(),
+            "health": lambda _r: self.health(),
+            "set-route": self._cmd_set_route,
+        }
+
+    def _cmd_set_route(self, req: dict[str, Any]) -> Any:
+        for k in ("kind", "key"):
+            if k not in req:
+                raise ControlError(f"set-route needs {k!r}")
+        kind, key, value = req["kind"], req["key"], req.get("value")
+        old = self.routes.address(int(key)) if kind == "shard" and self.routes.has_shard(
+            int(key)
+        ) else None  # fmt: skip
+        self.routes.set_route(kind, key, value)
+        if kind == "shard":
+            sid = int(key)
+            new = self.routes.address(sid) if self.routes.has_shard(sid) else None
+            if sid not in self.peer_info and sid != self.id:
+                self.peer_info[sid] = {"state": "down", "since": time.time(), "last_error": None}
+            if new != old:
+                with self._lock:
+                    link = self.peers.get(sid)
+                if link is not None:
+                    link.close(f"route to shard {sid} changed")
+                self._dial_next[sid] = 0.0
+            if value is None:
+                self.peer_info.pop(sid, None)
+        log.info("set-route %s %s -> %s", kind, key, value)
+        return self.routes.snapshot()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            links: list[Link] = list(self.peers.values())
+            if self.local is not None:
+                links.append(self.local)
+        out: dict[str, Any] = {}
+        for link in links:
+            snap = link.stats.snapshot()
+            snap["pending_requests"] = len(link.pending)
+            snap["backlog_bytes"] = link.backlog_bytes
+            key = "local" if link.kind == KIND_LOCAL else f"shard:{link.peer_id}"
+            out[key] = snap
+        return {
+            "shard_id": self.id,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "links": out,
+            "closed_links": dict(self.closed_link_stats),
+        }
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            local = self.local
+            peers = dict(self.peers)
+        peer_out: dict[str, Any] = {}
+        for sid in sorted(self.routes.peers()):
+            info = dict(self.peer_info.get(sid, {"state": "down"}))
+            link = peers.get(sid)
+            info["state"] = "up" if link is not None else info.get("state", "down")
+            if link is not None:
+                info["pending_requests"] = len(link.pending)
+            addr = self.routes.peers().get(sid)
+            info["configured_addr"] = str(addr) if addr else None
+            peer_out[str(sid)] = info
+        all_up = all(v["state"] == "up" for v in peer_out.values())
+        return {
+            "vm_id": self.cfg.vm_id,
+            "shard_id": self.id,
+            "listen": str(self.listen_addr),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "ok": local is not None and all_up,
+            "local": {
+                "connected": local is not None,
+                "pid": self.local_pid if local is not None else None,
+            },
+            "peers": peer_out,
+            "events": list(self.events)[-50:],
+        }
+
+    # --- in-process use ------------------------------------------------------------------------
+
+    def attach_local(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (one end of a socketpair) as the local shard connection."""
+        self._spawn(self._local_thread, "local", sock)

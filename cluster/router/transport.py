@@ -1,0 +1,304 @@
+"""Links: a byte stream to the local QEMU shard (UNIX socket) or a peer router (TCP).
+
+`Link` holds what the router needs from any transport: a send path that never blocks the
+caller (it tries a non-blocking send and otherwise queues for a per-link writer thread, so
+two routers can't deadlock on full buffers), the table of requests pending on this link,
+counters, and an idempotent close. `SocketLink` implements it over a stream socket. An RDMA
+link would subclass `Link` and implement `recv_into`, `_try_send`, `_send_blocking` and
+`_abort`; nothing else in the router knows the transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.router import protocol as p
+from cluster.router.stats import LinkStats
+
+log = logging.getLogger("dqemu.router")
+
+Buffer = bytes | bytearray | memoryview
+
+KIND_LOCAL = "local"
+KIND_PEER = "peer"
+
+
+class LinkClosed(Exception):
+    """The link is gone; the message says why."""
+
+
+class Link:
+    """Transport-independent part of a link."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name  # e.g. "peer shard 2 (127.0.0.1:7002)"
+        self.peer_id: int = -1  # shard id at the far end, once known
+        self.features = 0
+        self.stats = LinkStats()
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
+        self._flushing = False
+        self.closed = False
+        self.close_reason = ""
+        # (requester shard, request_id) -> (start ns, request type)
+        self.pending: dict[tuple[int, int], tuple[int, int]] = {}
+        self.last_rx = time.monotonic()
+        self.last_tx = time.monotonic()
+        self.up_since = time.time()
+        self._writer: threading.Thread | None = None
+
+    # --- transport-specific ------------------------------------------------------------------
+
+    def recv_into(self, buf: memoryview) -> int:
+        raise NotImplementedError
+
+    def _try_send(self, data: Buffer) -> int:
+        """Send without blocking; return bytes sent (0 if it would block)."""
+        raise NotImplementedError
+
+    def _send_blocking(self, data: Buffer) -> None:
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        """Make a blocked recv_into() return and release the transport."""
+        raise NotImplementedError
+
+    # --- common --------------------------------------------------------------------------------
+
+    def start_writer(self) -> None:
+        self._writer = threading.Thread(
+            target=self._writer_loop, name=f"write-{self.name}", daemon=True
+        )
+        self._writer.start()
+
+    def send(
+        self,
+        parts: Sequence[Buffer],
+        types: Sequence[int] = (),
+        sizes: Sequence[int] = (),
+        requests: Sequence[tuple[int, int, int]] = (),
+    ) -> bool:
+        """Queue whole frames for sending. Returns False if the link is closed.
+
+        ``types``/``sizes`` feed the per-type send counters; ``requests`` (requester,
+        request_id, type) are recorded as pending on this link under the same lock, so a
+        concurrent close fails them exactly once.
+        """
+        with self.lock:
+            if self.closed:
+                return False
+            if requests:
+                now = time.monotonic_ns()
+                for src, rid, t in requests:
+                    self.pending[(src, rid)] = (now, t)
+            st = self.stats
+            for t, n in zip(types, sizes, strict=False):
+                st.tx_msgs[t] += 1
+                st.tx_bytes[t] += n
+            data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+            self.last_tx = time.monotonic()
+            if self._backlog or self._flushing:
+                self._queue(bytes(data))
+                return True
+            try:
+                n = self._try_send(data)
+            except OSError as e:
+                self._close_locked(f"send failed: {e.strerror or e}")
+                return True
+            if n < len(data):
+                self._queue(bytes(memoryview(data)[n:]))
+            return True
+
+    def _queue(self, data: bytes) -> None:
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        self._cond.notify()
+
+    def _writer_loop(self) -> None:
+        while True:
+            with self.lock:
+                while not self._backlog and not self.closed:
+                    self._cond.wait()
+                if self.closed:
+                    return
+                data = b"".join(self._backlog)
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self._flushing = True
+            try:
+                self._send_blocking(data)
+            except OSError as e:
+                self.close(f"send failed: {e.strerror or e}")
+                return
+            with self.lock:
+                self._flushing = False
+                if not self._backlog:
+                    self._cond.notify_all()
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
+
+    def close(self, reason: str) -> bool:
+        """Close the link (idempotent). Returns True for the call that closed it."""
+        with self.lock:
+            return self._close_locked(reason)
+
+    def _close_locked(self, reason: str) -> bool:
+        if self.closed:
+            return False
+        self.closed = True
+        self.close_reason = reason
+        self._cond.notify_all()
+        with contextlib.suppress(OSError):
+            self._abort()
+        return True
+
+    def take_pending(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """After close: the requests that will never get a reply over this link."""
+        with self.lock:
+            assert self.closed
+            pend, self.pending = self.pending, {}
+            return pend
+
+    def join_writer(self, timeout: float = 2.0) -> None:
+        if self._writer is not None and self._writer is not threading.current_thread():
+            self._writer.join(timeout)
+
+
+class SocketLink(Link):
+    def __init__(self, sock: socket.socket, kind: str, name: str) -> None:
+        super().__init__(kind, name)
+        self.sock = sock
+        self._fd_closed = False
+
+    def recv_into(self, buf: memoryview) -> int:
+        return self.sock.recv_into(buf)
+
+    def _try_send(self, data: Buffer) -> int:
+        try:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def _send_blocking(self, data: Buffer) -> None:
+        self.sock.sendall(data)
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        """Close the fd; only after the reader thread has stopped using it."""
+        if not self._fd_closed:
+            self._fd_closed = True
+            self.sock.close()
+
+
+# --- blocking frame I/O for handshakes and simple clients --------------------------------------
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            if got == 0:
+                raise LinkClosed("connection closed by peer")
+            raise p.ProtocolError(f"truncated frame: stream ended after {got} of {n} bytes")
+        got += k
+    return bytes(buf)
+
+
+def read_frame(sock: socket.socket) -> p.Frame:
+    """Read and decode exactly one frame (blocking; honours the socket's timeout)."""
+    head = recv_exact(sock, p.HEADER_SIZE)
+    h = p.decode_header(head)
+    payload = recv_exact(sock, h.length) if h.length else b""
+    return p.Frame(h, p.decode_body(h, payload))
+
+
+# --- sockets ------------------------------------------------------------------------------------
+
+
+def tune_tcp(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def connect_tcp(host: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    tune_tcp(sock)
+    return sock
+
+
+def listen_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def ensure_private_dir(path: Path) -> bool:
+    """Create ``path`` mode 0700, or check an existing one. Returns True if created."""
+    try:
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)
+        return True
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"socket dir {path} exists and is not a directory")
+    if st.st_uid != os.geteuid():
+        raise OSError(f"socket dir {path} is not owned by this user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise OSError(f"socket dir {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0700")
+    return False
+
+
+def listen_unix(path: Path) -> socket.socket:
+    """A listening UNIX socket with mode 0600. Removes a stale socket file first."""
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody listening
+        else:
+            raise OSError(f"{path} is in use by another process")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
