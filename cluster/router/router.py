@@ -465,12 +465,23 @@ class Router:
                 dup = True
             else:
                 dup = False
-                link.send([ok], [p.MSG_REGISTER_OK], [len(ok)])
+                parts = [ok]
                 for sid in self.peers:
-                    st = p.encode_frame(p.LinkState(sid, p.LINK_UP, 0), src=self.id, dst=self.id)
-                    link.send([st], [p.MSG_LINK_STATE], [len(st)])
-                self.local = link
-                self.local_pid = reg.pid
+                    parts.append(
+                        p.encode_frame(p.LinkState(sid, p.LINK_UP, 0), src=self.id, dst=self.id)
+                    )
+
+                def publish() -> None:
+                    self.local = link
+                    self.local_pid = reg.pid
+
+                # publish under the link's send lock: nothing can overtake REGISTER_OK
+                link.send(
+                    parts,
+                    [p.MSG_REGISTER_OK] + [p.MSG_LINK_STATE] * (len(parts) - 1),
+                    [len(x) for x in parts],
+                    before=publish,
+                )
         if dup:
             msg = f"shard {self.id} is already registered (pid {self.local_pid})"
             log.error("local shard (pid %d) refused: %s", reg.pid, msg)

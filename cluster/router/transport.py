@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cluster.router import protocol as p
@@ -88,16 +88,20 @@ class Link:
         types: Sequence[int] = (),
         sizes: Sequence[int] = (),
         requests: Sequence[tuple[int, int, int]] = (),
+        before: Callable[[], None] | None = None,
     ) -> bool:
         """Queue whole frames for sending. Returns False if the link is closed.
 
         ``types``/``sizes`` feed the per-type send counters; ``requests`` (requester,
         request_id, type) are recorded as pending on this link under the same lock, so a
-        concurrent close fails them exactly once.
+        concurrent close fails them exactly once. ``before`` runs under the send lock
+        first (used to publish a new link so that nothing overtakes its first frames).
         """
         with self.lock:
             if self.closed:
                 return False
+            if before is not None:
+                before()
             if requests:
                 now = time.monotonic_ns()
                 for src, rid, t in requests:

@@ -1,0 +1,178 @@
+"""Link authentication: wrong secret, wrong VM id, wrong version, unknown shard."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.router import protocol as p
+from cluster.router.auth import (
+    HandshakeRefused,
+    SecretError,
+    compute_mac,
+    handshake,
+    load_secret_fd,
+    load_secret_file,
+    verify_mac,
+    write_secret_file,
+)
+from cluster.router.transport import LinkClosed, read_frame
+from tests.unit._router_support import SECRET, InProcessMesh, wait_for
+
+
+def test_mac_binds_direction_and_nonces() -> None:
+    a, b = b"a" * 32, b"b" * 32
+    mac = compute_mac(SECRET, "vm1", 1, 2, a, b)
+    assert verify_mac(SECRET, "vm1", 1, 2, a, b, mac)
+    assert not verify_mac(SECRET, "vm1", 2, 1, a, b, mac)  # reflected
+    assert not verify_mac(SECRET, "vm1", 1, 2, b, a, mac)
+    assert not verify_mac(SECRET, "vm2", 1, 2, a, b, mac)
+    assert not verify_mac(b"x" * 32, "vm1", 1, 2, a, b, mac)
+
+
+def test_secret_loading(tmp_path: Path) -> None:
+    f = write_secret_file(tmp_path / "s", SECRET + b"\n")
+    assert load_secret_file(f) == SECRET
+    f.chmod(0o644)
+    with pytest.raises(SecretError, match="mode 0644"):
+        load_secret_file(f)
+    with pytest.raises(SecretError, match="cannot open"):
+        load_secret_file(tmp_path / "missing")
+    short = write_secret_file(tmp_path / "short", b"abc")
+    with pytest.raises(SecretError, match="need 16"):
+        load_secret_file(short)
+    import os
+
+    r, w = os.pipe()
+    os.write(w, SECRET)
+    os.close(w)
+    assert load_secret_fd(r) == SECRET
+    with pytest.raises(SecretError, match="fd"):
+        load_secret_fd(r)  # already closed
+
+
+def _received_nothing(m: InProcessMesh, shard: int) -> None:
+    c = m.clients[-1]
+    assert c.shard_id == shard
+    assert c.recv(0.3) is None
+    sent = m.routers[shard].stats()["links"]["local"]["per_type"]
+    assert set(sent) <= {"REGISTER_OK", "LINK_STATE"}, sent
+
+
+@pytest.mark.parametrize(
+    ("secrets", "vm_ids", "needle"),
+    [
+        ({2: b"another-secret-of-32-bytes......"}, None, "authentication failed"),
+        (None, {2: "vm2"}, "vm id 'vm1' does not match this router's vm id 'vm2'"),
+    ],
+    ids=["wrong-secret", "wrong-vm-id"],
+)
+def test_router_refuses_peer(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    secrets: dict[int, bytes] | None,
+    vm_ids: dict[int, str] | None,
+    needle: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dqemu.router")
+    with InProcessMesh([1, 2], tmp_path, secrets=secrets, vm_ids=vm_ids) as m:
+        c1 = m.client(1)
+        m.client(2)
+        wait_for(lambda: "refused peer" in caplog.text, what="refusal log line")
+        assert needle in caplog.text
+        assert m.routers[1].health()["peers"]["2"]["state"] != "up"
+        c1.send(2, p.Gsi(1, 1))
+        with pytest.raises(Exception, match="unreachable"):
+            c1.request(2, p.PioReq(1, 1, 0, 0, 0), timeout=1.0)
+        _received_nothing(m, 2)
+
+
+def _fake_peer(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _read_until_close(s: socket.socket) -> list[p.Frame]:
+    frames: list[p.Frame] = []
+    try:
+        while True:
+            frames.append(read_frame(s))
+    except (LinkClosed, OSError, p.ProtocolError):
+        return frames
+
+
+def test_wrong_version_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dqemu.router")
+    with InProcessMesh([1, 2], tmp_path) as m:
+        m.client(2)
+        port = m.routers[2].listen_addr.port
+        s = _fake_peer(port)
+        hello = bytearray(
+            p.encode_frame(p.Hello(1, p.ROLE_ROUTER, 0, b"n" * 32, "vm1"), src=1, dst=p.DST_ROUTER)
+        )
+        hello[4] = 2  # protocol version 2
+        gsi = bytearray(p.encode_frame(p.Gsi(1, 1), src=1, dst=2))
+        gsi[4] = 2
+        s.sendall(bytes(hello) + bytes(gsi))
+        frames = _read_until_close(s)
+        s.close()
+        errs = [f for f in frames if f.is_error]
+        assert errs and errs[0].msg.code == p.ERR_VERSION  # type: ignore[attr-defined]
+        wait_for(lambda: "unsupported protocol version 2" in caplog.text, what="log")
+        assert "refused peer 127.0.0.1:" in caplog.text
+        _received_nothing(m, 2)
+
+
+def test_impostor_frames_never_delivered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer without the secret pipelines frames behind its handshake: all discarded."""
+    caplog.set_level(logging.INFO, logger="dqemu.router")
+    with InProcessMesh([1, 2], tmp_path) as m:
+        m.client(2)
+        s = _fake_peer(m.routers[2].listen_addr.port)
+        junk = b"".join(
+            p.encode_frame(msg, src=1, dst=2)
+            for msg in (p.Gsi(1, 1), p.Irq(0, 0x30, 0, 1), p.Command(p.CMD_QUIT, 0, 0))
+        )
+        s.sendall(
+            p.encode_frame(p.Hello(1, p.ROLE_ROUTER, 0, b"n" * 32, "vm1"), src=1, dst=p.DST_ROUTER)
+            + junk
+        )
+        _read_until_close(s)
+        s.close()
+        wait_for(lambda: "refused peer" in caplog.text, what="refusal")
+        assert "expected AUTH during handshake, got GSI" in caplog.text
+        _received_nothing(m, 2)
+
+
+def test_unknown_shard_and_good_impostor(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dqemu.router")
+    with InProcessMesh([1, 2], tmp_path) as m:
+        m.wait_links()
+        c2 = m.client(2)
+        port = m.routers[2].listen_addr.port
+        # a shard id that is not in the VM
+        s = _fake_peer(port)
+        with pytest.raises(HandshakeRefused) as ei:
+            handshake(
+                s, own_id=9, vm_id="vm1", secret=SECRET, features=0,
+                is_peer=lambda _s: True, timeout=5.0,
+            )  # fmt: skip
+        s.close()
+        assert ei.value.by_peer and "shard 9 is not a peer of shard 2" in ei.value.reason
+        # with the secret, a replacement link for shard 1 is accepted and delivers
+        s = _fake_peer(port)
+        ident = handshake(
+            s, own_id=1, vm_id="vm1", secret=SECRET, features=p.FEATURES_KNOWN,
+            is_peer=lambda _s: True, timeout=5.0,
+        )  # fmt: skip
+        assert ident.shard_id == 2 and ident.features == p.FEATURES_KNOWN
+        s.sendall(p.encode_frame(p.Gsi(4, 1), src=1, dst=2))
+        f = c2.recv(2.0)
+        assert f is not None and f.msg == p.Gsi(4, 1)
+        s.close()
+        time.sleep(0.05)
