@@ -83,7 +83,6 @@ def test_fuzz_local_and_peer_links(tmp_path: Path, caplog: pytest.LogCaptureFixt
         got: list[p.Frame] = []
         c2.on(p.MSG_GSI, lambda f: got.append(f) or None)
         r1 = m.routers[1]
-        sent_valid = 0
         for _ in range(60):
             s = register_raw(r1.cfg.shard_socket, 1)
             good = rng.choice(VALID)
@@ -92,7 +91,6 @@ def test_fuzz_local_and_peer_links(tmp_path: Path, caplog: pytest.LogCaptureFixt
             s.shutdown(socket.SHUT_WR)
             drain(s)
             s.close()
-            sent_valid += 1
             wait_for(lambda: r1.local is None, what="fuzz link closed")
         # peer (TCP) side: random bytes and mutated HELLOs at router 2's listener
         hello = p.encode_frame(

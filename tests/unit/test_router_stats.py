@@ -10,7 +10,7 @@ from cluster.router.stats import LatencyHistogram, LinkStats, _bucket, _bucket_l
 
 def test_buckets_monotonic_and_bounded() -> None:
     last = -1
-    for v in list(range(0, 5000)) + [10**6, 10**9, 10**12, 1 << 62]:
+    for v in [*range(5000), 10**6, 10**9, 10**12, 1 << 62]:
         b = _bucket(v)
         assert b >= last
         last = b
