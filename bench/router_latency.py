@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""Router latency and throughput benchmark (not a test).
+
+Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). Router A
+(shard 1) runs in A, router B (shard 2) in B. Measured:
+
+(a) router round trip: a client on A's UNIX socket sends PIO_REQ to shard 2 -> router A ->
+    TCP -> router B -> an echo client on B's UNIX socket, which answers PIO_REPLY back the
+    same way. Reported for a lean synchronous client (headline) and for ShardClient.request.
+(b) raw one-hop ping-pong of the same frame size from A's namespace to B's over the veth,
+    in Python (blocking sockets, TCP_NODELAY) and in C (bench/pingpong.c, compiled now).
+(c) one-way throughput over one router link: small frames from A's client to a sink on B.
+
+Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
+(raw = the Python one-hop p50). Needs root for namespaces; ``--no-netns`` runs everything
+on 127.0.0.1 instead. Every process and namespace is cleaned up on every exit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cluster.router import protocol as p  # noqa: E402
+from cluster.router.auth import generate_secret, write_secret_file  # noqa: E402
+from cluster.router.client import ShardClient  # noqa: E402
+from cluster.router.control import ControlError, control_call  # noqa: E402
+from loopback.netns import Topology, available  # noqa: E402
+
+HDR = p.HEADER
+REQ_TYPE, REP_TYPE = p.MSG_PIO_REQ, p.MSG_PIO_REPLY
+FRAME_SIZE = p.HEADER_SIZE + 16  # PIO_REQ / PIO_REPLY
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q / 100))]
+
+
+# --- roles run as child processes ----------------------------------------------------------------
+
+
+def register(path: str, shard: int) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(
+        p.encode_frame(
+            p.Register(shard, os.getpid(), 0), src=shard, dst=p.DST_ROUTER,
+            flags=p.FLAG_WANT_REPLY, request_id=1,
+        )
+    )  # fmt: skip
+    dec = p.FrameDecoder()
+    while True:
+        for f in dec.feed(s.recv(65536)):
+            if f.is_reply and f.request_id == 1:
+                if f.is_error:
+                    raise SystemExit(f"register failed: {f.msg}")
+                return s
+
+
+def role_echo(path: str, shard: int) -> None:
+    """Answer every request by rewriting its header in place (PIO_REQ -> PIO_REPLY)."""
+    s = register(path, shard)
+    print("ready", flush=True)
+    buf = bytearray(1 << 20)
+    mv = memoryview(buf)
+    start = end = 0
+    pack_into, unpack_from = HDR.pack_into, HDR.unpack_from
+    while True:
+        n = s.recv_into(mv[end:])
+        if not n:
+            return
+        end += n
+        out_start = start
+        while end - start >= 24:
+            magic, ver, _t, flags, src, dst, length, rid = unpack_from(buf, start)
+            if end - start < 24 + length:
+                break
+            if flags & p.FLAG_WANT_REPLY:
+                pack_into(buf, start, magic, ver, REP_TYPE, p.FLAG_REPLY, dst, src, length, rid)
+            start += 24 + length
+        if start > out_start:
+            s.sendall(mv[out_start:start])
+        if start == end:
+            start = end = 0
+        elif start > len(buf) // 2:
+            buf[: end - start] = buf[start:end]
+            end -= start
+            start = 0
+
+
+def role_sink(path: str, shard: int, count: int) -> None:
+    s = register(path, shard)
+    print("ready", flush=True)
+    buf = bytearray(1 << 20)
+    got = 0
+    t_first = 0.0
+    partial = 0
+    while got < count:
+        n = s.recv_into(buf)
+        if not n:
+            break
+        if not t_first:
+            t_first = time.monotonic()
+        # frames are all the same size here: count them by bytes
+        partial += n
+        got += partial // FRAME_SIZE
+        partial %= FRAME_SIZE
+    print(json.dumps({"count": got, "t_first": t_first, "t_last": time.monotonic()}), flush=True)
+
+
+def role_raw_server(host: str, port: int) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(1)
+    print("ready", flush=True)
+    c, _ = srv.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(FRAME_SIZE)
+    mv = memoryview(buf)
+    while True:
+        got = 0
+        while got < FRAME_SIZE:
+            n = c.recv_into(mv[got:])
+            if not n:
+                return
+            got += n
+        c.sendall(buf)
+
+
+def role_raw_client(host: str, port: int, iters: int) -> None:
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = p.encode_frame(p.PioReq(0x3F8, 1, 0, 0, 0), src=1, dst=2)
+    buf = bytearray(FRAME_SIZE)
+    mv = memoryview(buf)
+    lat: list[float] = []
+    for i in range(-iters // 10, iters):
+        t0 = time.perf_counter_ns()
+        s.sendall(msg)
+        got = 0
+        while got < FRAME_SIZE:
+            got += s.recv_into(mv[got:])
+        if i >= 0:
+            lat.append((time.perf_counter_ns() - t0) / 1000)
+    print(json.dumps({"p50_us": pct(lat, 50), "p99_us": pct(lat, 99)}), flush=True)
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="dq-bench-"))
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.topo: Topology | None = None
+        self.ip = ["127.0.0.1", "127.0.0.1"]
+
+    def spawn(self, host: int | None, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        if host is not None and self.topo is not None:
+            proc = self.topo.popen(host, argv, **kw)
+        else:
+            proc = subprocess.Popen(argv, **kw)
+            self.procs.append(proc)
+        return proc
+
+    def run_in(self, host: int, argv: list[str]) -> str:
+        full = self.topo.exec_args(host, argv) if self.topo is not None else argv
+        return subprocess.run(full, capture_output=True, text=True, check=True, timeout=300).stdout
+
+    def role(self, host: int | None, *role_args: str) -> subprocess.Popen[Any]:
+        proc = self.spawn(
+            host,
+            [sys.executable, str(Path(__file__).resolve()), *role_args],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"bench role {role_args[0]} failed to start: {line!r}")
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self.topo is not None:
+            self.topo.teardown()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_routers(self) -> list[Path]:
+        secret = write_secret_file(self.tmp / "secret", generate_secret())
+        ports = [7101, 7102]
+        socks = []
+        for i in (0, 1):
+            shard = i + 1
+            other = 1 - i
+            cfg = {
+                "vm_id": "bench",
+                "shard_id": shard,
+                "listen": f"{self.ip[i]}:{ports[i] if self.topo else 0}",
+                "socket_dir": str(self.tmp / f"r{shard}"),
+                "peers": {str(other + 1): f"{self.ip[other]}:{ports[other]}"},
+            }
+            if not self.topo:  # on 127.0.0.1 pick free ports
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    ports[i] = s.getsockname()[1]
+                cfg["listen"] = f"127.0.0.1:{ports[i]}"
+            socks.append(cfg)
+        if not self.topo:
+            for i in (0, 1):
+                socks[i]["peers"] = {str(2 - i): f"127.0.0.1:{ports[1 - i]}"}
+        paths = []
+        for i, cfg in enumerate(socks):
+            path = self.tmp / f"router{i + 1}.json"
+            path.write_text(json.dumps(cfg))
+            log = open(self.tmp / f"router{i + 1}.log", "wb")  # noqa: SIM115
+            self.spawn(
+                i,
+                [sys.executable, "-m", "cluster.router", "--config", str(path),
+                 "--secret-file", str(secret), "--log-level", "warning"],
+                cwd=ROOT, stdout=log, stderr=log,
+            )  # fmt: skip
+            paths.append(Path(cfg["socket_dir"]))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                h = control_call(paths[0] / "control.sock", "health", timeout=1)
+                if h["peers"]["2"]["state"] == "up":
+                    return paths
+            except (OSError, ControlError):
+                pass
+            time.sleep(0.05)
+        logs = (self.tmp / "router1.log").read_text() + (self.tmp / "router2.log").read_text()
+        raise SystemExit(f"routers did not link up:\n{logs}")
+
+    def router_rtt(self, dirs: list[Path]) -> tuple[dict[str, float], dict[str, float]]:
+        iters = self.args.iters
+        echo = self.role(None, "--echo", str(dirs[1] / "shard.sock"), "2")
+        # lean synchronous client: one frame out, read until its reply
+        s = register(str(dirs[0] / "shard.sock"), 1)
+        buf = bytearray(65536)
+        lat: list[float] = []
+        for i in range(-iters // 10, iters):
+            rid = i + iters + 10
+            frame = HDR.pack(p.MAGIC, 1, REQ_TYPE, p.FLAG_WANT_REPLY, 1, 2, 16, rid) + bytes(16)
+            t0 = time.perf_counter_ns()
+            s.sendall(frame)
+            got = 0
+            while got < FRAME_SIZE:
+                got += s.recv_into(memoryview(buf)[got:])
+            if i >= 0:
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+        s.close()
+        lean = {"p50_us": pct(lat, 50), "p99_us": pct(lat, 99)}
+        time.sleep(0.2)
+        # the real client API (synchronous mode), fewer iterations
+        c = ShardClient.connect(dirs[0] / "shard.sock", 1, threaded=False)
+        lat2: list[float] = []
+        req = p.PioReq(0x3F8, 1, 0, 0, 0)
+        for i in range(-200, iters // 2):
+            t0 = time.perf_counter_ns()
+            c.request(2, req, timeout=5.0)
+            if i >= 0:
+                lat2.append((time.perf_counter_ns() - t0) / 1000)
+        c.close()
+        echo.terminate()
+        echo.wait(5)
+        return lean, {"p50_us": pct(lat2, 50), "p99_us": pct(lat2, 99)}
+
+    def raw_python(self) -> dict[str, float]:
+        self.role(1, "--raw-server", self.ip[1], "7200")
+        out = self.run_in(
+            0,
+            [sys.executable, str(Path(__file__).resolve()), "--raw-client", self.ip[1], "7200",
+             str(self.args.iters)],
+        )  # fmt: skip
+        result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def raw_c(self) -> dict[str, float] | None:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            return None
+        exe = self.tmp / "pingpong"
+        subprocess.run([gcc, "-O2", "-o", str(exe), str(ROOT / "bench" / "pingpong.c")], check=True)
+        self.role_c(exe)
+        out = self.run_in(
+            0, [str(exe), "client", self.ip[1], "7201", str(FRAME_SIZE), str(self.args.iters)]
+        )
+        fields = dict(kv.split("=") for kv in out.split())
+        return {k: float(v) for k, v in fields.items()}
+
+    def role_c(self, exe: Path) -> None:
+        proc = self.spawn(
+            1, [str(exe), "server", self.ip[1], "7201", str(FRAME_SIZE)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("C ping-pong server failed to start")
+
+    def throughput(self, dirs: list[Path]) -> float:
+        n = self.args.messages
+        sink = self.role(None, "--sink", str(dirs[1] / "shard.sock"), "2", str(n))
+        s = register(str(dirs[0] / "shard.sock"), 1)
+        one = p.encode_frame(p.ApicState(1, 1, 0, 0), src=1, dst=2)
+        assert len(one) == FRAME_SIZE
+        chunk = one * 512
+        t0 = time.monotonic()
+        sent = 0
+        while sent < n:
+            k = min(512, n - sent)
+            s.sendall(chunk if k == 512 else one * k)
+            sent += k
+        assert sink.stdout is not None
+        res = json.loads(sink.stdout.readline())
+        s.close()
+        sink.wait(10)
+        if res["count"] < n:
+            raise SystemExit(f"sink got {res['count']} of {n} frames")
+        return float(n / (res["t_last"] - t0))
+
+    def main(self) -> int:
+        if not self.args.no_netns:
+            why = available()
+            if why:
+                raise SystemExit(f"router_latency: {why} (use --no-netns)")
+            self.topo = Topology(2).create()
+            self.ip = [h.ip for h in self.topo.hosts]
+            where = f"A={self.topo.hosts[0]} B={self.topo.hosts[1]}"
+        else:
+            where = "127.0.0.1 (no namespaces)"
+        print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips")
+        dirs = self.start_routers()
+        lean, api = self.router_rtt(dirs)
+        raw_py = self.raw_python()
+        raw_c = self.raw_c()
+        rates = [self.throughput(dirs) for _ in range(self.args.rounds)]
+        rate = statistics.median(rates)
+        stats = control_call(dirs[0] / "control.sock", "stats")["links"].get("shard:2", {})
+        print(f"(a) router RTT, lean client:       p50 {lean['p50_us']:.1f} us  "
+              f"p99 {lean['p99_us']:.1f} us")  # fmt: skip
+        print(f"    router RTT, ShardClient.request: p50 {api['p50_us']:.1f} us  "
+              f"p99 {api['p99_us']:.1f} us")  # fmt: skip
+        lat = stats.get("request_latency", {})
+        print(f"    router A's view of shard 2:     p50 {lat.get('p50_us')} us  "
+              f"p99 {lat.get('p99_us')} us (A->B->echo->B->A)")  # fmt: skip
+        print(f"(b) raw one-hop Python:            p50 {raw_py['p50_us']:.1f} us  "
+              f"p99 {raw_py['p99_us']:.1f} us")  # fmt: skip
+        if raw_c:
+            print(f"    raw one-hop C:                 p50 {raw_c['p50_us']:.1f} us  "
+                  f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip
+        print(f"(c) one-way throughput, one link:  {rate:,.0f} msgs/s "
+              f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        ratio = lean["p50_us"] / raw_py["p50_us"]
+        print(
+            f"router_rtt_us={lean['p50_us']:.1f} raw_rtt_us={raw_py['p50_us']:.1f} "
+            f"ratio={ratio:.2f} msgs_per_s={rate:.0f}"
+        )
+        return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--iters", type=int, default=5000, help="round trips per latency test")
+    ap.add_argument("--messages", type=int, default=300_000, help="frames per throughput round")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds")
+    ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 only")
+    ap.add_argument("--echo", nargs=2, metavar=("SOCK", "SHARD"), help=argparse.SUPPRESS)
+    ap.add_argument("--sink", nargs=3, metavar=("SOCK", "SHARD", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--raw-server", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--raw-client", nargs=3, metavar=("IP", "PORT", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.echo:
+        role_echo(args.echo[0], int(args.echo[1]))
+        return 0
+    if args.sink:
+        role_sink(args.sink[0], int(args.sink[1]), int(args.sink[2]))
+        return 0
+    if args.raw_server:
+        role_raw_server(args.raw_server[0], int(args.raw_server[1]))
+        return 0
+    if args.raw_client:
+        role_raw_client(args.raw_client[0], int(args.raw_client[1]), int(args.raw_client[2]))
+        return 0
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    bench = Bench(args)
+    try:
+        return bench.main()
+    finally:
+        bench.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
