@@ -214,7 +214,7 @@ class Bench:
     def start_routers(self) -> list[Path]:
         secret = write_secret_file(self.tmp / "secret", generate_secret())
         ports = [7101, 7102]
-        socks = []
+        socks: list[dict[str, Any]] = []
         for i in (0, 1):
             shard = i + 1
             other = 1 - i
@@ -245,7 +245,7 @@ class Bench:
                  "--secret-file", str(secret), "--log-level", "warning"],
                 cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
-            paths.append(Path(cfg["socket_dir"]))
+            paths.append(self.tmp / f"r{i + 1}")
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:

@@ -15,7 +15,7 @@ import pytest
 
 from cluster.router import protocol as p
 from cluster.router.client import ShardClient
-from cluster.router.request import LinkLost
+from cluster.router.request import Handler, LinkLost
 from tests.unit._router_support import (
     ROOT,
     SECRET,
@@ -33,11 +33,16 @@ def test_mesh_of_four_processes(tmp_path: Path) -> None:
         wait_mesh_up(procs)
         clients = {i: ShardClient.connect(procs[i].shard_socket, i) for i in ids}
         try:
+
+            def handler_for(shard: int) -> Handler:
+                def handle(f: p.Frame) -> p.Message:
+                    assert isinstance(f.msg, p.MmioReq)
+                    return p.MmioReply(f.msg.addr + shard, 0)
+
+                return handle
+
             for i in ids:
-                clients[i].on(
-                    p.MSG_MMIO_REQ,
-                    lambda f, i=i: p.MmioReply(f.msg.addr + i, 0),  # type: ignore[attr-defined]
-                )
+                clients[i].on(p.MSG_MMIO_REQ, handler_for(i))
             for src in ids:
                 for dst in ids:
                     if src != dst:
