@@ -1,0 +1,66 @@
+"""Shared fixtures: the built QEMU and guest, and a runner for the dqemu CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def kv(self) -> dict[str, str]:
+        """The guest's ``DQ KV key=value`` lines."""
+        out: dict[str, str] = {}
+        for line in self.stdout.splitlines():
+            if line.startswith("DQ KV "):
+                key, _, value = line[6:].strip().partition("=")
+                out[key] = value
+        return out
+
+    def passed(self, name: str) -> bool:
+        return any(line.strip() == f"DQ PASS {name}" for line in self.stdout.splitlines())
+
+
+def dqemu_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cluster.cli", *args]
+
+
+def run_dqemu(*args: str, timeout: float = 600) -> Run:
+    proc = subprocess.run(
+        dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def built() -> None:
+    """Build (or find cached) the patched QEMU and the guest before integration tests."""
+    for cmd in (("build-qemu",), ("build-guest",)):
+        r = run_dqemu(*cmd, timeout=3000)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    """Fail the test if it leaves a launcher-started QEMU or a dqemu shm file behind."""
+    yield
+    left = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if any("mem-path=/dev/shm/dqemu-" in part for part in (p.info["cmdline"] or []))
+    ]
+    shm = [p.name for p in Path("/dev/shm").glob("dqemu-*")]
+    assert not left, f"QEMU processes left behind: {left}"
+    assert not shm, f"shared memory left behind: {shm}"

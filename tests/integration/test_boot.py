@@ -1,0 +1,93 @@
+"""The patched QEMU boots the Linux test guest from the loopback launcher."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, dqemu_cmd, run_dqemu
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
+
+
+def test_version_marks_dqemu_build() -> None:
+    qemu = run_dqemu("build-qemu", "--print-path").stdout.strip()
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "10.0.2+dqemu" in out
+
+
+@pytest.mark.parametrize("vcpus", [1, 4])
+def test_guest_reports_cpu_count(vcpus: int) -> None:
+    r = run_dqemu(
+        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+        "--append", "dq.run=cpus", "--vcpus", str(vcpus), "--timeout", "300",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.passed("cpus"), r.stdout[-2000:]
+    assert r.kv()["online_cpus"] == str(vcpus)
+    assert "guest powered off" in r.stderr
+
+
+def test_spec_file_boot() -> None:
+    r = run_dqemu("loopback", "--spec", "examples/linux-1shard.toml")
+    assert r.returncode == 0, r.stderr
+    assert r.kv()["online_cpus"] == "2"
+
+
+def test_guest_panic_exits_nonzero() -> None:
+    r = run_dqemu(
+        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+        "--append", "dq.run=panic", "--timeout", "300",
+    )  # fmt: skip
+    assert r.returncode == 3
+    assert "dqemu: error: guest panic: Kernel panic - not syncing" in r.stderr
+
+
+def test_timeout_exits_nonzero() -> None:
+    r = run_dqemu(
+        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+        "--append", "dq.run=sleep", "--timeout", "20",
+    )  # fmt: skip
+    assert r.returncode == 124
+    assert "guest did not finish within 20 s" in r.stderr
+
+
+def test_isa_debug_exit_status_passes_through() -> None:
+    # The guest writes 0x10 to port 0xf4: QEMU exits with (0x10 << 1) | 1 = 33.
+    r = run_dqemu(
+        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+        "--append", "dq.run=debugexit", "--device", "isa-debug-exit,iobase=0xf4,iosize=4@0",
+        "--timeout", "300",
+    )  # fmt: skip
+    assert r.returncode == 33, r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_boot_leaves_nothing(sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        dqemu_cmd("loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+                  "--append", "dq.run=sleep", "--timeout", "300"),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            if "DQ KV sleeping=1" in line or time.monotonic() > deadline:
+                break
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("qemu-system" in " ".join(c.cmdline()) for c in children)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig or (sig == signal.SIGINT and proc.returncode == 130)
+    assert "Traceback" not in err
+    for c in children:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE, c
