@@ -20,6 +20,9 @@
 #define LAPIC_LVT_LINT0 0x350
 #define LAPIC_LVT_LINT1 0x360
 #define LAPIC_LVT_ERROR 0x370
+#define LAPIC_TIMER_ICR 0x380
+#define LAPIC_TIMER_CCR 0x390
+#define LAPIC_TIMER_DCR 0x3e0
 #define LVT_MASKED (1u << 16)
 #define ICR_BUSY (1u << 12)
 
@@ -48,6 +51,36 @@ void lapic_init_cpu(unsigned index)
     lapic_write(LAPIC_ESR, 0);
     lapic_write(LAPIC_SVR, 0x100 | VEC_SPURIOUS); /* software enable */
     lapic_eoi();
+}
+
+static uint64_t timer_ticks_per_ms;
+
+/* Measure the LAPIC timer (divide by 16) against the calibrated TSC. */
+void lapic_timer_calibrate(void)
+{
+    lapic_write(LAPIC_TIMER_DCR, 0x3);
+    lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | VEC_TIMER);
+    lapic_write(LAPIC_TIMER_ICR, 0xffffffff);
+    udelay(1000);
+    uint32_t left = lapic_read(LAPIC_TIMER_CCR);
+    lapic_write(LAPIC_TIMER_ICR, 0);
+    timer_ticks_per_ms = 0xffffffffu - left;
+    if (!timer_ticks_per_ms)
+        timer_ticks_per_ms = 1000;
+    kprintf("# lapic timer ticks_per_ms=%lu (divide 16)\n", timer_ticks_per_ms);
+}
+
+/* One interrupt on VEC_TIMER after about us microseconds. */
+void lapic_timer_oneshot_us(uint64_t us)
+{
+    uint64_t ticks = timer_ticks_per_ms * us / 1000;
+    if (ticks == 0)
+        ticks = 1;
+    if (ticks > 0xffffffffu)
+        ticks = 0xffffffffu;
+    lapic_write(LAPIC_TIMER_DCR, 0x3);
+    lapic_write(LAPIC_LVT_TIMER, VEC_TIMER);
+    lapic_write(LAPIC_TIMER_ICR, (uint32_t)ticks);
 }
 
 /* Send an IPI: dest_field goes to ICR[63:56] (physical APIC id or logical mask). */

@@ -4,7 +4,7 @@
  * QEMU passes "<kernel path> <-append string>"; tokens without '=' are ignored.
  * Recognised: only=G1,G2  skip=G1,G2  iters=N  litmus_iters=N  xmc_rounds=N
  * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N
- * idle=hlt|poll  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi mem
+ * idle=hlt|poll  pause=0|1  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi mem
  * litmus xmc tsc (CPU bring-up always runs).
  */
 #include "dqtest.h"
@@ -73,8 +73,12 @@ static void parse_token(const char *tok, size_t len)
         copy_str(opt.skip, sizeof(opt.skip), val, vlen);
     } else if (key_is(tok, klen, "idle")) {
         opt.idle_poll = vlen == 4 && strncmp(val, "poll", 4) == 0;
+    } else if (key_is(tok, klen, "pause")) {
+        opt.pause = !(vlen == 1 && val[0] == '0');
     } else if (key_is(tok, klen, "verbose")) {
         opt.verbose = !(vlen == 1 && val[0] == '0');
+    } else if (key_is(tok, klen, "console") || key_is(tok, klen, "panic")) {
+        /* added by the dQEMU launcher for Linux guests: not ours */
     } else {
         char k[32];
         copy_str(k, sizeof(k), tok, klen);

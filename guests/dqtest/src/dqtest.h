@@ -14,7 +14,8 @@
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Interrupt vectors used by dqtest. */
-#define VEC_KICK 0x20     /* wakes an idle AP to look at its mailbox */
+#define VEC_KICK 0x20     /* wakes an idle AP (mailbox) or the waiting BSP (done) */
+#define VEC_TIMER 0x21    /* LAPIC timer: bounds the BSP's HLT while it waits */
 #define VEC_TEST 0x30     /* IPI conformance cases */
 #define VEC_PING 0x40     /* IPI ping-pong: request */
 #define VEC_PONG 0x41     /* IPI ping-pong: reply */
@@ -38,16 +39,6 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ---- spinlock ---- */
-typedef struct { volatile uint32_t locked; } spinlock_t;
-static inline void spin_lock(spinlock_t *l)
-{
-    while (__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE))
-        while (READ_ONCE(l->locked))
-            cpu_relax();
-}
-static inline void spin_unlock(spinlock_t *l) { __atomic_store_n(&l->locked, 0, __ATOMIC_RELEASE); }
-
 /* ---- cmdline.c ---- */
 struct options {
     uint64_t iters;          /* samples per latency measurement */
@@ -59,22 +50,50 @@ struct options {
     uint64_t settle_us;      /* quiet time before counting deliveries */
     uint64_t max_cpus;       /* bring up at most this many CPUs (0: all) */
     bool idle_poll;          /* idle APs spin instead of HLT */
+    bool pause;              /* spin loops execute PAUSE (costly under TCG: it leaves the TB) */
     bool verbose;
     char only[128];          /* comma-separated groups, empty = all */
     char skip[128];
 };
 extern struct options opt;
+
+/* Body of every spin-wait loop.  PAUSE is the hardware hint, but under TCG it
+ * exits to the vCPU loop (and takes QEMU's big lock) on every iteration, which
+ * starves other vCPUs; by default a compiler barrier is used instead. */
+static inline void cpu_relax(void)
+{
+    if (opt.pause)
+        pause_insn();
+    else
+        barrier();
+}
+
+/* ---- spinlock ---- */
+typedef struct { volatile uint32_t locked; } spinlock_t;
+static inline void spin_lock(spinlock_t *l)
+{
+    while (__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE))
+        while (READ_ONCE(l->locked))
+            cpu_relax();
+}
+static inline void spin_unlock(spinlock_t *l) { __atomic_store_n(&l->locked, 0, __ATOMIC_RELEASE); }
+
+
 void cmdline_parse(const char *cmdline);
 void cmdline_check_groups(void);
 bool group_enabled(const char *group);
 
 /* ---- report.c ---- */
 void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void check_todo(bool ok, const char *reason, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+unsigned report_todo_failures(void);
 void skip(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void report_lat(const char *name, const char *label, uint64_t *samples, size_t n);
 unsigned report_failures(void);
 unsigned report_total(void);
 uint64_t cycles_to_ns(uint64_t cycles);
+extern uint64_t samples[MAX_SAMPLES];   /* shared buffer for one measurement at a time */
+void report_counts(const char *what, const uint32_t *got, const uint32_t *expect);
 
 /* ---- tsc.c ---- */
 extern uint64_t tsc_khz;
@@ -121,6 +140,8 @@ uint32_t irq_to_gsi(uint8_t irq, uint16_t *flags);
 #define ICR_ALL (2u << 18)
 #define ICR_OTHERS (3u << 18)
 void lapic_init_cpu(unsigned index);
+void lapic_timer_calibrate(void);
+void lapic_timer_oneshot_us(uint64_t us);
 uint32_t lapic_id(void);
 void lapic_eoi(void);
 void lapic_send_ipi(uint32_t dest_field, uint32_t icr_lo);

@@ -56,9 +56,9 @@ void kmain(void)
     cmdline_parse(cmdline);
     cmdline_check_groups();
     kprintf("# options iters=%lu litmus_iters=%lu xmc_rounds=%lu atomic_iters=%lu tsc_bound_ns=%lu "
-            "timeout_ms=%lu settle_us=%lu idle=%s only=%s skip=%s\n",
+            "timeout_ms=%lu settle_us=%lu idle=%s pause=%d only=%s skip=%s\n",
             opt.iters, opt.litmus_iters, opt.xmc_rounds, opt.atomic_iters, opt.tsc_bound_ns,
-            opt.timeout_ms, opt.settle_us, opt.idle_poll ? "poll" : "hlt", opt.only[0] ? opt.only : "all",
+            opt.timeout_ms, opt.settle_us, opt.idle_poll ? "poll" : "hlt", opt.pause, opt.only[0] ? opt.only : "all",
             opt.skip[0] ? opt.skip : "none");
     print_cpu_info();
 
@@ -70,6 +70,7 @@ void kmain(void)
     cpus[0].online = 1;
     ioapic_mask_all();
     sti();
+    lapic_timer_calibrate();
 
     tsc_crosscheck_hpet();
     smp_boot_aps();
@@ -90,9 +91,11 @@ void kmain(void)
 
     unsigned total = report_total(), failed = report_failures();
     kprintf("1..%u\n", total);
+    if (report_todo_failures())
+        kprintf("# todo: %u known-defect checks failed (not counted)\n", report_todo_failures());
     if (failed)
         kprintf("dqtest: FAIL %u/%u\n", failed, total);
     else
-        kprintf("dqtest: PASS %u/%u\n", total, total);
+        kprintf("dqtest: PASS %u/%u\n", total - report_todo_failures(), total);
     power_off(failed == 0);
 }

@@ -7,12 +7,15 @@
  *   # lat ipi_rtt cpu0-cpu1 p50_cycles=... p99_cycles=... p50_ns=... p99_ns=... min_cycles=... max_cycles=... n=...
  *   # skip msi - no PCI device with MSI capability
  *
+ *   not ok 9 - xmc concurrent ... # TODO reason   (known defect: does not fail the run)
+ *
  * Only the BSP calls these.  main.c prints the plan and the final
  * "dqtest: PASS n/n" or "dqtest: FAIL k/n" line.
  */
 #include "dqtest.h"
 
-static unsigned n_checks, n_failed;
+static unsigned n_checks, n_failed, n_todo_failed;
+uint64_t samples[MAX_SAMPLES];
 
 void check(bool ok, const char *fmt, ...)
 {
@@ -63,5 +66,37 @@ void report_lat(const char *name, const char *label, uint64_t *samples, size_t n
             samples[n - 1], (uint64_t)n);
 }
 
+/* A check for a known, documented defect: reported with the TAP TODO
+ * directive, so its failure is visible but does not fail the run. */
+void check_todo(bool ok, const char *reason, const char *fmt, ...)
+{
+    char desc[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(desc, sizeof(desc), fmt, ap);
+    va_end(ap);
+    n_checks++;
+    if (!ok)
+        n_todo_failed++;
+    kprintf("%s %u - %s # TODO %s\n", ok ? "ok" : "not ok", n_checks, desc, reason);
+}
+
+unsigned report_todo_failures(void) { return n_todo_failed; }
+
 unsigned report_failures(void) { return n_failed; }
 unsigned report_total(void) { return n_checks; }
+
+/* Diagnostic after a failed delivery check: per-CPU counts, got vs expected. */
+void report_counts(const char *what, const uint32_t *got, const uint32_t *expect)
+{
+    char buf[400];
+    size_t n = (size_t)snprintf(buf, sizeof(buf), "# %s got", what);
+    for (unsigned i = 0; i < ncpus && n < sizeof(buf); i++)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " cpu%u=%u", i, got[i]);
+    if (expect) {
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " expected");
+        for (unsigned i = 0; i < ncpus && n < sizeof(buf); i++)
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, " cpu%u=%u", i, expect[i]);
+    }
+    kprintf("%s\n", buf);
+}

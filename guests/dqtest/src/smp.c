@@ -50,6 +50,8 @@ static void __attribute__((noreturn)) idle_loop(struct cpu *c)
             void *arg = c->cmd_arg;
             fn(arg);
             __atomic_store_n(&c->done_seq, s, __ATOMIC_RELEASE);
+            if (!opt.idle_poll)
+                lapic_send_ipi(cpus[0].apic_id, ICR_FIXED | VEC_KICK);   /* wake the BSP */
             continue;
         }
         if (opt.idle_poll) {
@@ -145,7 +147,9 @@ bool smp_call_async(unsigned cpu, void (*fn)(void *), void *arg)
 }
 
 /* Wait for a posted command.  Commands bound their own loops by opt.timeout_ms,
- * so a CPU that takes far longer is declared dead and skipped from then on. */
+ * so a CPU that takes far longer is declared dead and skipped from then on.
+ * The BSP halts meanwhile (the AP kicks it when done; a LAPIC timer bounds
+ * each HLT), so it does not compete for host CPU time with the CPUs under test. */
 bool smp_wait(unsigned cpu)
 {
     struct cpu *c = &cpus[cpu];
@@ -159,7 +163,16 @@ bool smp_wait(unsigned cpu)
             kprintf("# cpu%u did not finish its command within %lu ms: marked dead\n", cpu, ms);
             return false;
         }
-        cpu_relax();
+        if (opt.idle_poll) {
+            cpu_relax();
+            continue;
+        }
+        cli();
+        if (__atomic_load_n(&c->done_seq, __ATOMIC_ACQUIRE) != c->cmd_seq) {
+            lapic_timer_oneshot_us(10000);
+            sti_hlt();
+        }
+        sti();
     }
     return true;
 }

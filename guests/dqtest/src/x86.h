@@ -66,7 +66,7 @@ static inline void serialize(void)
     cpuid(0, 0, &a, &b, &c, &d);
 }
 
-static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline void pause_insn(void) { __asm__ volatile("pause" ::: "memory"); }
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 static inline void mfence(void) { __asm__ volatile("mfence" ::: "memory"); }
 static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
