@@ -59,7 +59,7 @@ def test_missing_patch_named(patch_dir: Path) -> None:
     up = qemu_build.load_upstream(patch_dir)
     with (patch_dir / "series").open("a") as f:
         f.write("9999-missing.patch\n")
-    with pytest.raises(DqemuError, match="9999-missing.patch, which does not exist"):
+    with pytest.raises(DqemuError, match=r"9999-missing\.patch, which does not exist"):
         qemu_build.build_key(up, patch_dir)
 
 
