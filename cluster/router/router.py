@@ -318,7 +318,8 @@ class Router:
         for sid, link in links.items():
             if now - link.last_rx > self.cfg.link_timeout:
                 link.close(f"no traffic from shard {sid} for {self.cfg.link_timeout:g} s")
-            elif now - link.last_tx >= self.cfg.ping_interval:
+            elif now - link.last_ping >= self.cfg.ping_interval:
+                link.last_ping = now
                 frame = p.encode_frame(
                     p.Ping(time.monotonic_ns()),
                     src=self.id,
@@ -607,7 +608,7 @@ class Router:
                     return "connection closed by peer"
                 end += n
                 link.last_rx = time.monotonic()
-                batches: dict[Link, _Batch] = {}
+                batches: dict[Link, _Batch] = {}  # only used when a read holds 2+ frames
                 err: str | None = None
                 peer_list: list[SocketLink] | None = None
                 while end - start >= 24:
@@ -692,6 +693,19 @@ class Router:
                                 f"misrouted: shard {own}'s router got a frame for shard {dst}",
                             )  # fmt: skip
                             continue
+                    if start == end and not batches:
+                        # the read held just this frame (the latency case): send it now
+                        if not target.send1(
+                            frame, t, nbytes, (src, rid) if flags & want_reply else None
+                        ):
+                            b = _Batch()
+                            b.parts.append(frame)
+                            b.types.append(t)
+                            b.sizes.append(nbytes)
+                            if flags & want_reply:
+                                b.reqs.append((src, rid, t))
+                            batches[target] = b
+                        continue
                     b = batches.get(target)
                     if b is None:
                         b = batches[target] = _Batch()

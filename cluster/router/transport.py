@@ -54,7 +54,7 @@ class Link:
         # (requester shard, request_id) -> (start ns, request type)
         self.pending: dict[tuple[int, int], tuple[int, int]] = {}
         self.last_rx = time.monotonic()
-        self.last_tx = time.monotonic()
+        self.last_ping = time.monotonic()
         self.up_since = time.time()
         self._writer: threading.Thread | None = None
 
@@ -111,7 +111,6 @@ class Link:
                 st.tx_msgs[t] += 1
                 st.tx_bytes[t] += n
             data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
-            self.last_tx = time.monotonic()
             if self._backlog or self._flushing:
                 self._queue(bytes(data))
                 return True
@@ -121,6 +120,28 @@ class Link:
                 self._close_locked(f"send failed: {e.strerror or e}")
                 return True
             if n < len(data):
+                self._queue(bytes(memoryview(data)[n:]))
+            return True
+
+    def send1(self, data: Buffer, t: int, nbytes: int, req: tuple[int, int] | None) -> bool:
+        """`send` for one frame: the hot path when a read held a single frame."""
+        with self.lock:
+            if self.closed:
+                return False
+            if req is not None:
+                self.pending[req] = (time.monotonic_ns(), t)
+            st = self.stats
+            st.tx_msgs[t] += 1
+            st.tx_bytes[t] += nbytes
+            if self._backlog or self._flushing:
+                self._queue(bytes(data))
+                return True
+            try:
+                n = self._try_send(data)
+            except OSError as e:
+                self._close_locked(f"send failed: {e.strerror or e}")
+                return True
+            if n < nbytes:
                 self._queue(bytes(memoryview(data)[n:]))
             return True
 
