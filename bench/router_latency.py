@@ -8,7 +8,8 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
     TCP -> router B -> an echo client on B's UNIX socket, which answers PIO_REPLY back the
     same way. Reported for a lean synchronous client (headline) and for ShardClient.request.
 (b) raw one-hop ping-pong of the same frame size from A's namespace to B's over the veth,
-    in Python (blocking sockets, TCP_NODELAY) and in C (bench/pingpong.c, compiled now).
+    in Python (blocking sockets, TCP_NODELAY; run in blocks interleaved with (a) so both
+    see the same machine load) and in C (bench/pingpong.c, compiled now).
 (c) one-way throughput over one router link: small frames from A's client to a sink on B.
 
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
@@ -143,22 +144,24 @@ def role_raw_server(host: str, port: int) -> None:
         c.sendall(buf)
 
 
-def role_raw_client(host: str, port: int, iters: int) -> None:
+def role_raw_client(host: str, port: int) -> None:
+    """Reads a count per stdin line, does that many round trips, prints the latencies."""
     s = socket.create_connection((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     msg = p.encode_frame(p.PioReq(0x3F8, 1, 0, 0, 0), src=1, dst=2)
     buf = bytearray(FRAME_SIZE)
     mv = memoryview(buf)
-    lat: list[float] = []
-    for i in range(-iters // 10, iters):
-        t0 = time.perf_counter_ns()
-        s.sendall(msg)
-        got = 0
-        while got < FRAME_SIZE:
-            got += s.recv_into(mv[got:])
-        if i >= 0:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        lat: list[float] = []
+        for _ in range(int(line)):
+            t0 = time.perf_counter_ns()
+            s.sendall(msg)
+            got = 0
+            while got < FRAME_SIZE:
+                got += s.recv_into(mv[got:])
             lat.append((time.perf_counter_ns() - t0) / 1000)
-    print(json.dumps({"p50_us": pct(lat, 50), "p99_us": pct(lat, 99)}), flush=True)
+        print(json.dumps(lat), flush=True)
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -184,12 +187,13 @@ class Bench:
         full = self.topo.exec_args(host, argv) if self.topo is not None else argv
         return subprocess.run(full, capture_output=True, text=True, check=True, timeout=300).stdout
 
-    def role(self, host: int | None, *role_args: str) -> subprocess.Popen[Any]:
+    def role(self, host: int | None, *role_args: str, **kw: Any) -> subprocess.Popen[Any]:
         proc = self.spawn(
             host,
             [sys.executable, str(Path(__file__).resolve()), *role_args],
             stdout=subprocess.PIPE,
             text=True,
+            **kw,
         )
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -258,49 +262,55 @@ class Bench:
         logs = (self.tmp / "router1.log").read_text() + (self.tmp / "router2.log").read_text()
         raise SystemExit(f"routers did not link up:\n{logs}")
 
-    def router_rtt(self, dirs: list[Path]) -> tuple[dict[str, float], dict[str, float]]:
-        iters = self.args.iters
+    def latency(self, dirs: list[Path]) -> tuple[list[float], list[float], list[float]]:
+        """Router RTT (lean client), raw Python RTT, router RTT (ShardClient): interleaved in
+        blocks so that both see the same machine load."""
         echo = self.role(None, "--echo", str(dirs[1] / "shard.sock"), "2")
-        # lean synchronous client: one frame out, read until its reply
+        self.role(1, "--raw-server", self.ip[1], "7200")
+        raw = self.role(0, "--raw-client", self.ip[1], "7200", stdin=subprocess.PIPE, bufsize=1)
+        assert raw.stdin is not None and raw.stdout is not None
         s = register(str(dirs[0] / "shard.sock"), 1)
         buf = bytearray(65536)
-        lat: list[float] = []
-        for i in range(-iters // 10, iters):
-            rid = i + iters + 10
-            frame = HDR.pack(p.MAGIC, 1, REQ_TYPE, p.FLAG_WANT_REPLY, 1, 2, 16, rid) + bytes(16)
-            t0 = time.perf_counter_ns()
-            s.sendall(frame)
-            got = 0
-            while got < FRAME_SIZE:
-                got += s.recv_into(memoryview(buf)[got:])
-            if i >= 0:
+        router_lat: list[float] = []
+        raw_lat: list[float] = []
+        blocks = 20
+        per = max(50, self.args.iters // blocks)
+        rid = 10
+        for block in range(blocks + 1):
+            lat: list[float] = []
+            for _ in range(per):
+                rid += 1
+                frame = HDR.pack(p.MAGIC, 1, REQ_TYPE, p.FLAG_WANT_REPLY, 1, 2, 16, rid)
+                frame += bytes(16)
+                t0 = time.perf_counter_ns()
+                s.sendall(frame)
+                got = 0
+                while got < FRAME_SIZE:
+                    got += s.recv_into(memoryview(buf)[got:])
                 lat.append((time.perf_counter_ns() - t0) / 1000)
+            raw.stdin.write(f"{per}\n")
+            rl = json.loads(raw.stdout.readline())
+            if os.environ.get("DQ_BENCH_DEBUG"):
+                print(f"block {block}: router p50 {pct(lat, 50):.1f} raw p50 {pct(rl, 50):.1f}")
+            if block:  # block 0 is warm-up
+                router_lat += lat
+                raw_lat += rl
         s.close()
-        lean = {"p50_us": pct(lat, 50), "p99_us": pct(lat, 99)}
+        raw.stdin.close()
+        raw.wait(5)
         time.sleep(0.2)
-        # the real client API (synchronous mode), fewer iterations
         c = ShardClient.connect(dirs[0] / "shard.sock", 1, threaded=False)
-        lat2: list[float] = []
+        api_lat: list[float] = []
         req = p.PioReq(0x3F8, 1, 0, 0, 0)
-        for i in range(-200, iters // 2):
+        for i in range(-200, self.args.iters // 2):
             t0 = time.perf_counter_ns()
             c.request(2, req, timeout=5.0)
             if i >= 0:
-                lat2.append((time.perf_counter_ns() - t0) / 1000)
+                api_lat.append((time.perf_counter_ns() - t0) / 1000)
         c.close()
         echo.terminate()
         echo.wait(5)
-        return lean, {"p50_us": pct(lat2, 50), "p99_us": pct(lat2, 99)}
-
-    def raw_python(self) -> dict[str, float]:
-        self.role(1, "--raw-server", self.ip[1], "7200")
-        out = self.run_in(
-            0,
-            [sys.executable, str(Path(__file__).resolve()), "--raw-client", self.ip[1], "7200",
-             str(self.args.iters)],
-        )  # fmt: skip
-        result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-        return result
+        return router_lat, raw_lat, api_lat
 
     def raw_c(self) -> dict[str, float] | None:
         gcc = shutil.which("gcc")
@@ -357,8 +367,10 @@ class Bench:
             where = "127.0.0.1 (no namespaces)"
         print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips")
         dirs = self.start_routers()
-        lean, api = self.router_rtt(dirs)
-        raw_py = self.raw_python()
+        router_lat, raw_lat, api_lat = self.latency(dirs)
+        lean = {"p50_us": pct(router_lat, 50), "p99_us": pct(router_lat, 99)}
+        raw_py = {"p50_us": pct(raw_lat, 50), "p99_us": pct(raw_lat, 99)}
+        api = {"p50_us": pct(api_lat, 50), "p99_us": pct(api_lat, 99)}
         raw_c = self.raw_c()
         rates = [self.throughput(dirs) for _ in range(self.args.rounds)]
         rate = statistics.median(rates)
@@ -394,7 +406,7 @@ def main() -> int:
     ap.add_argument("--echo", nargs=2, metavar=("SOCK", "SHARD"), help=argparse.SUPPRESS)
     ap.add_argument("--sink", nargs=3, metavar=("SOCK", "SHARD", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--raw-server", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)
-    ap.add_argument("--raw-client", nargs=3, metavar=("IP", "PORT", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--raw-client", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo:
         role_echo(args.echo[0], int(args.echo[1]))
@@ -406,7 +418,7 @@ def main() -> int:
         role_raw_server(args.raw_server[0], int(args.raw_server[1]))
         return 0
     if args.raw_client:
-        role_raw_client(args.raw_client[0], int(args.raw_client[1]), int(args.raw_client[2]))
+        role_raw_client(args.raw_client[0], int(args.raw_client[1]))
         return 0
 
     def on_term(signum: int, _frame: object) -> None:
