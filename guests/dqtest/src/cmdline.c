@@ -11,7 +11,7 @@
 
 struct options opt = {
     .iters = 200,
-    .litmus_iters = 2000,
+    .litmus_iters = 1000,
     .xmc_rounds = 20,
     .atomic_iters = 20000,
     .tsc_bound_ns = 50000,

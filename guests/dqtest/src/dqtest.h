@@ -201,6 +201,7 @@ bool smp_wait(unsigned cpu);
 bool smp_call(unsigned cpu, void (*fn)(void *), void *arg);
 bool run_pair(unsigned a, void (*fa)(void *), unsigned b, void (*fb)(void *), void *arg);
 bool run_all(void (*fn)(void *), void *arg);
+void smp_flush(void);
 int cpu_by_apic(uint32_t apic_id);
 
 /* ---- tests ---- */

@@ -127,7 +127,7 @@ void smp_boot_aps(void)
         if (up)
             ncpus++;
     }
-    kprintf("# cpus online=%u:", ncpus);
+    kprintf("# cpus online=%u", ncpus);
     for (unsigned i = 0; i < ncpus; i++)
         kprintf(" cpu%u=apic%u", i, cpus[i].apic_id);
     kprintf("\n");
@@ -230,4 +230,21 @@ bool run_all(void (*fn)(void *), void *arg)
         if (started[i])
             ok &= smp_wait(i);
     return ok;
+}
+
+static void nop_cmd(void *arg) { (void)arg; }
+
+/*
+ * Make every AP service what is pending in its local APIC.  An AP handles the
+ * mailbox kick (VEC_KICK, the lowest-priority vector dqtest uses) only after
+ * every higher-priority interrupt already in its IRR, so once it has run a
+ * no-op command, each interrupt delivered to it before the kick has been
+ * counted.  This keeps "exactly once" checks exact even when the host
+ * deschedules a vCPU for longer than settle_us.
+ */
+void smp_flush(void)
+{
+    for (unsigned i = 1; i < ncpus; i++)
+        if (!cpus[i].dead)
+            smp_call(i, nop_cmd, NULL);
 }

@@ -50,6 +50,7 @@ static void collect(const uint32_t *expect, bool nmi, uint32_t lowpri_mask, uint
         cpu_relax();
     }
     udelay(opt.settle_us);
+    smp_flush();
     for (unsigned i = 0; i < ncpus; i++)
         got[i] = count_of(i, nmi);
 }

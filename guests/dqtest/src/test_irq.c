@@ -44,6 +44,7 @@ void test_irq(void)
         mdelay(PIT_WINDOW_MS);
         ioapic_route(gsi, VEC_PIT, (uint8_t)cpus[t].apic_id, flags, true);
         udelay(opt.settle_us);
+        smp_flush();
         bool ok = true;
         for (unsigned i = 0; i < ncpus; i++) {
             got[i] = cpus[i].vec_count[VEC_PIT];
@@ -153,6 +154,7 @@ void test_msi(void)
             samples[done++] = t1 - t0;
         }
         udelay(opt.settle_us);
+        smp_flush();
         msi_program(&edu, cap, (uint8_t)cpus[t].apic_id, VEC_MSI, false);
         bool ok = done == rounds;
         for (unsigned i = 0; i < ncpus; i++) {

@@ -42,7 +42,7 @@ void tsc_calibrate(void)
         tsc_khz = 1000000;   /* PIT unusable: assume 1 GHz so timeouts still work */
         kprintf("# warning: PIT calibration failed, assuming tsc_khz=1000000\n");
     }
-    kprintf("# tsc calibration source=pit tsc_khz=%lu runs=%d window_ms=%d spread_cycles=%lu\n",
+    kprintf("# calib pit tsc_khz=%lu runs=%d window_ms=%d spread_cycles=%lu\n",
             tsc_khz, RUNS, MS, v[RUNS - 1] - v[0]);
 }
 
@@ -71,7 +71,7 @@ void tsc_crosscheck_hpet(void)
     uint64_t ns = (h1 - h0) * period_fs / 1000000;
     uint64_t khz = ns ? (t1 - t0) * 1000000 / ns : 0;
     uint64_t diff = khz > tsc_khz ? khz - tsc_khz : tsc_khz - khz;
-    kprintf("# tsc calibration source=hpet tsc_khz=%lu hpet_period_fs=%lu\n", khz, period_fs);
+    kprintf("# calib hpet tsc_khz=%lu hpet_period_fs=%lu\n", khz, period_fs);
     /* Generous: under TCG both clocks follow the host, but scheduling noise is real. */
     check(khz && diff * 10 <= tsc_khz, "tsc calibration pit vs hpet agree within 10%% (pit=%lu hpet=%lu kHz)",
           tsc_khz, khz);
