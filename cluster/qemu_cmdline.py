@@ -1,19 +1,25 @@
 """The QEMU command line of one shard, derived from the VM spec.
 
-Every shard gets the same machine (vCPUs, RAM, devices, kernel) so that all of them build
-identical guest-visible state; what differs per shard is only its identity and sockets.
+Every shard gets the same machine (vCPUs, RAM, devices, firmware, kernel) so that all of
+them build identical guest-visible state, including ACPI tables. What differs per shard:
+its ``dqemu-shard`` object (identity, router socket, who runs what), its sockets, and the
+*backends* of devices it does not own, which are replaced by inert ones so that a disk
+image or a network backend is opened by its owner only.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.spec import VMSpec
+from cluster.spec import DeviceSpec, VMSpec
 
 # Added to every guest's kernel command line: serial console, and a panic that reboots at
 # once instead of hanging (the launcher reads the panic from the console and ends the VM).
 BASE_APPEND = "console=ttyS0 panic=-1"
+# Request/reply timeout of the shard's forwarding: expiry is a loud, fatal error.
+FORWARD_TIMEOUT_MS = 10000
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,8 @@ class ShardPaths:
 
     qmp: Path
     serial: Path | None  # the console socket, on the shard that owns the serial port
-    ram: Path  # guest RAM backing file, shared by every shard of the VM
+    ram: tuple[Path, ...]  # guest RAM backing files (one per NUMA node), shared by all shards
+    router: Path | None  # the local router's shard socket (None: an unsharded VM)
 
 
 @dataclass(frozen=True)
@@ -32,23 +39,94 @@ class BootFiles:
     append: str
 
 
+def device_id(dev: DeviceSpec, index: int) -> str:
+    """The qdev id of a -device entry: the user's ``id=``, else one we add."""
+    m = re.search(r"(?:^|,)id=([^,]+)", dev.args)
+    return m.group(1) if m else f"dqdev{index}"
+
+
+def _option_id(args: str) -> str | None:
+    m = re.search(r"(?:^|,)id=([^,]+)", args)
+    return m.group(1) if m else None
+
+
+def _device_args(dev: DeviceSpec, index: int, shard: int) -> list[str]:
+    """The option for ``dev`` on ``shard``: the real thing on its owner, else an inert stand-in."""
+    if dev.kind == "device":
+        args = dev.args if _option_id(dev.args) else f"{dev.args},id={device_id(dev, index)}"
+        return ["-device", args]
+    if dev.shard == shard or dev.kind == "object":
+        return [f"-{dev.kind}", dev.args]
+    oid = _option_id(dev.args)
+    if dev.kind == "drive":
+        # Same image, same size, but never written and never locked here: the shadow device
+        # on this shard performs no I/O (its MMIO goes to the owner).
+        return ["-drive", f"{dev.args},read-only=on,file.locking=off"]
+    if dev.kind == "netdev" and oid:
+        return ["-netdev", f"hubport,id={oid},hubid=0"]
+    if dev.kind == "chardev" and oid:
+        return ["-chardev", f"null,id={oid}"]
+    return [f"-{dev.kind}", dev.args]
+
+
+def numa_nodes(spec: VMSpec) -> list[int]:
+    """RAM per NUMA node in MiB: one node per shard when sharded with NUMA on, else one."""
+    if len(spec.shards) == 1 or not spec.numa:
+        return [spec.memory_mib]
+    n = len(spec.shards)
+    base = (spec.memory_mib // n) // 2 * 2  # 2 MiB aligned slices
+    sizes = [base] * n
+    sizes[-1] = spec.memory_mib - base * (n - 1)
+    return sizes
+
+
+def _cpulist(cpus: tuple[int, ...]) -> str:
+    """QEMU's -numa cpus= syntax: ranges joined by ':' continuation (cpus=0-1,cpus=4)."""
+    return ",".join(f"cpus={c}" for c in cpus)
+
+
+def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
+    cpumap = ":".join(str(spec.shard_of_vcpu(c)) for c in range(spec.vcpus))
+    owners = "+".join(
+        f"{device_id(d, i)}@{d.shard}" for i, d in enumerate(spec.devices) if d.kind == "device"
+    )
+    obj = (
+        f"dqemu-shard,id=dqemu,shard={shard},router={router},cpumap={cpumap},"
+        f"default-owner={spec.io_shard},timeout-ms={FORWARD_TIMEOUT_MS}"
+    )
+    return f"{obj},owners={owners}" if owners else obj
+
+
 def shard_argv(
     qemu: Path, spec: VMSpec, shard: int, paths: ShardPaths, boot: BootFiles
 ) -> list[str]:
     argv = [
         str(qemu),
-        "-name", f"{spec.name},debug-threads=on",
-        "-machine", f"{spec.machine},memory-backend=ram0",
+        "-name", f"{spec.name}-shard{shard},debug-threads=on",
         "-accel", "tcg,thread=multi",
         "-smp", str(spec.vcpus),
         "-m", f"{spec.memory_mib}M",
-        "-object",
-        f"memory-backend-file,id=ram0,size={spec.memory_mib}M,mem-path={paths.ram},share=on",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+        "-S",
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-kernel", str(boot.kernel),
         "-append", f"{BASE_APPEND} {boot.append}".strip(),
     ]  # fmt: skip
+    sizes = numa_nodes(spec)
+    if len(sizes) == 1:
+        argv += [
+            "-machine", f"{spec.machine},memory-backend=ram0",
+            "-object", f"memory-backend-file,id=ram0,size={sizes[0]}M,"
+                       f"mem-path={paths.ram[0]},share=on",
+        ]  # fmt: skip
+    else:
+        argv += ["-machine", spec.machine]
+        for node, (mib, s) in enumerate(zip(sizes, spec.shards, strict=True)):
+            argv += [
+                "-object", f"memory-backend-file,id=ram{node},size={mib}M,"
+                           f"mem-path={paths.ram[node]},share=on",
+                "-numa", f"node,nodeid={node},{_cpulist(s.vcpus)},memdev=ram{node}",
+            ]  # fmt: skip
     if boot.initrd is not None:
         argv += ["-initrd", str(boot.initrd)]
     if paths.serial is not None:
@@ -56,6 +134,10 @@ def shard_argv(
             "-chardev", f"socket,id=console,path={paths.serial},server=on,wait=on",
             "-serial", "chardev:console",
         ]  # fmt: skip
-    for dev in spec.devices:
-        argv += [f"-{dev.kind}", dev.args]
+    else:
+        argv += ["-serial", "null"]  # the same UART exists everywhere; only its owner talks
+    for i, dev in enumerate(spec.devices):
+        argv += _device_args(dev, i, shard)
+    if paths.router is not None:
+        argv += ["-object", shard_object(spec, shard, paths.router)]
     return argv

@@ -1,15 +1,19 @@
 """Run a whole VM on this machine: every shard a local QEMU process.
 
-The launcher owns everything it starts — QEMU shards, routers, network namespaces, the
-shared RAM file, the run directory — and removes all of it on every exit path: guest
-poweroff, QEMU's own exit, timeout, panic, Ctrl-C, SIGTERM and SIGHUP.
+With more than one shard, each shard and its router run in their own network namespace
+(a stand-in "host"), joined by veth pairs on a bridge, so router traffic crosses a real
+network stack. The launcher owns everything it starts — QEMU shards, routers, network
+namespaces, the shared RAM files, the run directory — and removes all of it on every exit
+path: guest poweroff, a shard's exit, timeout, panic, Ctrl-C, SIGTERM and SIGHUP.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,14 +24,18 @@ from typing import BinaryIO
 from cluster.errors import DqemuError
 from cluster.guest_images import ensure_guest
 from cluster.qemu_build import ensure_qemu
-from cluster.qemu_cmdline import BootFiles, ShardPaths, shard_argv
+from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
 from cluster.spec import GUEST_PREFIX, VMSpec
 from loopback.console import ConsoleReader
+from loopback.netns import NetnsError, Topology
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
+from loopback.qmp import ShardMonitor
 
 EXIT_PANIC = 3
-EXIT_TIMEOUT = 124
 EXIT_SHARD_FAILED = 4
+EXIT_TIMEOUT = 124
+ROUTER_PORT = 7100
+START_TIMEOUT = 30.0
 
 
 @dataclass
@@ -35,6 +43,16 @@ class VMResult:
     exit_code: int
     reason: str
     console: list[str]
+
+
+@dataclass
+class _Shard:
+    id: int
+    qemu: Child | None = None
+    router: Child | None = None
+    router_dir: Path | None = None
+    netns: str | None = None
+    monitor: ShardMonitor | None = None
 
 
 def resolve_boot(spec: VMSpec) -> BootFiles:
@@ -54,95 +72,221 @@ def resolve_boot(spec: VMSpec) -> BootFiles:
     )
 
 
+def check_dqemu_build(qemu: Path) -> None:
+    """Shards need the patched QEMU: its --version carries the +dqemu marker."""
+    try:
+        out = subprocess.run(
+            [str(qemu), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except OSError as exc:
+        raise DqemuError(f"cannot run QEMU at {qemu}: {exc.strerror}") from None
+    if "+dqemu" not in out:
+        raise DqemuError(f"{qemu} is not a dQEMU build (no +dqemu in its --version)")
+
+
 class LoopbackVM:
     def __init__(
         self, spec: VMSpec, *, qemu: Path | None = None, console: BinaryIO | None = None
     ) -> None:
-        if len(spec.shards) > 1:
-            raise DqemuError(
-                f"{len(spec.shards)} shards requested: this build runs one shard only "
-                "(the shard patch series has not landed yet)"
-            )
         self.spec = spec
         self.qemu = qemu
         self.console_sink = console
         self.sup = Supervisor()
+        self.sharded = len(spec.shards) > 1
+        self.shards = [_Shard(s.id) for s in spec.shards]
+        self.topo: Topology | None = None
+        self.console: ConsoleReader | None = None
+        self.rundir = Path()
+
+    # --- the whole life of the VM ----------------------------------------------------------
 
     def run(self) -> VMResult:
         boot = resolve_boot(self.spec)
         qemu = self.qemu or ensure_qemu()
-        rundir = Path(tempfile.mkdtemp(prefix="dqemu-"))
+        if self.sharded:
+            check_dqemu_build(qemu)
+        rundir = self.rundir = Path(tempfile.mkdtemp(prefix="dqemu-"))
         os.chmod(rundir, 0o700)
-        ram = Path("/dev/shm") / f"dqemu-{os.getpid()}-{secrets.token_hex(4)}-ram"
-        console: ConsoleReader | None = None
+        tag = f"dqemu-{os.getpid()}-{secrets.token_hex(4)}"
+        ram = tuple(Path("/dev/shm") / f"{tag}-ram{i}" for i in range(len(numa_nodes(self.spec))))
         try:
             with terminate_on_signals():
-                with ram.open("wb") as f:
-                    f.truncate(self.spec.memory_mib << 20)
-                shard = self._start_shard(qemu, 0, rundir, ram, boot)
-                console = ConsoleReader(
-                    rundir / "console.sock", self.console_sink, alive=lambda: shard.poll() is None
+                for path, mib in zip(ram, numa_nodes(self.spec), strict=True):
+                    with path.open("wb") as f:
+                        f.truncate(mib << 20)
+                if self.sharded:
+                    self._start_routers(rundir)
+                for s in self.shards:
+                    self._start_shard(qemu, s, rundir, ram, boot)
+                io = self.shards[self.spec.io_shard]
+                assert io.qemu is not None
+                io_qemu = io.qemu
+                self.console = ConsoleReader(
+                    rundir / "console.sock", self.console_sink, alive=lambda: io_qemu.poll() is None
                 )
-                if not console.connect(timeout=30):
-                    return self._failed_start(shard)
-                console.start()
-                # Every shard has mapped the RAM file now: drop its name so that nothing
+                if not self.console.connect(timeout=START_TIMEOUT):
+                    raise self._start_failure()
+                self.console.start()
+                self._connect_monitors()
+                # Every shard has mapped the RAM files now: drop their names so that nothing
                 # is left in /dev/shm even if this process is killed.
-                ram.unlink(missing_ok=True)
-                return self._wait(shard, console)
+                for path in ram:
+                    path.unlink(missing_ok=True)
+                for s in self.shards:  # all shards built their machine: start them together
+                    assert s.monitor is not None
+                    s.monitor.cmd("cont")
+                return self._wait()
         except KeyboardInterrupt:
-            return VMResult(130, "interrupted", console.lines() if console else [])
+            return VMResult(130, "interrupted", self._lines())
         except Terminated as t:
-            return VMResult(
-                128 + t.signum, f"terminated by {t}", console.lines() if console else []
-            )
+            return VMResult(128 + t.signum, f"terminated by {t}", self._lines())
         finally:
+            for s in self.shards:
+                if s.monitor is not None:
+                    s.monitor.close()
             self.sup.stop_all()
-            if console is not None:
-                console.join(timeout=2)
-            ram.unlink(missing_ok=True)
+            if self.console is not None and self.console.ident is not None:
+                self.console.join(timeout=2)
+            if self.topo is not None:
+                self.topo.teardown()
+            for path in ram:
+                path.unlink(missing_ok=True)
             shutil.rmtree(rundir, ignore_errors=True)
 
-    def _start_shard(self, qemu: Path, sid: int, rundir: Path, ram: Path, boot: BootFiles) -> Child:
-        serial = rundir / "console.sock" if sid == self.spec.io_shard else None
-        paths = ShardPaths(qmp=rundir / f"shard{sid}.qmp", serial=serial, ram=ram)
-        argv = shard_argv(qemu, self.spec, sid, paths, boot)
-        return self.sup.spawn(f"shard {sid}", argv, log=rundir / f"shard{sid}.log")
+    def _lines(self) -> list[str]:
+        return self.console.lines() if self.console else []
 
-    def _failed_start(self, shard: Child) -> VMResult:
-        if shard.poll() is None:  # alive but never opened its console: not a dQEMU shard
-            shard.popen.kill()
-        shard.popen.wait(timeout=5)
-        tail = shard.log_tail(3) or "no message"
-        raise DqemuError(f"{shard.name} (QEMU) failed to start: {tail}", EXIT_SHARD_FAILED)
+    # --- start-up ----------------------------------------------------------------------------
 
-    def _wait(self, shard: Child, console: ConsoleReader) -> VMResult:
+    def _start_routers(self, rundir: Path) -> None:
+        try:
+            self.topo = Topology(len(self.shards)).create()
+        except NetnsError as exc:
+            raise DqemuError(f"loopback network: {exc}") from None
+        hosts = self.topo.hosts
+        secret = secrets.token_bytes(32)
+        vm_id = f"{self.spec.name[:20]}-{os.getpid()}"
+        for s, host in zip(self.shards, hosts, strict=True):
+            s.netns = host.netns
+            s.router_dir = rundir / f"router{s.id}"
+            s.router_dir.mkdir(mode=0o700)
+            config = {
+                "vm_id": vm_id,
+                "shard_id": s.id,
+                "listen": f"{host.ip}:{ROUTER_PORT}",
+                "socket_dir": str(s.router_dir),
+                "peers": {
+                    str(o.id): f"{h.ip}:{ROUTER_PORT}"
+                    for o, h in zip(self.shards, hosts, strict=True)
+                    if o.id != s.id
+                },
+                "routes": {
+                    "vcpus": {str(c): self.spec.shard_of_vcpu(c) for c in range(self.spec.vcpus)},
+                },
+            }
+            cfg_path = rundir / f"router{s.id}.json"
+            cfg_path.write_text(json.dumps(config, indent=1))
+            rfd, wfd = os.pipe()
+            try:
+                s.router = self.sup.spawn(
+                    f"router {s.id}",
+                    [sys.executable, "-m", "cluster.router", "--config", str(cfg_path),
+                     "--secret-fd", str(rfd)],
+                    netns=host.netns,
+                    log=rundir / f"router{s.id}.log",
+                    pass_fds=(rfd,),
+                )  # fmt: skip
+                os.write(wfd, secret)
+            finally:
+                os.close(rfd)
+                os.close(wfd)
+        deadline = time.monotonic() + START_TIMEOUT
+        for s in self.shards:
+            assert s.router is not None and s.router_dir is not None
+            sock = s.router_dir / "shard.sock"
+            while not sock.exists():
+                if s.router.poll() is not None:
+                    raise DqemuError(
+                        f"router {s.id} failed to start: {s.router.log_tail(2) or 'no message'}",
+                        EXIT_SHARD_FAILED,
+                    )
+                if time.monotonic() > deadline:
+                    raise DqemuError(f"router {s.id} did not start within {START_TIMEOUT:g} s",
+                                     EXIT_SHARD_FAILED)  # fmt: skip
+                time.sleep(0.02)
+
+    def _start_shard(
+        self, qemu: Path, s: _Shard, rundir: Path, ram: tuple[Path, ...], boot: BootFiles
+    ) -> None:
+        serial = rundir / "console.sock" if s.id == self.spec.io_shard else None
+        router = s.router_dir / "shard.sock" if s.router_dir is not None else None
+        paths = ShardPaths(qmp=rundir / f"shard{s.id}.qmp", serial=serial, ram=ram, router=router)
+        argv = shard_argv(qemu, self.spec, s.id, paths, boot)
+        s.qemu = self.sup.spawn(
+            f"shard {s.id}", argv, netns=s.netns, log=rundir / f"shard{s.id}.log"
+        )
+
+    def _connect_monitors(self) -> None:
+        for s in self.shards:
+            assert s.qemu is not None
+            qemu = s.qemu
+            s.monitor = ShardMonitor(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
+            try:
+                s.monitor.connect(START_TIMEOUT, alive=lambda q=qemu: q.poll() is None)
+            except DqemuError:
+                raise self._start_failure() from None
+
+    def _start_failure(self) -> DqemuError:
+        """The first child that died during start-up, with the last words of its log."""
+        for c in self.sup.children:
+            if c.poll() is None:
+                continue
+            tail = c.log_tail(3) or "no message"
+            return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
+                              EXIT_SHARD_FAILED)  # fmt: skip
+        return DqemuError("the VM did not start: no shard opened its console or QMP socket",
+                          EXIT_SHARD_FAILED)  # fmt: skip
+
+    # --- running -------------------------------------------------------------------------------
+
+    def _wait(self) -> VMResult:
+        assert self.console is not None
+        console = self.console
         deadline = time.monotonic() + self.spec.boot.timeout
         while True:
-            code = shard.poll()
-            if code is not None:
-                console.join(timeout=2)
-                if console.panic:
-                    return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", console.lines())
-                if code < 0:
-                    return VMResult(
-                        EXIT_SHARD_FAILED, f"{shard.name} killed by signal {-code}", console.lines()
-                    )
-                return VMResult(
-                    code,
-                    "guest powered off" if code == 0 else f"QEMU exited with status {code}",
-                    console.lines(),
-                )
+            dead = self.sup.first_exited()
+            if dead is not None:
+                return self._ended_by(dead)
             if console.panic_seen.is_set():
                 time.sleep(0.5)  # let the rest of the panic message arrive
-                return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", console.lines())
+                return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", self._lines())
             if time.monotonic() > deadline:
-                return VMResult(
-                    EXIT_TIMEOUT,
-                    f"guest did not finish within {self.spec.boot.timeout:g} s",
-                    console.lines(),
-                )
+                return VMResult(EXIT_TIMEOUT, f"guest did not finish within "
+                                f"{self.spec.boot.timeout:g} s", self._lines())  # fmt: skip
             time.sleep(0.05)
+
+    def _ended_by(self, dead: Child) -> VMResult:
+        assert self.console is not None
+        code = dead.poll()
+        assert code is not None
+        if dead.name.startswith("shard") and code >= 0:
+            # A shard QEMU ended normally: the guest ended the VM (poweroff, or a device such
+            # as isa-debug-exit on that shard). Its status is the VM's.
+            self.console.join(timeout=2)
+            if self.console.panic:
+                return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
+            if code == 0:
+                return VMResult(0, "guest powered off", self._lines())
+            tail = dead.log_tail(2)
+            why = f"{dead.name} (QEMU) exited with status {code}" + (f": {tail}" if tail else "")
+            return VMResult(code, why, self._lines())
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        tail = dead.log_tail(2)
+        others = ", ".join(c.name for c in self.sup.children if c is not dead)
+        msg = f"{dead.name} {how}" + (f" ({tail})" if tail else "")
+        if others:
+            msg += f"; stopping {others}"
+        return VMResult(EXIT_SHARD_FAILED, msg, self._lines())
 
 
 def run_loopback(spec: VMSpec, console: BinaryIO | None = None) -> VMResult:
