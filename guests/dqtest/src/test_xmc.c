@@ -35,7 +35,7 @@ struct xmc_ctl {
     volatile uint32_t flag CL;
     volatile uint32_t ack CL;
     volatile uint32_t running CL;
-    uint32_t rounds, stale, early, timeouts;
+    uint32_t rounds, stale, first_stale, early, timeouts;
     bool concurrent;
     uint64_t calls;
 };
@@ -99,8 +99,8 @@ static void xmc_executor(void *p)
                 return;
         }
         serialize();                              /* CPUID: the SDM's required serialisation */
-        if (fn() != XMC_MAGIC + r)
-            c->stale++;
+        if (fn() != XMC_MAGIC + r && !c->stale++)
+            c->first_stale = r;
         c->early += seen_early;
         c->ack = r;
     }
@@ -141,7 +141,7 @@ void test_xmc(void)
                 else
                     check_todo(ok, "QEMU MTTCG notdirty_write race",
                                "xmc concurrent cpu%u patches code cpu%u executes: %u/%u rounds ran new code after "
-                               "cpuid (%u stale, %u seen early, %lu calls)",
-                               w, e, x.ack, x.rounds, x.stale, x.early, x.calls);
+                               "cpuid (%u stale from round %u, %u seen early, %lu calls)",
+                               w, e, x.ack, x.rounds, x.stale, x.first_stale, x.early, x.calls);
             }
 }
