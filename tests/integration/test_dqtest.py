@@ -44,14 +44,14 @@ def kernel() -> Path:
     return build_dqtest()
 
 
-def multi_shard_launcher_available(shards: int) -> bool:
-    """Does ``dqemu loopback`` accept a VM of this many shards? (It refuses while the shard
-    patch series has not landed.)"""
+def multi_shard_ready(qemu: Path, kernel: Path, shards: int) -> bool:
+    """Can this tree run dqtest over ``shards`` shards? The launcher must accept the VM and
+    the QEMU build must carry the shard series (its ``dqemu-shard`` object)."""
     from loopback.command import spec_from_flags
     from loopback.launcher import LoopbackVM
 
     ns = argparse.Namespace(
-        kernel="dqtest.elf", initrd=None, append="", vcpus=VCPUS, memory="256M",
+        kernel=str(kernel), initrd=None, append="", vcpus=VCPUS, memory="256M",
         machine="q35", shards=shards, placement=None, timeout=None,
         **{kind: None for kind in DEVICE_KINDS},
     )  # fmt: skip
@@ -59,7 +59,10 @@ def multi_shard_launcher_available(shards: int) -> bool:
         LoopbackVM(spec_from_flags(ns))
     except DqemuError:
         return False
-    return True
+    objects = subprocess.run(
+        [str(qemu), "-object", "help"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    return "dqemu-shard" in objects.split()
 
 
 def run_sharded(kernel: Path, shards: int, machine: str, append: str) -> tuple[int, str]:
@@ -104,8 +107,8 @@ def test_dqtest_passes(qemu: Path, kernel: Path, shards: int, machine: str) -> N
         )
         assert_full_pass(run.result, run.output)
         return
-    if not multi_shard_launcher_available(shards):
-        pytest.skip("needs the shard launcher")
+    if not multi_shard_ready(qemu, kernel, shards):
+        pytest.skip("needs the shard launcher and the shard patch series")
     rc, out = run_sharded(kernel, shards, machine, append)
     assert rc == EXIT_PASS, out[-3000:]
     assert_full_pass(parse_dqtest_output(out), out)
