@@ -91,6 +91,9 @@ def assert_full_pass(r: DqtestResult, output: str) -> None:
     assert all(lat.n == ITERS for lat in rtt.values())
     for name in ("pio_cmos", "pio_pit", "mmio_ioapic", "mmio_hpet", "msi_edu"):
         assert len(r.latencies_named(name)) == VCPUS, name
+    for source in ("pit", "hpet"):
+        steered = [c for c in r.checks if c.description.startswith(f"irq {source} via ioapic")]
+        assert len(steered) == VCPUS, source
     assert not r.skips, r.skips  # the edu device is there, so nothing is skipped
     tsc = r.info["tsc"]
     assert int(tsc["max_backward_ns"]) <= int(tsc["bound_ns"])

@@ -6,6 +6,11 @@
  * is steered to each CPU in turn (physical destination, fixed delivery).  The
  * target must receive interrupts and every other CPU none.
  *
+ * HPET: timer 0 in periodic mode at ~1 kHz, routed (not in legacy mode) to an
+ * IOAPIC pin it advertises in Tn_INT_ROUTE_CAP (a pin >= 16 when there is one,
+ * as on q35; pin 2, shared with the PIT, on pc, in which case the PIT is
+ * stopped first), steered to each CPU in turn the same way.
+ *
  * MSI: bus 0 is scanned; QEMU's "edu" device (1234:11e8, add it with
  * -device edu) is used as the MSI source because software can make it raise
  * an interrupt (write to BAR0 + 0x60).  Without it the MSI cases are skipped.
@@ -13,8 +18,8 @@
 #include "dqtest.h"
 
 #define PIT_HZ 1193182u
-#define PIT_WINDOW_MS 50
-#define PIT_MIN_IRQS 3      /* ~50 expected; TCG under host load may drop ticks */
+#define IRQ_WINDOW_MS 50
+#define IRQ_MIN 3           /* ~50 expected at 1 kHz; TCG under host load may drop ticks */
 
 static void pit_periodic(unsigned hz)
 {
@@ -22,6 +27,107 @@ static void pit_periodic(unsigned hz)
     outb(0x43, 0x34);       /* channel 0, lo/hi, mode 2 (rate generator) */
     outb(0x40, (uint8_t)div);
     outb(0x40, (uint8_t)(div >> 8));
+}
+
+static void pit_free_running(void)
+{
+    outb(0x43, 0x34);       /* mode 2, full count: ~18 Hz, its pin stays masked */
+    outb(0x40, 0);
+    outb(0x40, 0);
+}
+
+/* Route gsi to each CPU in turn for a window; the target must get at least
+ * IRQ_MIN interrupts and every other CPU none. */
+static void steer_each_cpu(const char *what, uint32_t gsi, uint16_t flags)
+{
+    uint32_t got[MAX_CPUS], expect[MAX_CPUS];
+    char diag[48];
+    for (unsigned t = 0; t < ncpus; t++) {
+        for (unsigned i = 0; i < ncpus; i++)
+            cpus[i].vec_count[VEC_PIT] = 0;
+        mfence();
+        ioapic_route(gsi, VEC_PIT, (uint8_t)cpus[t].apic_id, flags, false);
+        mdelay(IRQ_WINDOW_MS);
+        ioapic_route(gsi, VEC_PIT, (uint8_t)cpus[t].apic_id, flags, true);
+        udelay(opt.settle_us);
+        smp_flush();
+        bool ok = true;
+        for (unsigned i = 0; i < ncpus; i++) {
+            got[i] = cpus[i].vec_count[VEC_PIT];
+            expect[i] = i == t ? IRQ_MIN : 0;
+            ok &= i == t ? got[i] >= IRQ_MIN : got[i] == 0;
+        }
+        check(ok, "irq %s via ioapic gsi %u -> cpu%u (%u interrupts in %u ms, none elsewhere)", what, gsi, t,
+              got[t], IRQ_WINDOW_MS);
+        snprintf(diag, sizeof(diag), "irq %s (expected = minimum on target)", what);
+        if (!ok)
+            report_counts(diag, got, expect);
+    }
+}
+
+#define HPET_CFG 0x010
+#define HPET_COUNTER 0x0f0
+#define HPET_TN_CFG(n) (0x100 + 0x20 * (n))
+#define HPET_TN_CMP(n) (0x108 + 0x20 * (n))
+#define TN_INT_ENB (1u << 2)
+#define TN_PERIODIC (1u << 3)
+#define TN_PER_CAP (1u << 4)
+#define TN_SETVAL (1u << 6)
+#define TN_32BIT (1u << 8)
+
+static void test_hpet_irq(void)
+{
+    if (!plat.hpet_addr) {
+        skip("irq_hpet", "no HPET ACPI table");
+        return;
+    }
+    uint64_t base = plat.hpet_addr;
+    uint64_t cfg0 = mmio_read64(base + HPET_TN_CFG(0));
+    uint32_t cap = (uint32_t)(cfg0 >> 32);
+    if (!(cfg0 & TN_PER_CAP) || !cap) {
+        skip("irq_hpet", "HPET timer 0 cannot be periodic or has no IOAPIC route (cap 0x%x)", cap);
+        return;
+    }
+    int pin = -1;
+    for (int p = 23; p >= 16 && pin < 0; p--)
+        if ((cap >> p) & 1)
+            pin = p;
+    for (int p = 0; p < 32 && pin < 0; p++)
+        if ((cap >> p) & 1)
+            pin = p;
+    unsigned idx, ipin;
+    if (!ioapic_for_gsi((uint32_t)pin, &idx, &ipin)) {
+        skip("irq_hpet", "HPET route pin %d has no IOAPIC input", pin);
+        return;
+    }
+    uint16_t pit_flags;
+    bool shares_pit = irq_to_gsi(0, &pit_flags) == (uint32_t)pin;
+    if (shares_pit) {                        /* stop the PIT: one last edge, then silence */
+        outb(0x43, 0x30);                    /* mode 0 (interrupt on terminal count) */
+        outb(0x40, 1);
+        outb(0x40, 0);
+        udelay(100);
+    }
+    kprintf("# irq hpet: timer 0 route cap 0x%08x -> gsi %d%s\n", cap, pin, shares_pit ? " (shared with the PIT)" : "");
+
+    uint64_t period_fs = mmio_read64(base) >> 32;
+    uint32_t delta = (uint32_t)(1000000000000ull / period_fs);   /* 1 ms */
+    uint64_t gcfg = mmio_read64(base + HPET_CFG);
+    mmio_write64(base + HPET_CFG, gcfg & ~3ull);                    /* halt, no legacy routing */
+    uint32_t now = mmio_read32(base + HPET_COUNTER);
+    uint32_t tcfg = (uint32_t)cfg0 & ~((0x1fu << 9) | (1u << 14) | (1u << 1)); /* edge, no FSB */
+    tcfg |= TN_INT_ENB | TN_PERIODIC | TN_SETVAL | TN_32BIT | ((uint32_t)pin << 9);
+    mmio_write32(base + HPET_TN_CFG(0), tcfg);
+    mmio_write32(base + HPET_TN_CMP(0), now + delta);
+    udelay(1);
+    mmio_write32(base + HPET_TN_CMP(0), delta);
+    mmio_write64(base + HPET_CFG, (gcfg & ~2ull) | 1);              /* run */
+
+    steer_each_cpu("hpet", (uint32_t)pin, 0);
+
+    mmio_write32(base + HPET_TN_CFG(0), (uint32_t)cfg0 & ~(TN_INT_ENB | TN_PERIODIC));
+    if (shares_pit)
+        pit_free_running();
 }
 
 void test_irq(void)
@@ -35,31 +141,9 @@ void test_irq(void)
     }
     kprintf("# irq pit: isa irq 0 -> gsi %u (ioapic %u pin %u, flags 0x%x)\n", gsi, idx, pin, flags);
     pit_periodic(1000);
-    uint32_t got[MAX_CPUS], expect[MAX_CPUS];
-    for (unsigned t = 0; t < ncpus; t++) {
-        for (unsigned i = 0; i < ncpus; i++)
-            cpus[i].vec_count[VEC_PIT] = 0;
-        mfence();
-        ioapic_route(gsi, VEC_PIT, (uint8_t)cpus[t].apic_id, flags, false);
-        mdelay(PIT_WINDOW_MS);
-        ioapic_route(gsi, VEC_PIT, (uint8_t)cpus[t].apic_id, flags, true);
-        udelay(opt.settle_us);
-        smp_flush();
-        bool ok = true;
-        for (unsigned i = 0; i < ncpus; i++) {
-            got[i] = cpus[i].vec_count[VEC_PIT];
-            expect[i] = i == t ? PIT_MIN_IRQS : 0;
-            ok &= i == t ? got[i] >= PIT_MIN_IRQS : got[i] == 0;
-        }
-        check(ok, "irq pit via ioapic gsi %u -> cpu%u (%u interrupts in %u ms, none elsewhere)", gsi, t, got[t],
-              PIT_WINDOW_MS);
-        if (!ok)
-            report_counts("irq pit (expected = minimum on target)", got, expect);
-    }
-    /* Back to a free-running counter; the pin stays masked. */
-    outb(0x43, 0x34);
-    outb(0x40, 0);
-    outb(0x40, 0);
+    steer_each_cpu("pit", gsi, flags);
+    pit_free_running();
+    test_hpet_irq();
 }
 
 /* ---- MSI ---- */
