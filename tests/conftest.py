@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +14,10 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Every process a test starts carries this in its environment (and so do their children),
+# so leftovers are found exactly, even with other dQEMU runs on the machine.
+TEST_TAG = f"dqemu-test-{os.getpid()}-{secrets.token_hex(4)}"
+TEST_ENV = {**os.environ, "DQEMU_TEST_TAG": TEST_TAG}
 
 
 @dataclass
@@ -39,8 +45,9 @@ def dqemu_cmd(*args: str) -> list[str]:
 
 def run_dqemu(*args: str, timeout: float = 600) -> Run:
     proc = subprocess.run(
-        dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout, check=False
-    )
+        dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
+        check=False, env=TEST_ENV,
+    )  # fmt: skip
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -54,13 +61,16 @@ def built() -> None:
 
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """Fail the test if it leaves a launcher-started QEMU or a dqemu shm file behind."""
+    """Fail the test if a process it started, or a dqemu shm file, outlives it."""
+    before = {p.name for p in Path("/dev/shm").glob("dqemu-*")}
     yield
-    left = [
-        p.info["pid"]
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any("mem-path=/dev/shm/dqemu-" in part for part in (p.info["cmdline"] or []))
-    ]
-    shm = [p.name for p in Path("/dev/shm").glob("dqemu-*")]
-    assert not left, f"QEMU processes left behind: {left}"
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and p.environ().get("DQEMU_TEST_TAG") == TEST_TAG:
+                left.append(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    shm = sorted({p.name for p in Path("/dev/shm").glob("dqemu-*")} - before)
+    assert not left, f"processes left behind: {left}"
     assert not shm, f"shared memory left behind: {shm}"

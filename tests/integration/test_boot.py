@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import REPO, dqemu_cmd, run_dqemu
+from tests.conftest import REPO, TEST_ENV, dqemu_cmd, run_dqemu
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -71,7 +71,7 @@ def test_interrupted_boot_leaves_nothing(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
         dqemu_cmd("loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
                   "--append", "dq.run=sleep", "--timeout", "300"),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TEST_ENV,
     )  # fmt: skip
     try:
         assert proc.stdout is not None

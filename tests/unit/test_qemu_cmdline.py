@@ -1,0 +1,98 @@
+"""Per-shard QEMU command lines: same machine everywhere, backends only on their owner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.spec import parse_spec
+
+SPEC = """\
+[vm]
+vcpus = 4
+memory = "1000M"
+[boot]
+kernel = "guest:cloud"
+[[shard]]
+id = 0
+vcpus = "0-1"
+[[shard]]
+id = 1
+vcpus = "2-3"
+[[device]]
+drive = "file=/d.img,if=none,id=d0,format=raw"
+shard = 1
+[[device]]
+device = "virtio-blk-pci,drive=d0"
+shard = 1
+[[device]]
+netdev = "user,id=n0"
+shard = 1
+"""
+
+BOOT = BootFiles(Path("/k"), Path("/i"), "dq.run=x")
+
+
+def argv(shard: int) -> list[str]:
+    spec = parse_spec(SPEC)
+    paths = ShardPaths(
+        qmp=Path(f"/r/s{shard}.qmp"),
+        serial=Path("/r/console.sock") if shard == 0 else None,
+        ram=(Path("/dev/shm/r0"), Path("/dev/shm/r1")),
+        router=Path(f"/r/router{shard}/shard.sock"),
+    )
+    return shard_argv(Path("/q"), spec, shard, paths, BOOT)
+
+
+def opt(args: list[str], name: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+
+
+def test_numa_split_is_even_and_complete() -> None:
+    assert numa_nodes(parse_spec(SPEC)) == [500, 500]
+    spec = parse_spec(SPEC.replace('"1000M"', '"1001M"'))
+    assert sum(numa_nodes(spec)) == 1001
+
+
+def test_same_machine_on_every_shard() -> None:
+    a, b = argv(0), argv(1)
+    for name in ("-smp", "-m", "-machine", "-numa", "-kernel", "-append", "-initrd"):
+        assert opt(a, name) == opt(b, name), name
+    assert opt(a, "-numa") == [
+        "node,nodeid=0,cpus=0,cpus=1,memdev=ram0",
+        "node,nodeid=1,cpus=2,cpus=3,memdev=ram1",
+    ]
+    # The device frontend is identical, with the id the owner list refers to.
+    assert opt(a, "-device") == opt(b, "-device") == ["virtio-blk-pci,drive=d0,id=dqdev1"]
+
+
+def test_backends_only_on_owner() -> None:
+    owner, other = argv(1), argv(0)
+    assert opt(owner, "-drive") == ["file=/d.img,if=none,id=d0,format=raw"]
+    assert opt(other, "-drive") == [
+        "file=/d.img,if=none,id=d0,format=raw,read-only=on,file.locking=off"
+    ]
+    assert opt(owner, "-netdev") == ["user,id=n0"]
+    assert opt(other, "-netdev") == ["hubport,id=n0,hubid=0"]
+
+
+def test_console_on_io_shard_only() -> None:
+    assert opt(argv(0), "-serial") == ["chardev:console"]
+    assert opt(argv(1), "-serial") == ["null"]
+
+
+def test_shard_object() -> None:
+    objs = [o for o in opt(argv(1), "-object") if o.startswith("dqemu-shard")]
+    assert objs == [
+        "dqemu-shard,id=dqemu,shard=1,router=/r/router1/shard.sock,cpumap=0:0:1:1,"
+        "default-owner=0,timeout-ms=10000,owners=dqdev1@1"
+    ]
+
+
+def test_unsharded_has_no_shard_object() -> None:
+    spec = parse_spec('[vm]\nvcpus = 2\nmemory = 256\n[boot]\nkernel = "guest:cloud"\n')
+    paths = ShardPaths(Path("/q.qmp"), Path("/c.sock"), (Path("/dev/shm/r0"),), None)
+    args = shard_argv(Path("/q"), spec, 0, paths, BOOT)
+    assert not any(o.startswith("dqemu-shard") for o in opt(args, "-object"))
+    assert "-numa" not in args
+    assert opt(args, "-machine") == ["q35,memory-backend=ram0"]
