@@ -4,8 +4,8 @@
  * QEMU passes "<kernel path> <-append string>"; tokens without '=' are ignored.
  * Recognised: only=G1,G2  skip=G1,G2  iters=N  litmus_iters=N  xmc_rounds=N
  * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N
- * idle=hlt|poll  pause=0|1  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi mem
- * litmus xmc tsc (CPU bring-up always runs).
+ * idle=hlt|poll  pause=0|1  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi intx
+ * mem litmus xmc tsc (CPU bring-up always runs).
  */
 #include "dqtest.h"
 
@@ -21,7 +21,7 @@ struct options opt = {
 };
 
 static const char *const groups[] = {
-    "ipi", "pingpong", "pio", "mmio", "irq", "msi", "mem", "litmus", "xmc", "tsc",
+    "ipi", "pingpong", "pio", "mmio", "irq", "msi", "intx", "mem", "litmus", "xmc", "tsc",
 };
 
 static bool key_is(const char *tok, size_t klen, const char *key)

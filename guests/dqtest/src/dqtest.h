@@ -211,6 +211,7 @@ void test_pio(void);
 void test_mmio(void);
 void test_irq(void);
 void test_msi(void);
+void test_intx(void);
 void test_mem(void);
 void test_litmus(void);
 void test_xmc(void);

@@ -14,6 +14,15 @@
  * MSI: bus 0 is scanned; QEMU's "edu" device (1234:11e8, add it with
  * -device edu) is used as the MSI source because software can make it raise
  * an interrupt (write to BAR0 + 0x60).  Without it the MSI cases are skipped.
+ * Fixed physical to each CPU (with latency), logical multicast to all, and
+ * lowest priority to all (exactly one CPU per trigger).
+ *
+ * INTx: with MSI off the same device asserts its INTx line, level-triggered.
+ * Its IOAPIC pin is found by unmasking the candidate pins (GSI 16 and up, and
+ * the ISA IRQs the MADT marks level-triggered) each on its own vector; then
+ * the pin is steered to each CPU, whose handler deasserts the device before
+ * the EOI.  Each assertion must be delivered exactly once and the entry's
+ * remote IRR must be clear afterwards (the EOI reached the IOAPIC).
  */
 #include "dqtest.h"
 
@@ -177,17 +186,30 @@ static bool find_edu(struct pci_fn *out, unsigned *msi_cap)
     return found;
 }
 
-static void msi_program(const struct pci_fn *p, unsigned cap, uint8_t dest_apic, uint8_t vector, bool enable)
+static struct {
+    struct pci_fn fn;
+    unsigned cap;
+    uint64_t bar;
+} edu;
+
+#define EDU_RAISE 0x60
+#define EDU_ACK 0x64
+#define VEC_INTX 0x52
+#define VEC_PIN_BASE 0x60     /* 0x60 + pin: INTx discovery, pins 0..31 */
+
+static void msi_program(uint32_t addr, uint16_t data, bool enable)
 {
+    const struct pci_fn *p = &edu.fn;
+    unsigned cap = edu.cap;
     uint16_t ctl = pci_read16(p->bus, p->dev, p->fn, cap + 2);
     bool is64 = ctl & (1u << 7);
     pci_write16(p->bus, p->dev, p->fn, cap + 2, (uint16_t)(ctl & ~1u));
-    pci_write32(p->bus, p->dev, p->fn, cap + 4, 0xfee00000u | ((uint32_t)dest_apic << 12));
+    pci_write32(p->bus, p->dev, p->fn, cap + 4, addr);
     if (is64) {
         pci_write32(p->bus, p->dev, p->fn, cap + 8, 0);
-        pci_write16(p->bus, p->dev, p->fn, cap + 12, vector);
+        pci_write16(p->bus, p->dev, p->fn, cap + 12, data);
     } else {
-        pci_write16(p->bus, p->dev, p->fn, cap + 8, vector);
+        pci_write16(p->bus, p->dev, p->fn, cap + 8, data);
     }
     ctl &= (uint16_t)~(7u << 4);        /* one message */
     if (enable)
@@ -197,59 +219,256 @@ static void msi_program(const struct pci_fn *p, unsigned cap, uint8_t dest_apic,
     pci_write16(p->bus, p->dev, p->fn, cap + 2, ctl);
 }
 
-void test_msi(void)
+static uint32_t vec_sum(uint8_t vec, uint32_t mask)
 {
-    struct pci_fn edu;
-    unsigned cap = 0;
-    if (!find_edu(&edu, &cap)) {
-        skip("msi", "no PCI device with MSI capability that dqtest can trigger (add -device edu)");
-        return;
-    }
-    uint64_t bar = pci_read32(edu.bus, edu.dev, edu.fn, 0x10) & ~0xfull;
-    if (!bar) {
-        skip("msi", "edu BAR0 not assigned by the firmware");
-        return;
-    }
-    uint32_t cmd = pci_read32(edu.bus, edu.dev, edu.fn, 0x04);
-    pci_write32(edu.bus, edu.dev, edu.fn, 0x04, (cmd & 0xffff) | 0x6);   /* memory + bus master */
-    uint32_t ident = mmio_read32(bar);
-    check((ident & 0xff) == 0xed, "msi edu device at 00:%02x.%u bar0=0x%lx id=0x%08x", edu.dev, edu.fn, bar, ident);
+    uint32_t n = 0;
+    for (unsigned i = 0; i < ncpus; i++)
+        if (mask & (1u << i))
+            n += READ_ONCE(cpus[i].vec_count[vec]);
+    return n;
+}
 
-    size_t rounds = opt.iters;
+/*
+ * Trigger the edu MSI `rounds` times with the given address/data.  per[i] is
+ * how many interrupts CPU i must take per trigger; with lowpri_mask set,
+ * exactly one CPU of the mask takes each one instead.  Latency: from the
+ * trigger (BSP's MMIO write) until every expected handler has counted.
+ */
+static void msi_case(const char *desc, const char *lat_label, uint32_t addr, uint16_t data, const uint32_t *per,
+                     uint32_t lowpri_mask, size_t rounds)
+{
+    uint32_t got[MAX_CPUS], expect[MAX_CPUS];
+    uint64_t timeout = ns_to_cycles(opt.timeout_ms * 1000000);
+    for (unsigned i = 0; i < ncpus; i++)
+        cpus[i].vec_count[VEC_MSI] = 0;
+    mfence();
+    msi_program(addr, data, true);
+    size_t done = 0;
+    for (size_t r = 0; r < rounds; r++) {
+        uint32_t before = vec_sum(VEC_MSI, lowpri_mask);
+        uint64_t t0 = rdtsc_ordered();
+        mmio_write32(edu.bar + EDU_RAISE, 1);
+        bool arrived;
+        do {
+            if (lowpri_mask) {
+                arrived = vec_sum(VEC_MSI, lowpri_mask) > before;
+            } else {
+                arrived = true;
+                for (unsigned i = 0; i < ncpus; i++)
+                    arrived &= READ_ONCE(cpus[i].vec_count[VEC_MSI]) >= (r + 1) * per[i];
+            }
+        } while (!arrived && rdtsc() - t0 < timeout);
+        uint64_t t1 = rdtsc_ordered();
+        mmio_write32(edu.bar + EDU_ACK, 1);
+        if (!arrived)
+            break;
+        samples[done++] = t1 - t0;
+    }
+    udelay(opt.settle_us);
+    smp_flush();
+    msi_program(addr, data, false);
+    bool ok = done == rounds;
+    uint32_t in_mask = 0;
+    for (unsigned i = 0; i < ncpus; i++) {
+        got[i] = cpus[i].vec_count[VEC_MSI];
+        if (lowpri_mask && (lowpri_mask & (1u << i))) {
+            in_mask += got[i];
+            expect[i] = 0;
+        } else {
+            expect[i] = lowpri_mask ? 0 : (uint32_t)rounds * per[i];
+            ok &= got[i] == expect[i];
+        }
+    }
+    if (lowpri_mask)
+        ok &= in_mask == rounds;
+    check(ok, "%s (%zu/%zu triggers)", desc, done, rounds);
+    if (!ok)
+        report_counts(desc, got, lowpri_mask ? NULL : expect);
+    if (lat_label)
+        report_lat("msi_edu", lat_label, samples, done);
+}
+
+static uint32_t logical_all(void)
+{
+    uint32_t m = 0;
+    for (unsigned i = 0; i < ncpus && i < 8; i++)
+        m |= 1u << i;
+    return m;
+}
+
+/* Find and enable the edu device once; false (after a skip line) if it is not usable. */
+static bool edu_setup(const char *group)
+{
+    static int state;   /* 0: not tried, 1: usable, -1: not usable */
+    static const char *why;
+    if (state == 0) {
+        state = -1;
+        if (!find_edu(&edu.fn, &edu.cap)) {
+            why = "no PCI device with MSI capability that dqtest can trigger (add -device edu)";
+        } else {
+            const struct pci_fn *p = &edu.fn;
+            edu.bar = pci_read32(p->bus, p->dev, p->fn, 0x10) & ~0xfull;
+            if (!edu.bar) {
+                why = "edu BAR0 not assigned by the firmware";
+            } else {
+                uint32_t cmd = pci_read32(p->bus, p->dev, p->fn, 0x04);
+                pci_write32(p->bus, p->dev, p->fn, 0x04, (cmd & 0xffff) | 0x6);   /* memory + bus master */
+                uint32_t ident = mmio_read32(edu.bar);
+                check((ident & 0xff) == 0xed, "pci edu device at 00:%02x.%u bar0=0x%lx id=0x%08x", p->dev, p->fn,
+                      edu.bar, ident);
+                state = (ident & 0xff) == 0xed ? 1 : -1;
+                why = "edu identification register is wrong";
+            }
+        }
+    }
+    if (state < 0)
+        skip(group, "%s", why);
+    return state > 0;
+}
+
+/* ---- INTx: level-triggered through the IOAPIC ---- */
+
+static volatile int intx_pin = -1;
+static volatile uint32_t intx_acked;
+static uint16_t pin_flags[32];
+
+/* Discovery: a candidate pin fired.  Remember it, mask it, deassert the device. */
+static void on_pin_probe(struct frame *f)
+{
+    int pin = (int)f->vector - VEC_PIN_BASE;
+    ioapic_route((uint32_t)pin, (uint8_t)f->vector, (uint8_t)cpus[0].apic_id, pin_flags[pin], true);
+    if (intx_pin < 0)
+        intx_pin = pin;
+    mmio_write32(edu.bar + EDU_ACK, 1);
+}
+
+/* The level interrupt: deassert the device before the EOI (sent by the dispatcher). */
+static void on_intx(struct frame *f)
+{
+    mmio_write32(edu.bar + EDU_ACK, 1);
+    __atomic_fetch_add(&intx_acked, 1, __ATOMIC_RELEASE);
+}
+
+static uint32_t redir_lo(uint32_t gsi)
+{
+    unsigned idx, pin;
+    if (!ioapic_for_gsi(gsi, &idx, &pin))
+        return 0;
+    return ioapic_read(idx, 0x10 + 2 * pin);
+}
+
+void test_intx(void)
+{
+    if (!edu_setup("intx"))
+        return;
+    const struct pci_fn *p = &edu.fn;
+    uint32_t line = pci_read32(p->bus, p->dev, p->fn, 0x3c);
+    if (!((line >> 8) & 0xff)) {
+        skip("intx", "edu has no interrupt pin");
+        return;
+    }
+    /* Candidates: PCI GSIs (16 and up) and ISA IRQs the MADT declares level-triggered. */
+    uint32_t cand = 0;
+    unsigned idx0, pin0;
+    for (uint32_t g = 16; g < 32; g++)
+        if (ioapic_for_gsi(g, &idx0, &pin0)) {
+            cand |= 1u << g;
+            pin_flags[g] = 0xd;                 /* level, active high (as QEMU's ACPI says) */
+        }
+    for (unsigned i = 0; i < plat.niso; i++)
+        if (((plat.iso[i].flags >> 2) & 3) == 3 && plat.iso[i].gsi < 32) {
+            cand |= 1u << plat.iso[i].gsi;
+            pin_flags[plat.iso[i].gsi] = plat.iso[i].flags;
+        }
+    for (uint32_t g = 0; g < 32; g++)
+        if (cand & (1u << g)) {
+            irq_set_handler((uint8_t)(VEC_PIN_BASE + g), on_pin_probe);
+            ioapic_route(g, (uint8_t)(VEC_PIN_BASE + g), (uint8_t)cpus[0].apic_id, pin_flags[g], false);
+        }
+    intx_pin = -1;
+    mmio_write32(edu.bar + EDU_RAISE, 1);       /* MSI is off: edu asserts INTx */
+    uint64_t end = deadline_ms(opt.timeout_ms);
+    while (intx_pin < 0 && !expired(end))
+        cpu_relax();
+    udelay(opt.settle_us);
+    for (uint32_t g = 0; g < 32; g++)
+        if (cand & (1u << g))
+            ioapic_route(g, (uint8_t)(VEC_PIN_BASE + g), (uint8_t)cpus[0].apic_id, pin_flags[g], true);
+    mmio_write32(edu.bar + EDU_ACK, 1);
+    if (intx_pin < 0) {
+        skip("intx", "edu INTx (line register 0x%02x) not seen on any candidate IOAPIC pin (0x%08x)", line & 0xff,
+             cand);
+        return;
+    }
+    uint32_t gsi = (uint32_t)intx_pin;
+    uint16_t flags = pin_flags[gsi];
+    kprintf("# intx: edu INT%c -> gsi %u (flags 0x%x, line register %u)\n", 'A' - 1 + (int)((line >> 8) & 0xff), gsi,
+            flags, line & 0xff);
+    irq_set_handler(VEC_INTX, on_intx);
+
     char label[32];
     uint32_t got[MAX_CPUS], expect[MAX_CPUS];
     uint64_t timeout = ns_to_cycles(opt.timeout_ms * 1000000);
     for (unsigned t = 0; t < ncpus; t++) {
         for (unsigned i = 0; i < ncpus; i++)
-            cpus[i].vec_count[VEC_MSI] = 0;
+            cpus[i].vec_count[VEC_INTX] = 0;
+        intx_acked = 0;
         mfence();
-        msi_program(&edu, cap, (uint8_t)cpus[t].apic_id, VEC_MSI, true);
-        size_t done = 0;
+        ioapic_route(gsi, VEC_INTX, (uint8_t)cpus[t].apic_id, flags, false);
+        size_t done = 0, rounds = opt.iters;
         for (size_t r = 0; r < rounds; r++) {
-            uint32_t before = READ_ONCE(cpus[t].vec_count[VEC_MSI]);
+            uint32_t before = intx_acked;
             uint64_t t0 = rdtsc_ordered();
-            mmio_write32(bar + 0x60, 1);                /* raise interrupt */
-            while (READ_ONCE(cpus[t].vec_count[VEC_MSI]) == before && rdtsc() - t0 < timeout)
+            mmio_write32(edu.bar + EDU_RAISE, 1);
+            while (intx_acked == before && rdtsc() - t0 < timeout)
                 cpu_relax();
             uint64_t t1 = rdtsc_ordered();
-            mmio_write32(bar + 0x64, 1);                /* acknowledge */
-            if (READ_ONCE(cpus[t].vec_count[VEC_MSI]) == before)
+            if (intx_acked == before)
                 break;
             samples[done++] = t1 - t0;
         }
         udelay(opt.settle_us);
         smp_flush();
-        msi_program(&edu, cap, (uint8_t)cpus[t].apic_id, VEC_MSI, false);
-        bool ok = done == rounds;
+        uint32_t rirr = (redir_lo(gsi) >> 14) & 1;  /* remote IRR: the EOI reached the IOAPIC */
+        ioapic_route(gsi, VEC_INTX, (uint8_t)cpus[t].apic_id, flags, true);
+        bool ok = done == rounds && !rirr;
         for (unsigned i = 0; i < ncpus; i++) {
-            got[i] = cpus[i].vec_count[VEC_MSI];
+            got[i] = cpus[i].vec_count[VEC_INTX];
             expect[i] = i == t ? (uint32_t)rounds : 0;
             ok &= got[i] == expect[i];
         }
-        check(ok, "msi edu -> cpu%u exactly once each (%zu/%zu)", t, done, rounds);
+        check(ok, "intx edu level via ioapic gsi %u -> cpu%u once per assertion, remote irr clear (%zu/%zu%s)", gsi,
+              t, done, rounds, rirr ? ", remote irr stuck" : "");
         if (!ok)
-            report_counts("msi", got, expect);
+            report_counts("intx", got, expect);
         snprintf(label, sizeof(label), "cpu0->cpu%u", t);
-        report_lat("msi_edu", label, samples, done);
+        report_lat("intx_edu", label, samples, done);
     }
+}
+
+
+void test_msi(void)
+{
+    if (!edu_setup("msi"))
+        return;
+
+    char desc[96], label[32];
+    uint32_t per[MAX_CPUS];
+    for (unsigned t = 0; t < ncpus; t++) {
+        memset(per, 0, sizeof(per));
+        per[t] = 1;
+        snprintf(desc, sizeof(desc), "msi edu fixed physical -> cpu%u exactly once each", t);
+        snprintf(label, sizeof(label), "cpu0->cpu%u", t);
+        msi_case(desc, label, 0xfee00000u | (cpus[t].apic_id << 12), VEC_MSI, per, 0, opt.iters);
+    }
+    /* Logical destinations: address bit 3 (redirection hint) and bit 2 (logical). */
+    uint32_t all = logical_all();
+    size_t rounds = opt.iters < 50 ? opt.iters : 50;
+    memset(per, 0, sizeof(per));
+    for (unsigned i = 0; i < ncpus && i < 8; i++)
+        per[i] = 1;
+    snprintf(desc, sizeof(desc), "msi edu fixed logical multicast mask 0x%02x -> each cpu once", all);
+    msi_case(desc, NULL, 0xfee0000cu | (all << 12), VEC_MSI, per, 0, rounds);
+    snprintf(desc, sizeof(desc), "msi edu lowest-priority logical mask 0x%02x -> exactly one cpu", all);
+    msi_case(desc, NULL, 0xfee0000cu | (all << 12), (uint16_t)(VEC_MSI | (1u << 8)), per, all, rounds);
 }
