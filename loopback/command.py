@@ -8,11 +8,13 @@ device such as isa-debug-exit, and non-zero with a one-line reason otherwise.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
+from cluster.forwarding_stats import format_counts
 from cluster.spec import DEVICE_KINDS, MAX_VCPUS, VMSpec, flag_reader, load_spec, spec_from_data
 
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
@@ -92,6 +94,20 @@ def _run(ns: argparse.Namespace) -> int:
             ns.machine = "q35"
         spec = spec_from_flags(ns)
     result = run_loopback(spec)
+    if result.router_stats:
+        print(f"dqemu: forwarded: {format_counts(result.forwarded)}", file=sys.stderr)
+    if ns.stats_file is not None:
+        ns.stats_file.write_text(
+            json.dumps(
+                {
+                    "exit_code": result.exit_code,
+                    "reason": result.reason,
+                    "forwarded": result.forwarded,
+                    "routers": result.router_stats,
+                },
+                indent=1,
+            )
+        )
     if result.exit_code == 0:
         print(f"dqemu: {result.reason}", file=sys.stderr)
     else:
@@ -116,6 +132,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--shards", type=int, help="number of shards (vCPUs split evenly)")
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
     p.add_argument("--timeout", type=float, help="seconds before giving up on the guest")
+    p.add_argument(
+        "--stats-file", type=Path, help="write the routers' final statistics here (JSON)"
+    )
     for kind in DEVICE_KINDS:
         p.add_argument(
             f"--{kind}", action="append", metavar="ARGS[@SHARD]",

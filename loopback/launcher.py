@@ -17,14 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cluster.errors import DqemuError
+from cluster.forwarding_stats import forwarded
 from cluster.guest_images import ensure_guest
 from cluster.qemu_build import ensure_qemu
 from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
 from loopback.console import ConsoleReader
 from loopback.netns import NetnsError, Topology
@@ -43,6 +45,11 @@ class VMResult:
     exit_code: int
     reason: str
     console: list[str]
+    router_stats: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def forwarded(self) -> dict[str, int]:
+        return forwarded(self.router_stats)
 
 
 @dataclass
@@ -135,7 +142,9 @@ class LoopbackVM:
                 for s in self.shards:  # all shards built their machine: start them together
                     assert s.monitor is not None
                     s.monitor.cmd("cont")
-                return self._wait()
+                result = self._wait()
+                result.router_stats = self._collect_stats()
+                return result
         except KeyboardInterrupt:
             return VMResult(130, "interrupted", self._lines())
         except Terminated as t:
@@ -246,6 +255,18 @@ class LoopbackVM:
                               EXIT_SHARD_FAILED)  # fmt: skip
         return DqemuError("the VM did not start: no shard opened its console or QMP socket",
                           EXIT_SHARD_FAILED)  # fmt: skip
+
+    def _collect_stats(self) -> list[dict[str, Any]]:
+        """Each live router's statistics, read before the routers are stopped."""
+        out = []
+        for s in self.shards:
+            if s.router is None or s.router_dir is None or s.router.poll() is not None:
+                continue
+            try:
+                out.append(control_call(s.router_dir / "control.sock", "stats", timeout=2.0))
+            except (OSError, ControlError, ValueError):
+                continue
+        return out
 
     # --- running -------------------------------------------------------------------------------
 
