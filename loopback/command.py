@@ -21,6 +21,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
     ("vm", "memory"): "--memory",
     ("vm", "machine"): "--machine",
+    ("vm", "io_shard"): "--io-shard",
     ("boot", "kernel"): "--kernel",
     ("boot", "initrd"): "--initrd",
     ("boot", "append"): "--append",
@@ -30,7 +31,16 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("device", "shard"): "--device/--drive/--netdev (the @SHARD suffix)",
     ("device", None): "--device/--drive/--netdev",
 }
-_SPEC_EXCLUSIVE = ("kernel", "initrd", "vcpus", "memory", "shards", "placement", "machine")
+_SPEC_EXCLUSIVE = (
+    "kernel",
+    "initrd",
+    "vcpus",
+    "memory",
+    "shards",
+    "placement",
+    "machine",
+    "io_shard",
+)
 
 
 def _device_arg(kind: str, value: str) -> dict[str, Any]:
@@ -68,7 +78,12 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
     if ns.timeout is not None:
         boot["timeout"] = ns.timeout
     data: dict[str, Any] = {
-        "vm": {"vcpus": ns.vcpus, "memory": ns.memory, "machine": ns.machine},
+        "vm": {
+            "vcpus": ns.vcpus,
+            "memory": ns.memory,
+            "machine": ns.machine,
+            "io_shard": ns.io_shard or 0,
+        },
         "boot": boot,
         "shard": [{"id": i, "vcpus": cpus} for i, cpus in enumerate(placement)],
         "device": [_device_arg(k, v) for k in DEVICE_KINDS for v in getattr(ns, k) or []],
@@ -80,7 +95,9 @@ def _run(ns: argparse.Namespace) -> int:
     from loopback.launcher import run_loopback  # heavy imports only when running
 
     if ns.spec is not None:
-        mixed = [f"--{k}" for k in _SPEC_EXCLUSIVE if getattr(ns, k) not in (None, [])]
+        mixed = [
+            f"--{k.replace('_', '-')}" for k in _SPEC_EXCLUSIVE if getattr(ns, k) not in (None, [])
+        ]
         mixed += [f"--{k}" for k in DEVICE_KINDS if getattr(ns, k)]
         if mixed:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
@@ -131,6 +148,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--machine", choices=("q35", "pc"), help="machine type (default q35)")
     p.add_argument("--shards", type=int, help="number of shards (vCPUs split evenly)")
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
+    p.add_argument(
+        "--io-shard", type=int, help="owner of the platform devices: serial, RTC, ... (default 0)"
+    )
     p.add_argument("--timeout", type=float, help="seconds before giving up on the guest")
     p.add_argument(
         "--stats-file", type=Path, help="write the routers' final statistics here (JSON)"
