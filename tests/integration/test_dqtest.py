@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import DqemuError
-from cluster.spec import DEVICE_KINDS
 from loopback.dqtest import (
     DEBUG_EXIT_DEVICE,
     EXIT_PASS,
@@ -47,13 +46,15 @@ def kernel() -> Path:
 def multi_shard_ready(qemu: Path, kernel: Path, shards: int) -> bool:
     """Can this tree run dqtest over ``shards`` shards? The launcher must accept the VM and
     the QEMU build must carry the shard series (its ``dqemu-shard`` object)."""
-    from loopback.command import spec_from_flags
+    from loopback.command import register, spec_from_flags
     from loopback.launcher import LoopbackVM
 
-    ns = argparse.Namespace(
-        kernel=str(kernel), initrd=None, append="", vcpus=VCPUS, memory="256M",
-        machine="q35", shards=shards, placement=None, timeout=None,
-        **{kind: None for kind in DEVICE_KINDS},
+    # Parse real `dqemu loopback` flags, so this stays in step with the CLI.
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    ns = parser.parse_args(
+        ["loopback", "--kernel", str(kernel), "--vcpus", str(VCPUS), "--shards", str(shards),
+         "--memory", "256M", "--machine", "q35"]
     )  # fmt: skip
     try:
         LoopbackVM(spec_from_flags(ns))
