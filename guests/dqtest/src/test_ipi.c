@@ -177,10 +177,15 @@ void test_ipi(void)
 
 static void on_ping(struct frame *f)
 {
+    (void)f;
     lapic_send_ipi(this_cpu()->pong_apic, ICR_FIXED | VEC_PONG);
 }
 
-static void on_pong(struct frame *f) { this_cpu()->pong_count++; }
+static void on_pong(struct frame *f)
+{
+    (void)f;
+    this_cpu()->pong_count++;
+}
 
 struct pp_args { unsigned target; size_t n, done; };
 

@@ -352,6 +352,7 @@ static void on_pin_probe(struct frame *f)
 /* The level interrupt: deassert the device before the EOI (sent by the dispatcher). */
 static void on_intx(struct frame *f)
 {
+    (void)f;
     mmio_write32(edu.bar + EDU_ACK, 1);
     __atomic_fetch_add(&intx_acked, 1, __ATOMIC_RELEASE);
 }
