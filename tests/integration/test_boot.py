@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import REPO, TEST_ENV, dqemu_cmd, run_dqemu
+from tests.conftest import REPO, TEST_ENV, Run, dqemu_cmd, run_dqemu
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -20,12 +20,17 @@ def test_version_marks_dqemu_build() -> None:
     assert "10.0.2+dqemu" in out
 
 
+def boot(test: str, *extra: str, timeout: str = "300") -> Run:
+    """Boot the Linux test guest on one shard, running guest test ``test``."""
+    return run_dqemu(
+        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
+        "--append", f"dq.run={test}", "--timeout", timeout, *extra,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("vcpus", [1, 4])
 def test_guest_reports_cpu_count(vcpus: int) -> None:
-    r = run_dqemu(
-        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-        "--append", "dq.run=cpus", "--vcpus", str(vcpus), "--timeout", "300",
-    )  # fmt: skip
+    r = boot("cpus", "--vcpus", str(vcpus))
     assert r.returncode == 0, r.stderr
     assert r.passed("cpus"), r.stdout[-2000:]
     assert r.kv()["online_cpus"] == str(vcpus)
@@ -39,30 +44,20 @@ def test_spec_file_boot() -> None:
 
 
 def test_guest_panic_exits_nonzero() -> None:
-    r = run_dqemu(
-        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-        "--append", "dq.run=panic", "--timeout", "300",
-    )  # fmt: skip
+    r = boot("panic")
     assert r.returncode == 3
     assert "dqemu: error: guest panic: Kernel panic - not syncing" in r.stderr
 
 
 def test_timeout_exits_nonzero() -> None:
-    r = run_dqemu(
-        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-        "--append", "dq.run=sleep", "--timeout", "20",
-    )  # fmt: skip
+    r = boot("sleep", timeout="20")
     assert r.returncode == 124
     assert "guest did not finish within 20 s" in r.stderr
 
 
 def test_isa_debug_exit_status_passes_through() -> None:
     # The guest writes 0x10 to port 0xf4: QEMU exits with (0x10 << 1) | 1 = 33.
-    r = run_dqemu(
-        "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-        "--append", "dq.run=debugexit", "--device", "isa-debug-exit,iobase=0xf4,iosize=4@0",
-        "--timeout", "300",
-    )  # fmt: skip
+    r = boot("debugexit", "--device", "isa-debug-exit,iobase=0xf4,iosize=4@0")
     assert r.returncode == 33, r.stderr
 
 
