@@ -37,6 +37,7 @@ def median_p50_ns(lats: list[Latency]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vcpus", type=int, default=4)
+    ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--iters", type=int, default=500, help="samples per path (max 8192)")
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
     ap.add_argument("--idle", choices=("hlt", "poll"), default="hlt", help="AP idle mode")
@@ -49,8 +50,9 @@ def main() -> int:
     kernel = build_dqtest()
     append = f"only={GROUPS} iters={args.iters} idle={args.idle}"
     run = run_dqtest(
-        qemu, kernel, append=append, vcpus=args.vcpus, machine=args.machine, timeout=args.timeout
-    )
+        kernel, qemu=qemu, shards=args.shards, append=append, vcpus=args.vcpus,
+        machine=args.machine, timeout=args.timeout,
+    )  # fmt: skip
     r = run.result
     if run.timed_out or not r.complete:
         print(f"forwarding: dqtest did not finish\n{run.output[-2000:]}", file=sys.stderr)

@@ -7,8 +7,8 @@ Three pieces:
 * :func:`parse_dqtest_output` turns its serial output (TAP-like lines, ``# lat`` latency
   lines, ``# skip`` lines and the final ``dqtest: PASS n/n`` / ``dqtest: FAIL k/n``) into a
   :class:`DqtestResult`.
-* :func:`qemu_argv` / :func:`run_dqtest` boot it on one plain QEMU process (one shard), with
-  a timeout, always reaping the process.
+* :func:`run_dqtest` boots it with the loopback launcher over any number of shards, with
+  a timeout; the launcher reaps everything it started.
 
 Exit convention (isa-debug-exit at 0xf4): the kernel writes 0x10 on PASS and 0x11 on FAIL,
 so QEMU exits with 33 (:data:`EXIT_PASS`) or 35 (:data:`EXIT_FAIL`). See
@@ -17,18 +17,20 @@ guests/dqtest/README.md for the output format and the command-line options.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.cache import content_key, locked
 from cluster.errors import DqemuError
 from cluster.paths import GUESTS_DIR, cache_root
+from cluster.spec import VMSpec, flag_reader, spec_from_data
+from loopback.launcher import EXIT_TIMEOUT, LoopbackVM
 
 DQTEST_DIR = GUESTS_DIR / "dqtest"
 KERNEL_NAME = "dqtest.elf"
@@ -278,100 +280,76 @@ def _validate(r: DqtestResult) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# run (one shard: plain QEMU)
+# run: through the loopback launcher, over any number of shards
 
 
 @dataclass
 class DqtestRun:
-    returncode: int | None  # None: killed after the timeout
+    returncode: int | None  # None: the launcher gave up after the timeout
     output: str
-    stderr: str
+    stderr: str  # the launcher's one-line reason
     result: DqtestResult
-    argv: list[str]
+    forwarded: dict[str, int]
 
     @property
     def timed_out(self) -> bool:
         return self.returncode is None
 
 
-def qemu_argv(
-    qemu: Path,
+def dqtest_spec(
     kernel: Path,
     *,
+    shards: int = 1,
     append: str = "",
     vcpus: int = 4,
     memory_mib: int = 256,
     machine: str = "q35",
     msi_device: bool = True,
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """The one-shard QEMU command line: TCG with a thread per vCPU, serial on stdout."""
-    argv = [
-        str(qemu),
-        "-nodefaults", "-no-user-config",
-        "-machine", machine,
-        "-accel", "tcg,thread=multi",
-        "-smp", str(vcpus),
-        "-m", f"{memory_mib}M",
-        "-display", "none",
-        "-serial", "stdio",
-        "-no-reboot",
-        "-kernel", str(kernel),
-        "-append", append,
-        "-device", DEBUG_EXIT_DEVICE,
-    ]  # fmt: skip
+    timeout: float = 300,
+) -> VMSpec:
+    """dqtest's VM: its devices (debug-exit, and edu for MSI/INTx) on shard 0."""
+    per, extra = divmod(vcpus, shards)
+    placement, start = [], 0
+    for i in range(shards):
+        n = per + (1 if i < extra else 0)
+        placement.append({"id": i, "vcpus": list(range(start, start + n))})
+        start += n
+    devices = [{"device": DEBUG_EXIT_DEVICE, "shard": 0}]
     if msi_device:
-        argv += ["-device", "edu"]
-    return argv + list(extra)
+        devices.append({"device": "edu", "shard": 0})
+    data = {
+        "vm": {"name": "dqtest", "vcpus": vcpus, "memory": memory_mib, "machine": machine},
+        "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},
+        "shard": placement,
+        "device": devices,
+    }
+    return spec_from_data(data, flag_reader({}), Path.cwd())
 
 
 def run_dqtest(
-    qemu: Path,
     kernel: Path,
     *,
+    qemu: Path | None = None,
+    shards: int = 1,
     timeout: float = 300,
     append: str = "",
     vcpus: int = 4,
     memory_mib: int = 256,
     machine: str = "q35",
     msi_device: bool = True,
-    extra: Sequence[str] = (),
 ) -> DqtestRun:
-    """Boot dqtest on one QEMU process and parse its output; QEMU is always reaped."""
-    argv = qemu_argv(
-        qemu,
-        kernel,
-        append=append,
-        vcpus=vcpus,
-        memory_mib=memory_mib,
-        machine=machine,
-        msi_device=msi_device,
-        extra=extra,
-    )
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    returncode: int | None
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        returncode = proc.returncode
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        returncode = None
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    text = out.decode(errors="replace")
+    """Boot dqtest with the loopback launcher and parse its output; nothing outlives it."""
+    spec = dqtest_spec(
+        kernel, shards=shards, append=append, vcpus=vcpus, memory_mib=memory_mib,
+        machine=machine, msi_device=msi_device, timeout=timeout,
+    )  # fmt: skip
+    console = io.BytesIO()
+    vm = LoopbackVM(spec, qemu=qemu, console=console).run()
+    text = console.getvalue().decode(errors="replace")
     return DqtestRun(
-        returncode=returncode,
+        returncode=None if vm.exit_code == EXIT_TIMEOUT else vm.exit_code,
         output=text,
-        stderr=err.decode(errors="replace"),
+        stderr=vm.reason,
         result=parse_dqtest_output(text),
-        argv=argv,
+        forwarded=vm.forwarded,
     )

@@ -7,22 +7,18 @@ those cases skip.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cluster.errors import DqemuError
 from loopback.dqtest import (
-    DEBUG_EXIT_DEVICE,
     EXIT_PASS,
     DqtestResult,
     build_dqtest,
-    parse_dqtest_output,
     run_dqtest,
 )
-from tests.conftest import REPO, dqemu_cmd, run_dqemu
+from tests.conftest import run_dqemu
 
 pytestmark = [pytest.mark.integration]
 
@@ -43,41 +39,12 @@ def kernel() -> Path:
     return build_dqtest()
 
 
-def multi_shard_ready(qemu: Path, kernel: Path, shards: int) -> bool:
-    """Can this tree run dqtest over ``shards`` shards? The launcher must accept the VM and
-    the QEMU build must carry the shard series (its ``dqemu-shard`` object)."""
-    from loopback.command import register, spec_from_flags
-    from loopback.launcher import LoopbackVM
-
-    # Parse real `dqemu loopback` flags, so this stays in step with the CLI.
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    ns = parser.parse_args(
-        ["loopback", "--kernel", str(kernel), "--vcpus", str(VCPUS), "--shards", str(shards),
-         "--memory", "256M", "--machine", "q35"]
-    )  # fmt: skip
-    try:
-        LoopbackVM(spec_from_flags(ns))
-    except DqemuError:
-        return False
+def has_shard_series(qemu: Path) -> bool:
+    """Does this QEMU build carry the shard series (its ``dqemu-shard`` object)?"""
     objects = subprocess.run(
         [str(qemu), "-object", "help"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
     return "dqemu-shard" in objects.split()
-
-
-def run_sharded(kernel: Path, shards: int, machine: str, append: str) -> tuple[int, str]:
-    """dqtest over ``shards`` loopback shards; the devices live on shard 0."""
-    argv = dqemu_cmd(
-        "loopback", "--kernel", str(kernel), "--append", append,
-        "--vcpus", str(VCPUS), "--shards", str(shards), "--memory", "256M",
-        "--machine", machine, "--device", f"{DEBUG_EXIT_DEVICE}@0", "--device", "edu@0",
-        "--timeout", str(TIMEOUT),
-    )  # fmt: skip
-    proc = subprocess.run(
-        argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT + 60, check=False
-    )
-    return proc.returncode, proc.stdout
 
 
 def assert_full_pass(r: DqtestResult, output: str) -> None:
@@ -102,24 +69,23 @@ def assert_full_pass(r: DqtestResult, output: str) -> None:
 
 @pytest.mark.parametrize(("shards", "machine"), [(1, "q35"), (1, "pc"), (2, "q35"), (4, "q35")])
 def test_dqtest_passes(qemu: Path, kernel: Path, shards: int, machine: str) -> None:
-    append = f"iters={ITERS}"
-    if shards == 1:
-        run = run_dqtest(qemu, kernel, append=append, vcpus=VCPUS, machine=machine, timeout=TIMEOUT)
-        assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
-        assert run.returncode == EXIT_PASS, (
-            f"exit {run.returncode}\n{run.result.summary()}\n{run.stderr[-2000:]}"
-        )
-        assert_full_pass(run.result, run.output)
-        return
-    if not multi_shard_ready(qemu, kernel, shards):
-        pytest.skip("needs the shard launcher and the shard patch series")
-    rc, out = run_sharded(kernel, shards, machine, append)
-    assert rc == EXIT_PASS, out[-3000:]
-    assert_full_pass(parse_dqtest_output(out), out)
+    if shards > 1 and not has_shard_series(qemu):
+        pytest.skip("needs the shard patch series")
+    run = run_dqtest(
+        kernel, qemu=qemu, shards=shards, append=f"iters={ITERS}", vcpus=VCPUS,
+        machine=machine, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
+    assert run.returncode == EXIT_PASS, (
+        f"exit {run.returncode}: {run.stderr}\n{run.result.summary()}\n{run.output[-2000:]}"
+    )
+    assert_full_pass(run.result, run.output)
+    if shards > 1:
+        assert run.forwarded["irq"] > 0 and run.forwarded["pio"] > 0, run.forwarded
 
 
 def test_only_option_selects_groups(qemu: Path, kernel: Path) -> None:
-    run = run_dqtest(qemu, kernel, append="only=tsc tsc_bound_ns=123456", timeout=TIMEOUT)
+    run = run_dqtest(kernel, qemu=qemu, append="only=tsc tsc_bound_ns=123456", timeout=TIMEOUT)
     assert run.returncode == EXIT_PASS, run.output[-3000:]
     r = run.result
     assert r.passed, r.summary()
