@@ -108,6 +108,17 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def even_placement(vcpus: int, shards: int) -> list[list[int]]:
+    """vCPUs split over shards in order, as evenly as possible (the first shards get more)."""
+    per, extra = divmod(vcpus, shards)
+    out, start = [], 0
+    for i in range(shards):
+        n = per + (1 if i < extra else 0)
+        out.append(list(range(start, start + n)))
+        start += n
+    return out
+
+
 class _Locator:
     """Finds the line of a key in the TOML text, for error messages."""
 

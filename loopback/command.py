@@ -15,7 +15,15 @@ from typing import Any
 
 from cluster.errors import DqemuError
 from cluster.forwarding_stats import format_counts
-from cluster.spec import DEVICE_KINDS, MAX_VCPUS, VMSpec, flag_reader, load_spec, spec_from_data
+from cluster.spec import (
+    DEVICE_KINDS,
+    MAX_VCPUS,
+    VMSpec,
+    even_placement,
+    flag_reader,
+    load_spec,
+    spec_from_data,
+)
 
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
@@ -66,12 +74,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             raise DqemuError(f"--vcpus: {ns.vcpus} is outside 1..{MAX_VCPUS}")
         if shards > ns.vcpus:
             raise DqemuError(f"--shards {shards} is more than --vcpus {ns.vcpus}")
-        per, extra = divmod(ns.vcpus, shards)
-        placement, start = [], 0
-        for i in range(shards):
-            n = per + (1 if i < extra else 0)
-            placement.append(f"{start}-{start + n - 1}")
-            start += n
+        placement = even_placement(ns.vcpus, shards)
     boot: dict[str, Any] = {"kernel": ns.kernel, "append": ns.append or ""}
     if ns.initrd:
         boot["initrd"] = ns.initrd

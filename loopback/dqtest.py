@@ -29,7 +29,7 @@ from pathlib import Path
 from cluster.cache import content_key, locked
 from cluster.errors import DqemuError
 from cluster.paths import GUESTS_DIR, cache_root
-from cluster.spec import VMSpec, flag_reader, spec_from_data
+from cluster.spec import VMSpec, even_placement, flag_reader, spec_from_data
 from loopback.launcher import EXIT_TIMEOUT, LoopbackVM
 
 DQTEST_DIR = GUESTS_DIR / "dqtest"
@@ -308,12 +308,7 @@ def dqtest_spec(
     timeout: float = 300,
 ) -> VMSpec:
     """dqtest's VM: its devices (debug-exit, and edu for MSI/INTx) on shard 0."""
-    per, extra = divmod(vcpus, shards)
-    placement, start = [], 0
-    for i in range(shards):
-        n = per + (1 if i < extra else 0)
-        placement.append({"id": i, "vcpus": list(range(start, start + n))})
-        start += n
+    placement = [{"id": i, "vcpus": c} for i, c in enumerate(even_placement(vcpus, shards))]
     devices = [{"device": DEBUG_EXIT_DEVICE, "shard": 0}]
     if msi_device:
         devices.append({"device": "edu", "shard": 0})
