@@ -26,10 +26,11 @@ FORWARD_TIMEOUT_MS = 10000
 class ShardPaths:
     """Per-shard sockets and files, all inside the VM's private run directory."""
 
-    qmp: Path
+    qmp: Path  # the launcher's own QMP socket
     serial: Path | None  # the console socket, on the shard that owns the serial port
     ram: tuple[Path, ...]  # guest RAM backing files (one per NUMA node), shared by all shards
     router: Path | None  # the local router's shard socket (None: an unsharded VM)
+    user_qmp: Path | None = None  # a second QMP socket for operators and tests
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ def shard_argv(
                            f"mem-path={paths.ram[node]},share=on",
                 "-numa", f"node,nodeid={node},{_cpulist(s.vcpus)},memdev=ram{node}",
             ]  # fmt: skip
+    if paths.user_qmp is not None:
+        argv += ["-qmp", f"unix:{paths.user_qmp},server=on,wait=off"]
     if boot.initrd is not None:
         argv += ["-initrd", str(boot.initrd)]
     if paths.serial is not None:

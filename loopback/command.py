@@ -113,7 +113,9 @@ def _run(ns: argparse.Namespace) -> int:
         if ns.machine is None:
             ns.machine = "q35"
         spec = spec_from_flags(ns)
-    result = run_loopback(spec)
+    if ns.qmp_dir is not None and not ns.qmp_dir.is_dir():
+        raise DqemuError(f"--qmp-dir: {ns.qmp_dir} is not a directory")
+    result = run_loopback(spec, qmp_dir=ns.qmp_dir)
     if result.router_stats:
         print(f"dqemu: forwarded: {format_counts(result.forwarded)}", file=sys.stderr)
     if ns.stats_file is not None:
@@ -158,6 +160,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--stats-file", type=Path, help="write the routers' final statistics here (JSON)"
     )
+    p.add_argument("--qmp-dir", type=Path, help="put each shard's QMP socket here, as shard<K>.qmp")
     for kind in DEVICE_KINDS:
         p.add_argument(
             f"--{kind}", action="append", metavar="ARGS[@SHARD]",

@@ -93,9 +93,15 @@ def check_dqemu_build(qemu: Path) -> None:
 
 class LoopbackVM:
     def __init__(
-        self, spec: VMSpec, *, qemu: Path | None = None, console: BinaryIO | None = None
+        self,
+        spec: VMSpec,
+        *,
+        qemu: Path | None = None,
+        console: BinaryIO | None = None,
+        qmp_dir: Path | None = None,
     ) -> None:
         self.spec = spec
+        self.qmp_dir = qmp_dir
         self.qemu = qemu
         self.console_sink = console
         self.sup = Supervisor()
@@ -160,6 +166,9 @@ class LoopbackVM:
                 self.topo.teardown()
             for path in ram:
                 path.unlink(missing_ok=True)
+            if self.qmp_dir is not None:
+                for s in self.shards:
+                    (self.qmp_dir / f"shard{s.id}.qmp").unlink(missing_ok=True)
             shutil.rmtree(rundir, ignore_errors=True)
 
     def _lines(self) -> list[str]:
@@ -229,7 +238,11 @@ class LoopbackVM:
     ) -> None:
         serial = rundir / "console.sock" if s.id == self.spec.io_shard else None
         router = s.router_dir / "shard.sock" if s.router_dir is not None else None
-        paths = ShardPaths(qmp=rundir / f"shard{s.id}.qmp", serial=serial, ram=ram, router=router)
+        user_qmp = self.qmp_dir / f"shard{s.id}.qmp" if self.qmp_dir is not None else None
+        paths = ShardPaths(
+            qmp=rundir / f"shard{s.id}.qmp", serial=serial, ram=ram, router=router,
+            user_qmp=user_qmp,
+        )  # fmt: skip
         argv = shard_argv(qemu, self.spec, s.id, paths, boot)
         s.qemu = self.sup.spawn(
             f"shard {s.id}", argv, netns=s.netns, log=rundir / f"shard{s.id}.log"
@@ -310,5 +323,8 @@ class LoopbackVM:
         return VMResult(EXIT_SHARD_FAILED, msg, self._lines())
 
 
-def run_loopback(spec: VMSpec, console: BinaryIO | None = None) -> VMResult:
-    return LoopbackVM(spec, console=console if console is not None else sys.stdout.buffer).run()
+def run_loopback(
+    spec: VMSpec, console: BinaryIO | None = None, qmp_dir: Path | None = None
+) -> VMResult:
+    sink = console if console is not None else sys.stdout.buffer
+    return LoopbackVM(spec, console=sink, qmp_dir=qmp_dir).run()
