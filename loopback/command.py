@@ -113,9 +113,10 @@ def _run(ns: argparse.Namespace) -> int:
         if ns.machine is None:
             ns.machine = "q35"
         spec = spec_from_flags(ns)
-    if ns.qmp_dir is not None and not ns.qmp_dir.is_dir():
-        raise DqemuError(f"--qmp-dir: {ns.qmp_dir} is not a directory")
-    result = run_loopback(spec, qmp_dir=ns.qmp_dir)
+    for flag, d in (("--qmp-dir", ns.qmp_dir), ("--log-dir", ns.log_dir)):
+        if d is not None and not d.is_dir():
+            raise DqemuError(f"{flag}: {d} is not a directory")
+    result = run_loopback(spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir)
     if result.router_stats:
         print(f"dqemu: forwarded: {format_counts(result.forwarded)}", file=sys.stderr)
     if ns.stats_file is not None:
@@ -161,6 +162,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--stats-file", type=Path, help="write the routers' final statistics here (JSON)"
     )
     p.add_argument("--qmp-dir", type=Path, help="put each shard's QMP socket here, as shard<K>.qmp")
+    p.add_argument(
+        "--log-dir", type=Path, help="keep each shard's and router's log here (default: removed)"
+    )
     for kind in DEVICE_KINDS:
         p.add_argument(
             f"--{kind}", action="append", metavar="ARGS[@SHARD]",

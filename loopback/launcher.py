@@ -99,9 +99,11 @@ class LoopbackVM:
         qemu: Path | None = None,
         console: BinaryIO | None = None,
         qmp_dir: Path | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.qmp_dir = qmp_dir
+        self.keep_logs = log_dir
         self.qemu = qemu
         self.console_sink = console
         self.sup = Supervisor()
@@ -110,6 +112,7 @@ class LoopbackVM:
         self.topo: Topology | None = None
         self.console: ConsoleReader | None = None
         self.rundir = Path()
+        self.log_dir = Path()
 
     # --- the whole life of the VM ----------------------------------------------------------
 
@@ -120,6 +123,7 @@ class LoopbackVM:
             check_dqemu_build(qemu)
         rundir = self.rundir = Path(tempfile.mkdtemp(prefix="dqemu-"))
         os.chmod(rundir, 0o700)
+        self.log_dir = self.keep_logs or rundir
         tag = f"dqemu-{os.getpid()}-{secrets.token_hex(4)}"
         ram = tuple(Path("/dev/shm") / f"{tag}-ram{i}" for i in range(len(numa_nodes(self.spec))))
         try:
@@ -211,7 +215,7 @@ class LoopbackVM:
                     [sys.executable, "-m", "cluster.router", "--config", str(cfg_path),
                      "--secret-fd", str(rfd)],
                     netns=host.netns,
-                    log=rundir / f"router{s.id}.log",
+                    log=self.log_dir / f"router{s.id}.log",
                     pass_fds=(rfd,),
                 )  # fmt: skip
                 os.write(wfd, secret)
@@ -245,7 +249,7 @@ class LoopbackVM:
         )  # fmt: skip
         argv = shard_argv(qemu, self.spec, s.id, paths, boot)
         s.qemu = self.sup.spawn(
-            f"shard {s.id}", argv, netns=s.netns, log=rundir / f"shard{s.id}.log"
+            f"shard {s.id}", argv, netns=s.netns, log=self.log_dir / f"shard{s.id}.log"
         )
 
     def _connect_monitors(self) -> None:
@@ -324,7 +328,10 @@ class LoopbackVM:
 
 
 def run_loopback(
-    spec: VMSpec, console: BinaryIO | None = None, qmp_dir: Path | None = None
+    spec: VMSpec,
+    console: BinaryIO | None = None,
+    qmp_dir: Path | None = None,
+    log_dir: Path | None = None,
 ) -> VMResult:
     sink = console if console is not None else sys.stdout.buffer
-    return LoopbackVM(spec, console=sink, qmp_dir=qmp_dir).run()
+    return LoopbackVM(spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir).run()
