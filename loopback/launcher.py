@@ -145,13 +145,21 @@ class LoopbackVM:
                     raise self._start_failure()
                 self.console.start()
                 self._connect_monitors()
+                if self.sharded:
+                    self._wait_mesh()
                 # Every shard has mapped the RAM files now: drop their names so that nothing
                 # is left in /dev/shm even if this process is killed.
                 for path in ram:
                     path.unlink(missing_ok=True)
-                for s in self.shards:  # all shards built their machine: start them together
+                # Every shard has built its machine: start them, the BSP's shard last, so
+                # that the other vCPUs already wait for their INIT/SIPI when it sends them.
+                bsp = self.spec.shard_of_vcpu(0)
+                for s in sorted(self.shards, key=lambda s: s.id == bsp):
                     assert s.monitor is not None
                     s.monitor.cmd("cont")
+                for s in self.shards:  # the launcher needs QMP no further
+                    assert s.monitor is not None
+                    s.monitor.close()
                 result = self._wait()
                 result.router_stats = self._collect_stats()
                 return result
@@ -261,6 +269,29 @@ class LoopbackVM:
                 s.monitor.connect(START_TIMEOUT, alive=lambda q=qemu: q.poll() is None)
             except DqemuError:
                 raise self._start_failure() from None
+
+    def _wait_mesh(self) -> None:
+        """Wait until every router has its shard registered and every peer link up: a frame
+        sent before its link is up would be dropped, so no vCPU may run before that."""
+        deadline = time.monotonic() + START_TIMEOUT
+        for s in self.shards:
+            assert s.router is not None and s.router_dir is not None
+            while True:
+                if s.router.poll() is not None:
+                    raise self._start_failure()
+                try:
+                    health = control_call(s.router_dir / "control.sock", "health", timeout=2.0)
+                except (OSError, ControlError, ValueError):
+                    health = {}
+                if health.get("ok"):
+                    break
+                if time.monotonic() > deadline:
+                    down = [k for k, v in health.get("peers", {}).items() if v.get("state") != "up"]
+                    raise DqemuError(
+                        f"router {s.id}: links to shard(s) {', '.join(down) or '?'} not up "
+                        f"within {START_TIMEOUT:g} s", EXIT_SHARD_FAILED,
+                    )  # fmt: skip
+                time.sleep(0.02)
 
     def _start_failure(self) -> DqemuError:
         """The first child that died during start-up, with the last words of its log."""

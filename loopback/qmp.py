@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class ShardMonitor:
             raise DqemuError(f"{self.name}: QMP {name} failed: {exc}") from exc
 
     def close(self) -> None:
-        if self._qmp is not None:
-            self._qmp.close()
-            self._qmp = None
+        """Close the connection; a QEMU that already exited is not an error here."""
+        qmp, self._qmp = self._qmp, None
+        if qmp is not None:
+            with contextlib.suppress(OSError, EOFError, QMPError):
+                qmp.close()
