@@ -86,6 +86,14 @@ def _cpulist(cpus: tuple[int, ...]) -> str:
     return ",".join(f"cpus={c}" for c in cpus)
 
 
+def _smp(spec: VMSpec) -> str:
+    """With a NUMA node per shard, each vCPU is its own socket: vCPUs of one socket in two
+    nodes make Linux warn (topology_sane) and build wrong scheduling domains."""
+    if len(numa_nodes(spec)) > 1:
+        return f"{spec.vcpus},sockets={spec.vcpus},cores=1,threads=1"
+    return str(spec.vcpus)
+
+
 def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
     cpumap = ":".join(str(spec.shard_of_vcpu(c)) for c in range(spec.vcpus))
     owners = "+".join(
@@ -105,7 +113,7 @@ def shard_argv(
         str(qemu),
         "-name", f"{spec.name}-shard{shard},debug-threads=on",
         "-accel", "tcg,thread=multi",
-        "-smp", str(spec.vcpus),
+        "-smp", _smp(spec),
         "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
         "-S",

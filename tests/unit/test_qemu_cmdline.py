@@ -58,6 +58,7 @@ def test_same_machine_on_every_shard() -> None:
     a, b = argv(0), argv(1)
     for name in ("-smp", "-m", "-machine", "-numa", "-kernel", "-append", "-initrd"):
         assert opt(a, name) == opt(b, name), name
+    assert opt(a, "-smp") == ["4,sockets=4,cores=1,threads=1"]  # no socket spans two nodes
     assert opt(a, "-numa") == [
         "node,nodeid=0,cpus=0,cpus=1,memdev=ram0",
         "node,nodeid=1,cpus=2,cpus=3,memdev=ram1",
@@ -95,4 +96,5 @@ def test_unsharded_has_no_shard_object() -> None:
     args = shard_argv(Path("/q"), spec, 0, paths, BOOT)
     assert not any(o.startswith("dqemu-shard") for o in opt(args, "-object"))
     assert "-numa" not in args
+    assert opt(args, "-smp") == ["2"]
     assert opt(args, "-machine") == ["q35,memory-backend=ram0"]
