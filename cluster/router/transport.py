@@ -111,17 +111,7 @@ class Link:
                 st.tx_msgs[t] += 1
                 st.tx_bytes[t] += n
             data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
-            if self._backlog or self._flushing:
-                self._queue(bytes(data))
-                return True
-            try:
-                n = self._try_send(data)
-            except OSError as e:
-                self._close_locked(f"send failed: {e.strerror or e}")
-                return True
-            if n < len(data):
-                self._queue(bytes(memoryview(data)[n:]))
-            return True
+            return self._write_locked(data, len(data))
 
     def send1(self, data: Buffer, t: int, nbytes: int, req: tuple[int, int] | None) -> bool:
         """`send` for one frame: the hot path when a read held a single frame."""
@@ -133,17 +123,22 @@ class Link:
             st = self.stats
             st.tx_msgs[t] += 1
             st.tx_bytes[t] += nbytes
-            if self._backlog or self._flushing:
-                self._queue(bytes(data))
-                return True
-            try:
-                n = self._try_send(data)
-            except OSError as e:
-                self._close_locked(f"send failed: {e.strerror or e}")
-                return True
-            if n < nbytes:
-                self._queue(bytes(memoryview(data)[n:]))
+            return self._write_locked(data, nbytes)
+
+    def _write_locked(self, data: Buffer, nbytes: int) -> bool:
+        """Send now if nothing is queued, else (or for what the socket did not take) queue
+        for the writer thread, so frames never overtake each other. Holds ``self.lock``."""
+        if self._backlog or self._flushing:
+            self._queue(bytes(data))
             return True
+        try:
+            n = self._try_send(data)
+        except OSError as e:
+            self._close_locked(f"send failed: {e.strerror or e}")
+            return True
+        if n < nbytes:
+            self._queue(bytes(memoryview(data)[n:]))
+        return True
 
     def _queue(self, data: bytes) -> None:
         self._backlog.append(data)
