@@ -139,7 +139,17 @@ def qemu_cache_dir() -> Path:
 
 
 def ensure_qemu(jobs: int | None = None, quiet: bool = False) -> Path:
-    """Return the patched QEMU binary, building it first when its cache entry is missing."""
+    """Return the patched QEMU binary, building it first when its cache entry is missing.
+
+    ``DQEMU_QEMU`` names a binary to use instead (a developer's own build of the series); it
+    must sit in a ``bin/`` beside a ``share/qemu`` with the firmware, as the cache entries do.
+    """
+    override = os.environ.get("DQEMU_QEMU")
+    if override:
+        path = Path(override)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise DqemuError(f"DQEMU_QEMU={override}: not an executable file")
+        return path
     up = load_upstream()
     key = build_key(up)
     entry = qemu_cache_dir() / key

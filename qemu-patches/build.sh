@@ -36,6 +36,12 @@ done < "$here/series"
 # The +ds tarball has no EDK2 blobs to unpack.
 sed -i 's/^\( *\)unpack_edk2_blobs = bzip2.found()/\1unpack_edk2_blobs = false/' meson.build
 
+# meson compiles through ccache when it is installed: keep its cache beside the build cache and
+# key it on paths relative to the tree, so that a rebuild after a patch change recompiles only
+# what the change touches.
+export CCACHE_DIR="${CCACHE_DIR:-$(dirname "$(dirname "$out")")/ccache}"
+export CCACHE_BASEDIR="$src" CCACHE_NOHASHDIR=1
+
 mkdir -p build && cd build
 echo "dqemu-build: configure $*"
 if ! ../configure --python="$python" "$@" > "$work/configure.log" 2>&1; then
