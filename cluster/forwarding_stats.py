@@ -11,8 +11,10 @@ from collections.abc import Iterable
 from typing import Any
 
 # Message type name -> mechanism, as the console and the tests speak of them.
+# IRQ frames come from a local APIC (IPIs); DEV_IRQ frames from the IOAPIC or an MSI write.
 MECHANISMS: dict[str, str] = {
-    "IRQ": "irq",
+    "IRQ": "ipi",
+    "DEV_IRQ": "irq",
     "EOI": "eoi",
     "APIC_STATE": "apic_state",
     "GSI": "gsi",
@@ -20,6 +22,7 @@ MECHANISMS: dict[str, str] = {
     "MMIO_REQ": "mmio",
     "TB_INVALIDATE": "code_invalidate",
     "MEMMAP_SYNC": "memmap",
+    "PCI_CFG_READ": "pci_cfg_read",
     "COMMAND": "command",
     "CLOCK_REQ": "clock",
     "PAGE_REQ": "dsm_page",

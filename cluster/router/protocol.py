@@ -55,6 +55,7 @@ MSG_IRQ = 0x10
 MSG_EOI = 0x11
 MSG_APIC_STATE = 0x12
 MSG_GSI = 0x13
+MSG_DEV_IRQ = 0x14
 # I/O forwarding
 MSG_PIO_REQ = 0x20
 MSG_PIO_REPLY = 0x21
@@ -63,6 +64,8 @@ MSG_MMIO_REPLY = 0x23
 # memory map / code coherence
 MSG_TB_INVALIDATE = 0x30
 MSG_MEMMAP_SYNC = 0x31
+MSG_PCI_CFG_READ = 0x32
+MSG_PCI_CFG_READ_REPLY = 0x33
 # VM control
 MSG_COMMAND = 0x40
 MSG_RUNSTATE = 0x41
@@ -108,6 +111,9 @@ MEMMAP_PAM = 2
 MEMMAP_SMRAM = 3
 MEMMAP_A20 = 4
 
+# DEV_IRQ.source for an MSI write (otherwise the IOAPIC pin)
+DEV_IRQ_MSI = 0xFFFFFFFF
+
 # COMMAND.command
 CMD_STOP = 1
 CMD_CONT = 2
@@ -149,6 +155,9 @@ ERR_UNSUPPORTED = 8
 ERR_DUPLICATE = 9
 ERR_BAD_REQUEST = 10
 ERR_INTERNAL = 11
+ERR_SHARD_EXITED = 12
+ERR_SHARD_HUNG = 13
+ERR_HEARTBEAT = 14
 
 ERROR_MSG_MAX = 4096  # bytes of UTF-8 text in an ERROR body
 VM_ID_SIZE = 32
@@ -167,6 +176,9 @@ ERROR_NAMES = {
     ERR_DUPLICATE: "duplicate",
     ERR_BAD_REQUEST: "bad request",
     ERR_INTERNAL: "internal error",
+    ERR_SHARD_EXITED: "shard exited",
+    ERR_SHARD_HUNG: "shard hung",
+    ERR_HEARTBEAT: "router silent",
 }
 
 
@@ -534,6 +546,27 @@ class Irq(Message):
 
 @_register
 @dataclass(frozen=True, slots=True)
+class DevIrq(Message):
+    TYPE = MSG_DEV_IRQ
+    NAME = "DEV_IRQ"
+    LAYOUT = _layout(
+        "DQMsgDevIrq",
+        "u8 delivery_mode",
+        "u8 vector",
+        "u8 trigger_mode",
+        "u8 reserved0",
+        "u32 source",
+        "u64 cpu_mask[4]",
+    )
+    delivery_mode: int
+    vector: int
+    trigger_mode: int
+    source: int  # IOAPIC pin, or DEV_IRQ_MSI
+    cpu_mask: int  # bit i = vCPU index i, 256 bits
+
+
+@_register
+@dataclass(frozen=True, slots=True)
 class Eoi(Message):
     TYPE = MSG_EOI
     NAME = "EOI"
@@ -646,6 +679,26 @@ class MemmapSync(Message):
 
 @_register
 @dataclass(frozen=True, slots=True)
+class PciCfgRead(Message):
+    TYPE = MSG_PCI_CFG_READ
+    NAME = "PCI_CFG_READ"
+    LAYOUT = _layout("DQMsgPciCfgRead", "u64 addr", "u32 size", "u32 reserved0")
+    addr: int  # bus << 20 | devfn << 12 | register
+    size: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class PciCfgReadReply(Message):
+    TYPE = MSG_PCI_CFG_READ_REPLY
+    NAME = "PCI_CFG_READ_REPLY"
+    LAYOUT = _layout("DQMsgPciCfgReadReply", "u64 data", "u32 status", "u32 reserved0")
+    data: int
+    status: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
 class Command(Message):
     TYPE = MSG_COMMAND
     NAME = "COMMAND"
@@ -725,6 +778,8 @@ REPLY_TYPE: dict[int, int] = {
     MSG_PIO_REQ: MSG_PIO_REPLY,
     MSG_MMIO_REQ: MSG_MMIO_REPLY,
     MSG_CLOCK_REQ: MSG_CLOCK_REPLY,
+    MSG_PCI_CFG_READ: MSG_PCI_CFG_READ_REPLY,
+    MSG_TB_INVALIDATE: MSG_TB_INVALIDATE,  # the acknowledged form echoes the body
     MSG_PAGE_REQ: MSG_PAGE_REPLY,
 }
 
@@ -945,6 +1000,7 @@ _EXPORT_PREFIXES = (
     "TRIGGER_",
     "MEMTX_",
     "MEMMAP_",
+    "DEV_IRQ_",
     "CMD_",
     "RUNSTATE_",
     "CLOCK_",

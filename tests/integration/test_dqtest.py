@@ -108,7 +108,7 @@ def test_dqtest_passes(qemu: Path, kernel: Path, shards: int, machine: str) -> N
         assert run.returncode == EXIT_PASS, f"{run.result.summary()}\n{run.output[-2000:]}"
     assert_full_pass(run.result, run.output, shards)
     if shards > 1:
-        assert run.forwarded["irq"] > 0 and run.forwarded["pio"] > 0, run.forwarded
+        assert run.forwarded["ipi"] > 0 and run.forwarded["pio"] > 0, run.forwarded
 
 
 def test_only_option_selects_groups(qemu: Path, kernel: Path) -> None:

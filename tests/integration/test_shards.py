@@ -40,7 +40,7 @@ def test_smp_across_shards(tmp_path: Path, layout: str) -> None:
     assert kv["atomics_xadd"] == kv["atomics_cmpxchg"] == kv["atomics_expected"]
     assert kv["shootdown_stale"] == "0"
     assert kv["migrate_wrong_cpu"] == "0"
-    assert fwd["irq"] > 0, fwd  # IPIs crossed shards
+    assert fwd["ipi"] > 0, fwd  # IPIs crossed shards
     assert fwd["pio"] > 0 and fwd["mmio"] > 0, fwd
 
 
