@@ -116,6 +116,7 @@ def shard_argv(
         "-smp", _smp(spec),
         "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+        "-msg", "timestamp=on",  # logs say when a shard noticed a failure
         "-S",
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-kernel", str(boot.kernel),

@@ -9,10 +9,12 @@ path: guest poweroff, a shard's exit, timeout, panic, Ctrl-C, SIGTERM and SIGHUP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +38,14 @@ from loopback.qmp import ShardMonitor
 EXIT_PANIC = 3
 EXIT_SHARD_FAILED = 4
 EXIT_TIMEOUT = 124
+# A shard QEMU exits with this status when it stopped the VM because another shard, or its
+# router, was lost (hw/dqemu/liveness.c); its log names the lost shard and the cause.
+SHARD_EXIT_PEER_LOST = 4
 ROUTER_PORT = 7100
 START_TIMEOUT = 30.0
+# After one shard ends the VM normally (guest poweroff, quit), the others follow on their
+# own (the shard broadcasts the shutdown): how long to wait for them before reporting.
+FOLLOW_TIMEOUT = 10.0
 
 
 @dataclass
@@ -135,6 +143,7 @@ class LoopbackVM:
                     self._start_routers(rundir)
                 for s in self.shards:
                     self._start_shard(qemu, s, rundir, ram, boot)
+                self._write_pids()
                 io = self.shards[self.spec.io_shard]
                 assert io.qemu is not None
                 io_qemu = io.qemu
@@ -171,6 +180,7 @@ class LoopbackVM:
             for s in self.shards:
                 if s.monitor is not None:
                     s.monitor.close()
+            self._wake_stopped()
             self.sup.stop_all()
             if self.console is not None and self.console.ident is not None:
                 self.console.join(timeout=2)
@@ -185,6 +195,21 @@ class LoopbackVM:
 
     def _lines(self) -> list[str]:
         return self.console.lines() if self.console else []
+
+    def _write_pids(self) -> None:
+        """``pids.json`` in the log directory: every child's pid by name ("shard 0",
+        "router 1"), for operators and the failure tests."""
+        pids = {c.name: c.pid for c in self.sup.children}
+        (self.log_dir / "pids.json").write_text(json.dumps(pids, indent=1) + "\n")
+
+    def _wake_stopped(self) -> None:
+        """A SIGSTOPped child would sit on its SIGTERM until the SIGKILL: terminate it and
+        let it run (SIGCONT) so that teardown does not wait for the kill timeout."""
+        for c in self.sup.children:
+            if c.poll() is None and _is_stopped(c.pid):
+                for sig in (signal.SIGTERM, signal.SIGCONT):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(c.pid, sig)
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -338,6 +363,19 @@ class LoopbackVM:
         assert self.console is not None
         code = dead.poll()
         assert code is not None
+        if dead.name.startswith("shard") and code == SHARD_EXIT_PEER_LOST and self.sharded:
+            # This shard stopped the VM because it lost another one; if that one is gone
+            # too (killed), it is the cause. Else the shard's own message names it.
+            time.sleep(0.2)
+            gone = [c for c in self.sup.children if c is not dead and c.poll() not in (None, 0)]
+            gone.sort(key=lambda c: (c.poll() or 0) >= 0)  # killed ones first
+            if gone:
+                return self._failed(gone[0])
+            why = _dqemu_message(dead) or f"{dead.name} exited with status {code}"
+            return VMResult(EXIT_SHARD_FAILED, f"{dead.name} stopped the VM: {why}",
+                            self._lines())  # fmt: skip
+        if dead.name.startswith("shard") and code == 0 and self.sharded:
+            return self._poweroff(dead)
         if dead.name.startswith("shard") and code >= 0:
             # A shard QEMU ended normally: the guest ended the VM (poweroff, or a device such
             # as isa-debug-exit on that shard). Its status is the VM's.
@@ -349,6 +387,33 @@ class LoopbackVM:
             tail = dead.log_tail(2)
             why = f"{dead.name} (QEMU) exited with status {code}" + (f": {tail}" if tail else "")
             return VMResult(code, why, self._lines())
+        return self._failed(dead)
+
+    def _poweroff(self, first: Child) -> VMResult:
+        """One shard ended the VM with status 0 (guest poweroff, quit): every other shard
+        must follow by itself, with status 0, within FOLLOW_TIMEOUT."""
+        assert self.console is not None
+        shards = [c for c in self.sup.children if c.name.startswith("shard")]
+        deadline = time.monotonic() + FOLLOW_TIMEOUT
+        while time.monotonic() < deadline and any(c.poll() is None for c in shards):
+            time.sleep(0.05)
+        self.console.join(timeout=2)
+        if self.console.panic:
+            return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
+        stuck = [c.name for c in shards if c.poll() is None]
+        bad = [f"{c.name} exited with status {c.poll()}" for c in shards
+               if c.poll() not in (None, 0)]  # fmt: skip
+        if stuck or bad:
+            problems = bad + ([f"{', '.join(stuck)} did not exit within "
+                               f"{FOLLOW_TIMEOUT:g} s"] if stuck else [])  # fmt: skip
+            return VMResult(EXIT_SHARD_FAILED, f"{first.name} powered off, but "
+                            + "; ".join(problems), self._lines())  # fmt: skip
+        return VMResult(0, "guest powered off (every shard exited 0)", self._lines())
+
+    def _failed(self, dead: Child) -> VMResult:
+        """A shard or router died or failed: it is the VM's end, exit 4."""
+        code = dead.poll()
+        assert code is not None
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
         tail = dead.log_tail(2)
         others = ", ".join(c.name for c in self.sup.children if c is not dead)
@@ -356,6 +421,25 @@ class LoopbackVM:
         if others:
             msg += f"; stopping {others}"
         return VMResult(EXIT_SHARD_FAILED, msg, self._lines())
+
+
+def _is_stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
+
+
+def _dqemu_message(child: Child) -> str:
+    """The shard's ``dqemu: shard N lost (...)`` line (else its last ``dqemu:`` line),
+    without QEMU's prefixes."""
+    if child.log is None or not child.log.exists():
+        return ""
+    lines = [ln for ln in child.log.read_text(errors="replace").splitlines() if "dqemu:" in ln]
+    lost = [ln for ln in lines if " lost (" in ln]
+    pick = (lost or lines or [""])[0 if lost else -1]
+    return pick[pick.index("dqemu:") :].strip() if pick else ""
 
 
 def run_loopback(
