@@ -1,86 +1,128 @@
 #!/usr/bin/env python3
-"""Forwarding microbenchmark: the latencies dqtest measures, as a table (not a test).
+"""Forwarding microbenchmark: dqtest's latencies, local and forwarded (not a test).
 
-Boots dqtest (guests/dqtest) on one shard — a plain patched-QEMU process — and prints one
-row per measured path: IPI round trips between every pair of vCPUs, PIO and MMIO round
-trips from every vCPU, MSI delivery, shared-memory round trips and one-way TSC hand-offs.
-Once the shard launcher runs multi-shard VMs the same kernel gives the cross-shard numbers;
-this script then grows a ``--shards`` option.
+Boots dqtest (guests/dqtest) twice with the same vCPU count: on one shard, where every
+path is local, and over two shards (loopback: each shard in its own network namespace),
+where an IPI between CPUs of different shards, and a PIO or MMIO access from a CPU on the
+shard that owns no platform device, is forwarded through two routers. Beside them it
+measures the raw one-hop socket round trip between two namespaces (bench/router_latency.py,
+Python, blocking sockets): the physical floor of any forwarded round trip.
 
-Usage: bench/forwarding.py [--vcpus 4] [--iters 500] [--machine q35] [--json FILE]
-Last line: ``ipi_rtt_p50_ns=<median over pairs> pio_p50_ns=<..> mmio_p50_ns=<..>
-mem_rtt_p50_ns=<..> status=<PASS|FAIL>``.
+Per mechanism it prints the p50 of the local paths and of the forwarded paths. Only the
+pairs and CPUs that actually cross shards count as forwarded.
+
+Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
+Last line, all p50 over 2 shards, in µs:
+``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from loopback.dqtest import Latency, build_dqtest, run_dqtest  # noqa: E402
+from cluster.spec import VMSpec  # noqa: E402
+from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
-GROUPS = "pingpong,pio,mmio,msi,mem,tsc"
+GROUPS = "pingpong,pio,mmio"
+MECHANISMS = {"ipi": ("ipi_rtt",), "pio": ("pio_cmos",), "mmio": ("mmio_ioapic", "mmio_hpet")}
 
 
-def median_p50_ns(lats: list[Latency]) -> int:
+def label_cpus(label: str) -> list[int]:
+    """'cpu0-cpu3' -> [0, 3]; 'cpu2' -> [2]."""
+    return [int(n) for n in re.findall(r"cpu(\d+)", label)]
+
+
+def forwarded(lat: Latency, mechanism: str, spec: VMSpec) -> bool:
+    cpus = label_cpus(lat.label)
+    shards = {spec.shard_of_vcpu(c) for c in cpus}
+    if mechanism == "ipi":
+        return len(shards) > 1
+    return shards != {spec.io_shard}
+
+
+def p50_us(lats: list[Latency]) -> float | None:
     vals = [lat.values["p50_ns"] for lat in lats if "p50_ns" in lat.values]
-    return int(statistics.median(vals)) if vals else 0
+    return round(statistics.median(vals) / 1000, 2) if vals else None
+
+
+def raw_link_rtt_us() -> float:
+    """The Python raw one-hop round trip between two namespaces, from router_latency.py."""
+    cmd = [sys.executable, str(ROOT / "bench" / "router_latency.py"), "--iters", "2000",
+           "--messages", "20000", "--rounds", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    m = re.search(r"raw_rtt_us=([0-9.]+)", last)
+    if out.returncode != 0 or not m:
+        raise DqemuError(f"router_latency.py failed (exit {out.returncode}): {out.stderr[-500:]}")
+    return float(m.group(1))
+
+
+def run(kernel: Path, qemu: Path, shards: int, args: argparse.Namespace) -> list[Latency]:
+    append = f"only={GROUPS} iters={args.iters} idle=hlt"
+    r = run_dqtest(
+        kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
+        machine=args.machine, timeout=args.timeout,
+    )  # fmt: skip
+    if r.returncode is None or not r.result.complete:
+        raise DqemuError(f"dqtest over {shards} shard(s) did not finish:\n{r.output[-1500:]}")
+    for c in r.result.failures:
+        print(f"  ({shards} shard(s)) not ok {c.number} - {c.description}", file=sys.stderr)
+    return list(r.result.latencies)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vcpus", type=int, default=4)
-    ap.add_argument("--shards", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=500, help="samples per path (max 8192)")
+    ap.add_argument("--vcpus", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=300, help="samples per path (max 8192)")
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
-    ap.add_argument("--idle", choices=("hlt", "poll"), default="hlt", help="AP idle mode")
     ap.add_argument("--timeout", type=float, default=600)
-    ap.add_argument("--qemu", type=Path, help="QEMU binary (default: the patched build)")
-    ap.add_argument("--json", type=Path, help="also write the latencies as JSON here")
+    ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
     args = ap.parse_args()
-
-    qemu = args.qemu or ensure_qemu(quiet=True)
-    kernel = build_dqtest()
-    append = f"only={GROUPS} iters={args.iters} idle={args.idle}"
-    run = run_dqtest(
-        kernel, qemu=qemu, shards=args.shards, append=append, vcpus=args.vcpus,
-        machine=args.machine, timeout=args.timeout,
-    )  # fmt: skip
-    r = run.result
-    if run.timed_out or not r.complete:
-        print(f"forwarding: dqtest did not finish\n{run.output[-2000:]}", file=sys.stderr)
+    if args.vcpus < 2:
+        print("forwarding: --vcpus must be at least 2 (one per shard)", file=sys.stderr)
+        return 2
+    try:
+        qemu = ensure_qemu(quiet=True)
+        kernel = build_dqtest()
+        spec2 = dqtest_spec(kernel, shards=2, vcpus=args.vcpus, machine=args.machine)
+        local = run(kernel, qemu, 1, args)
+        sharded = run(kernel, qemu, 2, args)
+        raw = raw_link_rtt_us()
+    except DqemuError as e:
+        print(f"forwarding: {e}", file=sys.stderr)
         return 1
 
-    print(f"{'path':<14} {'label':<12} {'p50_ns':>10} {'p99_ns':>10} {'p50_cyc':>10} {'n':>6}")
-    for lat in r.latencies:
-        v = lat.values
-        print(
-            f"{lat.name:<14} {lat.label:<12} {v.get('p50_ns', 0):>10} {v.get('p99_ns', 0):>10} "
-            f"{v.get('p50_cycles', 0):>10} {lat.n:>6}"
-        )
-    for c in r.failures:
-        print(f"not ok {c.number} - {c.description}", file=sys.stderr)
+    rows: list[dict[str, object]] = []
+    result: dict[str, float | None] = {}
+    print(f"{'mechanism':<10} {'1 shard p50_us':>15} {'2 shards local':>15} {'2 shards fwd':>13}")
+    for mech, names in MECHANISMS.items():
+        one = [x for x in local if x.name in names]
+        two = [x for x in sharded if x.name in names]
+        fwd = [x for x in two if forwarded(x, mech, spec2)]
+        stay = [x for x in two if not forwarded(x, mech, spec2)]
+        result[mech] = p50_us(fwd)
+        print(f"{mech:<10} {p50_us(one)!s:>15} {p50_us(stay)!s:>15} {result[mech]!s:>13}")
+        for shards, lats in ((1, one), (2, two)):
+            rows += [{"shards": shards, "name": x.name, "label": x.label, **x.values} for x in lats]
+    print(f"{'raw link':<10} {'':>15} {'':>15} {raw:>13}")
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                [{"name": x.name, "label": x.label, **x.values} for x in r.latencies], indent=1
-            )
-        )
-    pio = r.latencies_named("pio_cmos")
-    mmio = r.latencies_named("mmio_ioapic") + r.latencies_named("mmio_hpet")
+        args.json.write_text(json.dumps(rows, indent=1))
     print(
-        f"ipi_rtt_p50_ns={median_p50_ns(r.latencies_named('ipi_rtt'))} "
-        f"pio_p50_ns={median_p50_ns(pio)} mmio_p50_ns={median_p50_ns(mmio)} "
-        f"mem_rtt_p50_ns={median_p50_ns(r.latencies_named('mem_rtt'))} status={r.status}"
+        f"ipi_rtt_us={result['ipi']} pio_rtt_us={result['pio']} mmio_rtt_us={result['mmio']} "
+        f"raw_link_rtt_us={raw}"
     )
-    return 0 if r.passed else 1
+    return 0
 
 
 if __name__ == "__main__":
