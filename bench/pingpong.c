@@ -1,13 +1,17 @@
 /*
  * Raw TCP ping-pong for bench/router_latency.py: the floor the router is compared with.
  *
- *   pingpong server IP PORT SIZE
- *   pingpong client IP PORT SIZE ITERS    -> prints "p50_us=X p99_us=Y"
+ *   pingpong server IP PORT SIZE [spin]
+ *   pingpong client IP PORT SIZE ITERS [spin]   -> prints "p50_us=X p99_us=Y"
+ *
+ * "spin" makes that side busy-poll its reads (non-blocking recv in a loop) instead of
+ * sleeping in read(): it shows what a wake-up of a sleeping (halted) CPU costs.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -23,11 +27,21 @@ static void die(const char *what)
     exit(1);
 }
 
+static int spin;
+
 static void xfer(int fd, char *buf, size_t n, int rd)
 {
     size_t done = 0;
     while (done < n) {
-        ssize_t k = rd ? read(fd, buf + done, n - done) : write(fd, buf + done, n - done);
+        ssize_t k;
+        if (rd && spin) {
+            k = recv(fd, buf + done, n - done, MSG_DONTWAIT);
+            if (k < 0 && errno == EAGAIN) {
+                continue;
+            }
+        } else {
+            k = rd ? read(fd, buf + done, n - done) : write(fd, buf + done, n - done);
+        }
         if (k <= 0) {
             if (rd && k == 0) {
                 exit(0);
@@ -51,6 +65,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int server = strcmp(argv[1], "server") == 0;
+    spin = strcmp(argv[argc - 1], "spin") == 0;
     size_t size = (size_t)atoi(argv[4]);
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[3])) };
     inet_pton(AF_INET, argv[2], &sa.sin_addr);
@@ -71,7 +86,7 @@ int main(int argc, char **argv)
             xfer(c, buf, size, 0);
         }
     }
-    int iters = argc > 5 ? atoi(argv[5]) : 10000;
+    int iters = argc > 5 && strcmp(argv[5], "spin") ? atoi(argv[5]) : 10000;
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
         die("connect");
     }

@@ -229,6 +229,10 @@ class Bench:
                 "socket_dir": str(self.tmp / f"r{shard}"),
                 "peers": {str(other + 1): f"{self.ip[other]}:{ports[other]}"},
             }
+            if self.args.busy_poll_us is not None:
+                cfg["busy_poll_us"] = self.args.busy_poll_us
+            if self.args.busy_poll_cpu is not None:
+                cfg["busy_poll_cpu"] = self.args.busy_poll_cpu
             if not self.topo:  # on 127.0.0.1 pick free ports
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", 0))
@@ -374,7 +378,10 @@ class Bench:
         raw_c = self.raw_c()
         rates = [self.throughput(dirs) for _ in range(self.args.rounds)]
         rate = statistics.median(rates)
-        stats = control_call(dirs[0] / "control.sock", "stats")["links"].get("shard:2", {})
+        full = control_call(dirs[0] / "control.sock", "stats")
+        stats = full["links"].get("shard:2", {})
+        dl = full.get("data_loop", {})
+        dl_b = control_call(dirs[1] / "control.sock", "stats").get("data_loop", {})
         print(f"(a) router RTT, lean client:       p50 {lean['p50_us']:.1f} us  "
               f"p99 {lean['p99_us']:.1f} us")  # fmt: skip
         print(f"    router RTT, ShardClient.request: p50 {api['p50_us']:.1f} us  "
@@ -384,6 +391,12 @@ class Bench:
               f"p99 {lat.get('p99_us')} us (A->B->echo->B->A)")  # fmt: skip
         print(f"(b) raw one-hop Python:            p50 {raw_py['p50_us']:.1f} us  "
               f"p99 {raw_py['p99_us']:.1f} us")  # fmt: skip
+        for name, d in (("A", dl), ("B", dl_b)):
+            if d:
+                print(f"    router {name} busy-poll: window {d['window_us']} us of "
+                      f"{d['busy_poll_us']} us, spun {d['spin_cpu_s']} s CPU, hits "
+                      f"{d['spin_hits']} misses {d['spin_misses']} cap stops "
+                      f"{d['spin_cap_stops']}")  # fmt: skip
         if raw_c:
             print(f"    raw one-hop C:                 p50 {raw_c['p50_us']:.1f} us  "
                   f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip
@@ -403,6 +416,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=300_000, help="frames per throughput round")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds")
     ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 only")
+    ap.add_argument("--busy-poll-us", type=float, help="routers' busy_poll_us (default: theirs)")
+    ap.add_argument("--busy-poll-cpu", type=float, help="routers' busy_poll_cpu (default: theirs)")
     ap.add_argument("--echo", nargs=2, metavar=("SOCK", "SHARD"), help=argparse.SUPPRESS)
     ap.add_argument("--sink", nargs=3, metavar=("SOCK", "SHARD", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--raw-server", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)

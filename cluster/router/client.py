@@ -57,6 +57,7 @@ class ShardClient:
         features: int = p.FEATURES_KNOWN,
         register_timeout: float = 5.0,
         routes: RoutingTable | None = None,
+        heartbeat: bool = False,
     ) -> None:
         self.sock = sock
         self.shard_id = shard_id
@@ -65,6 +66,7 @@ class ShardClient:
         self.tracker = RequestTracker()
         self.handlers = Handlers()
         self.link_states: dict[int, int] = {}
+        self.link_reasons: dict[int, int] = {}  # shard -> DQ_ERR_* of its last LINK_STATE
         self.on_link_state: Callable[[int, int, int], None] | None = None
         self._send_lock = threading.Lock()
         self._decoder = p.FrameDecoder()
@@ -82,6 +84,8 @@ class ShardClient:
                 target=self._reader_loop, name=f"shard-client-{shard_id}", daemon=True
             )
             self._reader.start()
+        if heartbeat:
+            self.announce_heartbeat()
 
     @classmethod
     def connect(
@@ -93,6 +97,7 @@ class ShardClient:
         timeout: float = 5.0,
         features: int = p.FEATURES_KNOWN,
         routes: RoutingTable | None = None,
+        heartbeat: bool = False,
     ) -> ShardClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -105,6 +110,7 @@ class ShardClient:
                 features=features,
                 register_timeout=timeout,
                 routes=routes,
+                heartbeat=heartbeat,
             )
         except BaseException:
             sock.close()
@@ -238,6 +244,15 @@ class ShardClient:
         (the link to the router or beyond it was lost) or RequestError (error reply)."""
         return reply_result(self.request_frame(dest, msg, timeout))
 
+    def announce_heartbeat(self) -> None:
+        """Send the router one PING without waiting: a router in ``shard_heartbeat =
+        "auto"`` mode then pings this client every ``ping_interval`` and declares it hung
+        if it stops answering (a threaded client answers in its reader thread; a
+        synchronous one only while it reads)."""
+        rid, _pend = self.tracker.new(p.DST_ROUTER, p.MSG_PING)
+        self.send(p.DST_ROUTER, p.Ping(time.monotonic_ns()), flags=p.FLAG_WANT_REPLY,
+                  request_id=rid)  # fmt: skip
+
     def ping_router(self, timeout: float = 1.0) -> float:
         """Round trip to the local router in seconds."""
         t0 = time.monotonic_ns()
@@ -299,8 +314,18 @@ class ShardClient:
         if f.is_reply:
             self.tracker.resolve(f)
             return
+        if f.type == p.MSG_PING and f.wants_reply and isinstance(f.msg, p.Ping):
+            # the router's heartbeat (docs/protocol.md "Liveness"): answer at once
+            self.send(
+                p.DST_ROUTER,
+                p.Pong(f.msg.t_send, time.monotonic_ns()),
+                flags=p.FLAG_REPLY,
+                request_id=f.request_id,
+            )
+            return
         if f.type == p.MSG_LINK_STATE and isinstance(f.msg, p.LinkState):
             self.link_states[f.msg.shard_id] = f.msg.state
+            self.link_reasons[f.msg.shard_id] = f.msg.reason
             if self.on_link_state is not None:
                 self.on_link_state(f.msg.shard_id, f.msg.state, f.msg.reason)
             return

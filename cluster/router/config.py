@@ -14,8 +14,13 @@ Example (TOML)::
     [routes.devices]                 # optional: device name -> owner shard
     ioapic = 1
 
-Optional tuning keys: ``ping_interval`` (s, default 1.0), ``link_timeout`` (s, 5.0),
-``handshake_timeout`` (s, 5.0), ``features`` (int, default all known).
+Optional tuning keys: ``ping_interval`` (s, default 0.2: heartbeat PING period),
+``link_timeout`` (s, 1.0: liveness timeout, a link silent this long is dead),
+``handshake_timeout`` (s, 5.0), ``features`` (int, default all known),
+``shard_heartbeat`` ("auto" (default): ping the local shard once it has sent its router a
+PING or PONG; "on": from REGISTER; "off": never), ``busy_poll_us`` (us, default 200; 0 = no
+busy polling) and ``busy_poll_cpu`` (fraction of one CPU that spinning may use, default 0.5);
+see `dataloop.py` and docs/protocol.md "Liveness".
 The secret is NOT part of the config; see `auth.py`.
 """
 
@@ -45,7 +50,11 @@ _KNOWN_KEYS = {
     "link_timeout",
     "handshake_timeout",
     "features",
+    "shard_heartbeat",
+    "busy_poll_us",
+    "busy_poll_cpu",
 }
+SHARD_HEARTBEAT_MODES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -60,10 +69,13 @@ class RouterConfig:
     socket_dir: Path
     peers: dict[int, Address] = field(default_factory=dict)
     routes: dict[str, dict[Any, Any]] = field(default_factory=dict)
-    ping_interval: float = 1.0
-    link_timeout: float = 5.0
+    ping_interval: float = 0.2
+    link_timeout: float = 1.0
     handshake_timeout: float = 5.0
     features: int = p.FEATURES_KNOWN
+    shard_heartbeat: str = "auto"
+    busy_poll_us: float = 200.0
+    busy_poll_cpu: float = 0.5
 
     @property
     def shard_socket(self) -> Path:
@@ -84,6 +96,9 @@ class RouterConfig:
             "ping_interval": self.ping_interval,
             "link_timeout": self.link_timeout,
             "handshake_timeout": self.handshake_timeout,
+            "shard_heartbeat": self.shard_heartbeat,
+            "busy_poll_us": self.busy_poll_us,
+            "busy_poll_cpu": self.busy_poll_cpu,
         }
         if self.routes:
             out["routes"] = {
@@ -148,6 +163,17 @@ def config_from_data(data: Any) -> RouterConfig:
     routes = data.get("routes", {})
     if not isinstance(routes, dict) or not all(isinstance(m, dict) for m in routes.values()):
         raise ConfigError("routes must be a table of tables (vcpus, apic_ids, devices)")
+    hb = data.get("shard_heartbeat", "auto")
+    if hb is True or hb is False:
+        hb = "on" if hb else "off"
+    if hb not in SHARD_HEARTBEAT_MODES:
+        raise ConfigError(f"shard_heartbeat must be one of auto, on, off, not {hb!r}")
+    bp_us = data.get("busy_poll_us", 200.0)
+    if isinstance(bp_us, bool) or not isinstance(bp_us, int | float) or not 0 <= bp_us <= 1e5:
+        raise ConfigError(f"busy_poll_us must be a number of microseconds 0..100000, not {bp_us!r}")
+    bp_cpu = data.get("busy_poll_cpu", 0.5)
+    if isinstance(bp_cpu, bool) or not isinstance(bp_cpu, int | float) or not 0 < bp_cpu <= 1:
+        raise ConfigError(f"busy_poll_cpu must be a fraction of one CPU in (0, 1], not {bp_cpu!r}")
     features = data.get("features", p.FEATURES_KNOWN)
     if isinstance(features, bool) or not isinstance(features, int) or features < 0:
         raise ConfigError(f"features must be a non-negative integer, not {features!r}")
@@ -158,10 +184,13 @@ def config_from_data(data: Any) -> RouterConfig:
         socket_dir=socket_dir,
         peers=peers,
         routes=routes,
-        ping_interval=_positive(data, "ping_interval", 1.0),
-        link_timeout=_positive(data, "link_timeout", 5.0),
+        ping_interval=_positive(data, "ping_interval", 0.2),
+        link_timeout=_positive(data, "link_timeout", 1.0),
         handshake_timeout=_positive(data, "handshake_timeout", 5.0),
         features=features,
+        shard_heartbeat=hb,
+        busy_poll_us=float(bp_us),
+        busy_poll_cpu=float(bp_cpu),
     )
     if cfg.link_timeout <= cfg.ping_interval:
         raise ConfigError("link_timeout must be longer than ping_interval")

@@ -3,11 +3,20 @@
 Threads:
 * the housekeeping loop (the caller of `serve_forever`, normally the main thread): a
   selector over the listening sockets and control connections, plus timers for dialing
-  peers, keep-alive pings, silence detection and rate computation. Never on the data path.
-* one reader thread per link, which parses frames from a preallocated buffer and forwards
-  them straight to the destination link (no queue hop, no asyncio): all frames from one
-  read that go to the same link leave in one send.
-* one writer thread per link, used only when a non-blocking send could not take all bytes.
+  peers, heartbeats (PING every ``ping_interval`` to every peer router and, once enabled,
+  to the local shard), liveness checks and rate computation. Never on the data path.
+* the data loop (`dataloop.DataLoop`): one thread that reads every link, parses frames from
+  a preallocated per-link buffer and forwards them straight to the destination link with
+  non-blocking sends (no queue hop, no thread hand-off, no asyncio); all frames from one
+  read that go to the same link leave in one send. It busy-polls briefly after traffic.
+* short-lived set-up threads: one per dial and per accepted connection (handshake or
+  REGISTER), which hand the link to the data loop once it is up.
+
+Liveness (docs/protocol.md "Liveness"): a peer link that delivers nothing for
+``link_timeout`` is closed and reported to the local shard as LINK_STATE DOWN
+`ERR_HEARTBEAT`; a lost local shard is reported to every peer router as LINK_STATE DOWN
+`ERR_SHARD_EXITED` (socket closed) or `ERR_SHARD_HUNG` (heartbeat unanswered), which they
+forward to their shards.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from cluster.router import protocol as p
 from cluster.router.auth import HandshakeRefused, handshake
 from cluster.router.config import RouterConfig
 from cluster.router.control import ControlConnection, ControlError
+from cluster.router.dataloop import DataLoop, Reader
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.transport import (
     KIND_LOCAL,
@@ -50,7 +60,7 @@ _MAX_FRAME = p.HEADER_SIZE + p.MAX_PAYLOAD
 _RBUF = 256 * 1024 + _MAX_FRAME
 _DIAL_MIN = 0.1
 _DIAL_MAX = 2.0
-_TICK = 0.2
+_TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness check is
 
 # fast-path size tables: flags == 0 frames of a known type with the exact size, and never
 # a type ERROR frame (that one needs the ERROR flag, so it takes the slow check).
@@ -102,6 +112,18 @@ class Router:
         self.closed_link_stats: dict[str, dict[str, Any]] = {}
         self._drop_logged: set[str] = set()
         self._loop_thread: threading.Thread | None = None
+        self._data = DataLoop(cfg.busy_poll_us, cfg.busy_poll_cpu)
+        self.local_rtt_us: float | None = None
+        # liveness: the local shard's heartbeat state, and what we know of down shards
+        self._shard_hb = cfg.shard_heartbeat == "on"
+        self.local_down: dict[str, Any] | None = None
+        self.liveness: dict[str, int] = {
+            "peer_heartbeat_timeouts": 0,
+            "peer_links_lost": 0,
+            "local_shard_exited": 0,
+            "local_shard_hung": 0,
+            "remote_shard_down_reports": 0,
+        }
         for sid in self.routes.peers():
             self.peer_info[sid] = {"state": "down", "since": time.time(), "last_error": None}
 
@@ -173,6 +195,7 @@ class Router:
     def serve_forever(self) -> None:
         assert self._sel is not None, "start() first"
         sel = self._sel
+        self._data.start(f"data-{self.id}")
         next_tick = 0.0
         next_rates = time.monotonic() + 1.0
         try:
@@ -200,6 +223,8 @@ class Router:
                 links.append(self.local)
         for link in links:
             link.close("router shutting down")
+        self._data.stop()
+        self._data.join(5.0)
         deadline = time.monotonic() + 5.0
         while True:
             with self._lock:
@@ -315,19 +340,30 @@ class Router:
     def _housekeeping(self, now: float) -> None:
         with self._lock:
             links = dict(self.peers)
+        timeout = self.cfg.link_timeout
         for sid, link in links.items():
-            if now - link.last_rx > self.cfg.link_timeout:
-                link.close(f"no traffic from shard {sid} for {self.cfg.link_timeout:g} s")
-            elif now - link.last_ping >= self.cfg.ping_interval:
-                link.last_ping = now
-                frame = p.encode_frame(
-                    p.Ping(time.monotonic_ns()),
-                    src=self.id,
-                    dst=p.DST_ROUTER,
-                    flags=p.FLAG_WANT_REPLY,
-                    request_id=next(self._ping_ids),
+            silent = now - link.last_rx
+            if silent > timeout:
+                why = (
+                    f"shard {sid}'s router sent nothing for {silent:.2f} s "
+                    f"(liveness timeout {timeout:g} s): it is hung, stopped or cut off"
                 )
-                link.send([frame], [p.MSG_PING], [len(frame)])
+                if link.close(why, p.ERR_HEARTBEAT):
+                    self.liveness["peer_heartbeat_timeouts"] += 1
+                    log.error("heartbeat lost: %s; closing the link", why)
+            elif now - link.last_ping >= self.cfg.ping_interval:
+                self._ping(link, p.DST_ROUTER, now)
+        local = self.local
+        if local is not None and self._shard_hb and not local.closed:
+            silent = now - local.last_rx
+            if silent > timeout:
+                why = (
+                    f"its QEMU (pid {self.local_pid}) did not answer the router's heartbeat "
+                    f"for {silent:.2f} s (liveness timeout {timeout:g} s)"
+                )
+                local.close(why, p.ERR_SHARD_HUNG)
+            elif now - local.last_ping >= self.cfg.ping_interval:
+                self._ping(local, self.id, now)
         for sid, addr in self.routes.peers().items():
             if sid in links or sid in self._dialing or addr is None:
                 continue
@@ -338,6 +374,17 @@ class Router:
             self._dialing.add(sid)
             self.peer_info[sid]["state"] = "connecting"
             self._spawn(self._dial_thread, f"dial-{sid}", sid, addr)
+
+    def _ping(self, link: Link, dst: int, now: float) -> None:
+        link.last_ping = now
+        frame = p.encode_frame(
+            p.Ping(time.monotonic_ns()),
+            src=self.id,
+            dst=dst,
+            flags=p.FLAG_WANT_REPLY,
+            request_id=next(self._ping_ids),
+        )
+        link.send([frame], [p.MSG_PING], [len(frame)])
 
     def _update_rates(self, now: float) -> None:
         with self._lock:
@@ -411,7 +458,6 @@ class Router:
             self.peers[sid] = link
         if old is not None:
             old.close("replaced by a newer connection")
-        link.start_writer()
         self._dial_backoff[sid] = 0.0
         self.peer_info[sid] = {
             "state": "up",
@@ -423,8 +469,7 @@ class Router:
         self.events.append({"t": time.time(), "event": "link_up", "shard": sid, "addr": addr})
         log.info("link to shard %d up (%s)", sid, addr)
         self._notify_local(sid, p.LINK_UP, 0)
-        reason = self._pump(link)
-        self._link_down(link, reason)
+        self._data.add(link, self._pump(link), self._link_down)
 
     def _local_thread(self, sock: socket.socket) -> None:
         sock.settimeout(self.cfg.handshake_timeout)
@@ -461,6 +506,7 @@ class Router:
             flags=p.FLAG_REPLY,
             request_id=f.request_id,
         )
+        was_down = False
         with self._lock:
             if self.local is not None and not self.local.closed:
                 dup = True
@@ -473,8 +519,11 @@ class Router:
                     )
 
                 def publish() -> None:
+                    nonlocal was_down
                     self.local = link
                     self.local_pid = reg.pid
+                    was_down = self.local_down is not None
+                    self.local_down = None
 
                 # publish under the link's send lock: nothing can overtake REGISTER_OK
                 link.send(
@@ -488,11 +537,13 @@ class Router:
             log.error("local shard (pid %d) refused: %s", reg.pid, msg)
             self._send_error_and_close(sock, p.ERR_DUPLICATE, msg, f.request_id)
             return
-        link.start_writer()
+        if self.cfg.shard_heartbeat == "auto":
+            self._shard_hb = False  # until this shard shows that it speaks PING/PONG
         self.events.append({"t": time.time(), "event": "local_up", "pid": reg.pid})
         log.info("local shard %d registered (pid %d)", self.id, reg.pid)
-        reason = self._pump(link)
-        self._link_down(link, reason)
+        if was_down:
+            self._tell_peers(p.LINK_UP, 0)  # peers told their shards it was down
+        self._data.add(link, self._pump(link), self._link_down)
 
     def _send_error_and_close(self, sock: socket.socket, code: int, msg: str, rid: int) -> None:
         if rid:
@@ -512,7 +563,13 @@ class Router:
             f = p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
             local.send([f], [p.MSG_LINK_STATE], [len(f)])
 
-    def _link_down(self, link: SocketLink, reason: str) -> None:
+    def _link_down(self, link: Link, reason: str) -> None:
+        """A link left the data loop (runs in the data loop's thread)."""
+        if link.kind == KIND_LOCAL and link.down_code == p.ERR_LINK_DOWN:
+            # anything but a heartbeat timeout: the shard is gone (or was thrown out)
+            link.down_code = p.ERR_SHARD_EXITED
+            if reason == "connection closed by peer":
+                reason = f"its QEMU (pid {self.local_pid}) closed the router link (it exited)"
         link.close(reason)
         with self._lock:
             if link.kind == KIND_PEER:
@@ -525,21 +582,11 @@ class Router:
                     self.local = None
         pend = link.take_pending()
         who = link.peer_id
-        for (src, rid), (_t0, _t) in pend.items():
-            target = self.local if src == self.id else self.peers.get(src)
-            if target is None:
-                continue
-            err = p.encode_error_reply(
-                p.MSG_ERROR,
-                src=who,
-                dst=src,
-                request_id=rid,
-                code=p.ERR_LINK_DOWN,
-                message=f"link to shard {who} lost with the request pending: {reason}",
-            )
-            target.send([err], [p.MSG_ERROR], [len(err)])
         stopping = self._stopping.is_set()
-        level = logging.INFO if stopping else logging.WARNING
+        # bookkeeping first, so that whoever sees the failed requests also sees the state
+        # a lost local shard and a heartbeat timeout get their own ERROR line
+        quiet = stopping or link.kind == KIND_LOCAL or link.down_code == p.ERR_HEARTBEAT
+        level = logging.INFO if quiet else logging.WARNING
         log.log(
             level,
             "link to %s lost: %s%s",
@@ -558,21 +605,92 @@ class Router:
         )
         self.closed_link_stats[link.name] = link.stats.snapshot()
         if link.kind == KIND_PEER and current:
-            self.peer_info[who] = {
-                "state": "down",
-                "since": time.time(),
-                "last_error": reason,
-            }
+            info: dict[str, Any] = {"state": "down", "since": time.time(), "last_error": reason}
+            if link.down_code == p.ERR_HEARTBEAT:
+                info["cause"] = "router silent (heartbeat timeout)"
+            self.peer_info[who] = info
             self._dial_next[who] = time.monotonic() + _DIAL_MIN
             if not stopping:
-                self._notify_local(who, p.LINK_DOWN, p.ERR_LINK_DOWN)
-        link.join_writer()
-        link.release()
+                self.liveness["peer_links_lost"] += 1
+                self._notify_local(who, p.LINK_DOWN, link.down_code)
+        elif link.kind == KIND_LOCAL and current and not stopping:
+            self._local_lost(link, reason)
+        for (src, rid), (_t0, _t) in pend.items():
+            target = self.local if src == self.id else self.peers.get(src)
+            if target is None:
+                continue
+            err = p.encode_error_reply(
+                p.MSG_ERROR,
+                src=who,
+                dst=src,
+                request_id=rid,
+                code=p.ERR_LINK_DOWN,
+                message=f"link to shard {who} lost with the request pending: {reason}",
+            )
+            target.send([err], [p.MSG_ERROR], [len(err)])
+        if isinstance(link, SocketLink):
+            link.release()
+
+    def _tell_peers(self, state: int, code: int) -> int:
+        """LINK_STATE about our own shard to every peer router. Returns how many."""
+        f = p.encode_frame(p.LinkState(self.id, state, code), src=self.id, dst=p.DST_ROUTER)
+        with self._lock:
+            peers = list(self.peers.values())
+        return sum(link.send([f], [p.MSG_LINK_STATE], [len(f)]) for link in peers)
+
+    def _local_lost(self, link: Link, reason: str) -> None:
+        code = link.down_code
+        hung = code == p.ERR_SHARD_HUNG
+        self.liveness["local_shard_hung" if hung else "local_shard_exited"] += 1
+        cause = "shard hung" if hung else "shard exited"
+        with self._lock:
+            if self.local is not None:
+                return  # a new shard has registered already
+            self.local_down = {"cause": cause, "code": code, "detail": reason, "since": time.time()}
+        n = self._tell_peers(p.LINK_DOWN, code)
+        log.error(
+            "local shard %d %s: %s; told %d peer router(s)",
+            self.id,
+            "is hung" if hung else "is gone",
+            reason,
+            n,
+        )
+        self.events.append(
+            {"t": time.time(), "event": "local_down", "shard": self.id, "cause": cause,
+             "reason": reason}
+        )  # fmt: skip
+
+    def _peer_link_state(self, link: Link, msg: p.LinkState) -> None:
+        """LINK_STATE from a peer router about its own shard: forward it to our shard."""
+        sid = link.peer_id
+        if msg.shard_id != sid:
+            link.stats.drop("LINK_STATE about another shard")
+            log.warning(
+                "dropped LINK_STATE from %s: it is about shard %d, a router may only report "
+                "its own shard", link.name, msg.shard_id,
+            )  # fmt: skip
+            return
+        info = self.peer_info.setdefault(sid, {})
+        if msg.state == p.LINK_DOWN:
+            cause = p.ERROR_NAMES.get(msg.reason, f"error {msg.reason}")
+            self.liveness["remote_shard_down_reports"] += 1
+            info["shard_down"] = {"cause": cause, "code": msg.reason, "since": time.time()}
+            log.error("shard %d is down: %s (reported by its router)", sid, cause)
+            self.events.append(
+                {"t": time.time(), "event": "shard_down", "shard": sid, "cause": cause}
+            )
+        else:
+            info.pop("shard_down", None)
+            log.info("shard %d is back (reported by its router)", sid)
+        self._notify_local(sid, msg.state, msg.reason)
 
     # --- the data path ---------------------------------------------------------------------
 
-    def _pump(self, link: SocketLink) -> str:
-        """Read frames from ``link`` and forward them until it closes. Returns the reason."""
+    def _pump(self, link: Link) -> Reader:
+        """Read frames from ``link`` and forward them until it closes; returns the reason.
+
+        A generator run by the data loop: it yields whenever the link has nothing more to
+        read for now (and after each read, so that one busy link cannot starve others)."""
         buf = bytearray(_RBUF)
         mv = memoryview(buf)
         size = len(buf)
@@ -593,6 +711,9 @@ class Router:
             while True:
                 try:
                     n = link.recv_into(mv[end:])
+                except BlockingIOError:
+                    yield
+                    continue
                 except OSError as e:
                     if link.closed:
                         return link.close_reason
@@ -724,6 +845,7 @@ class Router:
                     k = end - start
                     buf[0:k] = buf[start:end]
                     start, end = 0, k
+                yield
         except p.ProtocolError as e:
             reason = f"protocol error: {e}"
             log.error("closing link to %s: %s", link.name, reason)
@@ -817,16 +939,31 @@ class Router:
                 self._drop_logged.add(key)
                 log.warning("dropped %s from %s: %s", p.type_name(t), link.name, message)
 
-    def _router_frame(self, link: SocketLink, raw: bytes) -> None:
+    def _router_frame(self, link: Link, raw: bytes) -> None:
         """A frame addressed to this router (dst = DST_ROUTER). Slow path."""
         f = p.decode_frame(raw)
-        reply_dst = self.id if link.kind == KIND_LOCAL else p.DST_ROUTER
+        local = link.kind == KIND_LOCAL
+        reply_dst = self.id if local else p.DST_ROUTER
         msg = f.msg
+        if (
+            local
+            and not self._shard_hb
+            and f.type in (p.MSG_PING, p.MSG_PONG)
+            and self.cfg.shard_heartbeat == "auto"
+            and link is self.local
+        ):
+            self._shard_hb = True
+            log.info("local shard %d answers heartbeats: pinging it", self.id)
+        if f.type == p.MSG_LINK_STATE and not local and isinstance(msg, p.LinkState):
+            self._peer_link_state(link, msg)
+            return
         if f.is_reply and f.type == p.MSG_PONG and isinstance(msg, p.Pong):
-            link.stats.latency.record(time.monotonic_ns() - msg.t_send)
-            self.peer_info.get(link.peer_id, {})["rtt_us"] = round(
-                (time.monotonic_ns() - msg.t_send) / 1000.0, 1
-            )
+            rtt_us = round((time.monotonic_ns() - msg.t_send) / 1000.0, 1)
+            if local:
+                self.local_rtt_us = rtt_us
+            else:
+                link.stats.latency.record(time.monotonic_ns() - msg.t_send)
+                self.peer_info.get(link.peer_id, {})["rtt_us"] = rtt_us
             return
         if f.type == p.MSG_PING and isinstance(msg, p.Ping):
             if f.wants_reply:
@@ -912,6 +1049,8 @@ class Router:
             "uptime_s": round(time.time() - self.started_at, 3),
             "links": out,
             "closed_links": dict(self.closed_link_stats),
+            "liveness": dict(self.liveness),
+            "data_loop": self._data.stats(),
         }
 
     def health(self) -> dict[str, Any]:
@@ -929,17 +1068,35 @@ class Router:
             info["configured_addr"] = str(addr) if addr else None
             peer_out[str(sid)] = info
         all_up = all(v["state"] == "up" for v in peer_out.values())
+        # which shards are down, and why (the first cause known for each)
+        down: list[dict[str, Any]] = []
+        if self.local_down is not None:
+            down.append({"shard": self.id, **self.local_down})
+        for sid_s, info in peer_out.items():
+            if "shard_down" in info:
+                down.append({"shard": int(sid_s), **info["shard_down"]})
+            elif info["state"] != "up" and info.get("last_error"):
+                cause = info.get("cause") or "router unreachable"
+                down.append({"shard": int(sid_s), "cause": cause, "detail": info["last_error"]})
+        if local is not None:
+            hb = "on" if self._shard_hb else "off (waiting for the shard's first PING/PONG)"
+            if self.cfg.shard_heartbeat == "off":
+                hb = "off (config)"
         return {
             "vm_id": self.cfg.vm_id,
             "shard_id": self.id,
             "listen": str(self.listen_addr),
             "uptime_s": round(time.time() - self.started_at, 3),
-            "ok": local is not None and all_up,
+            "ok": local is not None and all_up and not down,
             "local": {
                 "connected": local is not None,
                 "pid": self.local_pid if local is not None else None,
+                "heartbeat": hb if local is not None else None,
+                "rtt_us": self.local_rtt_us,
+                "down": self.local_down,
             },
             "peers": peer_out,
+            "down": down,
             "events": list(self.events)[-50:],
         }
 

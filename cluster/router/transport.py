@@ -1,11 +1,13 @@
 """Links: a byte stream to the local QEMU shard (UNIX socket) or a peer router (TCP).
 
 `Link` holds what the router needs from any transport: a send path that never blocks the
-caller (it tries a non-blocking send and otherwise queues for a per-link writer thread, so
-two routers can't deadlock on full buffers), the table of requests pending on this link,
-counters, and an idempotent close. `SocketLink` implements it over a stream socket. An RDMA
-link would subclass `Link` and implement `recv_into`, `_try_send`, `_send_blocking` and
-`_abort`; nothing else in the router knows the transport.
+caller (it tries a non-blocking send and otherwise queues the rest, which the router's data
+loop flushes when the transport is writable, so two routers can't deadlock on full buffers
+and no frame waits for a thread hand-off), the table of requests pending on this link,
+counters, and an idempotent close. `SocketLink` implements it over a non-blocking stream
+socket. An RDMA link would subclass `Link` and implement `fileno` (something epoll can
+wait on), `recv_into`, `_try_send` and `_abort`; nothing else in the router knows the
+transport.
 """
 
 from __future__ import annotations
@@ -45,42 +47,37 @@ class Link:
         self.features = 0
         self.stats = LinkStats()
         self.lock = threading.Lock()
-        self._cond = threading.Condition(self.lock)
-        self._backlog: list[bytes] = []
+        self._backlog: list[Buffer] = []
         self._backlog_bytes = 0
-        self._flushing = False
         self.closed = False
         self.close_reason = ""
+        self.down_code = p.ERR_LINK_DOWN  # the LINK_STATE reason its loss is reported with
         # (requester shard, request_id) -> (start ns, request type)
         self.pending: dict[tuple[int, int], tuple[int, int]] = {}
         self.last_rx = time.monotonic()
         self.last_ping = time.monotonic()
         self.up_since = time.time()
-        self._writer: threading.Thread | None = None
+        # set by the data loop: called with True when bytes are queued, False when drained
+        self.want_write: Callable[[bool], None] | None = None
 
     # --- transport-specific ------------------------------------------------------------------
 
+    def fileno(self) -> int:
+        raise NotImplementedError
+
     def recv_into(self, buf: memoryview) -> int:
+        """Non-blocking read: bytes read, 0 at end of stream; BlockingIOError if none."""
         raise NotImplementedError
 
     def _try_send(self, data: Buffer) -> int:
         """Send without blocking; return bytes sent (0 if it would block)."""
         raise NotImplementedError
 
-    def _send_blocking(self, data: Buffer) -> None:
-        raise NotImplementedError
-
     def _abort(self) -> None:
-        """Make a blocked recv_into() return and release the transport."""
+        """Stop the transport so that the data loop sees end of stream (idempotent)."""
         raise NotImplementedError
 
     # --- common --------------------------------------------------------------------------------
-
-    def start_writer(self) -> None:
-        self._writer = threading.Thread(
-            target=self._writer_loop, name=f"write-{self.name}", daemon=True
-        )
-        self._writer.start()
 
     def send(
         self,
@@ -126,10 +123,11 @@ class Link:
             return self._write_locked(data, nbytes)
 
     def _write_locked(self, data: Buffer, nbytes: int) -> bool:
-        """Send now if nothing is queued, else (or for what the socket did not take) queue
-        for the writer thread, so frames never overtake each other. Holds ``self.lock``."""
-        if self._backlog or self._flushing:
-            self._queue(bytes(data))
+        """Send now if nothing is queued, else (or for what the transport did not take)
+        queue for `flush`, so frames never overtake each other. Holds ``self.lock``."""
+        if self._backlog:
+            self._backlog.append(bytes(data))
+            self._backlog_bytes += nbytes
             return True
         try:
             n = self._try_send(data)
@@ -137,42 +135,45 @@ class Link:
             self._close_locked(f"send failed: {e.strerror or e}")
             return True
         if n < nbytes:
-            self._queue(bytes(memoryview(data)[n:]))
+            self._backlog.append(bytes(memoryview(data)[n:]))
+            self._backlog_bytes += nbytes - n
+            if self.want_write is not None:
+                self.want_write(True)
         return True
 
-    def _queue(self, data: bytes) -> None:
-        self._backlog.append(data)
-        self._backlog_bytes += len(data)
-        self._cond.notify()
-
-    def _writer_loop(self) -> None:
-        while True:
-            with self.lock:
-                while not self._backlog and not self.closed:
-                    self._cond.wait()
-                if self.closed:
-                    return
-                data = b"".join(self._backlog)
+    def flush(self) -> None:
+        """Send queued bytes (the data loop calls this when the transport is writable)."""
+        with self.lock:
+            if self.closed or not self._backlog:
+                return
+            data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+            nbytes = len(data)
+            try:
+                n = self._try_send(data)
+            except OSError as e:
+                self._close_locked(f"send failed: {e.strerror or e}")
+                return
+            if n == nbytes:
                 self._backlog.clear()
                 self._backlog_bytes = 0
-                self._flushing = True
-            try:
-                self._send_blocking(data)
-            except OSError as e:
-                self.close(f"send failed: {e.strerror or e}")
-                return
-            with self.lock:
-                self._flushing = False
-                if not self._backlog:
-                    self._cond.notify_all()
+                if self.want_write is not None:
+                    self.want_write(False)
+            else:
+                self._backlog[:] = [memoryview(data)[n:]]
+                self._backlog_bytes = nbytes - n
 
     @property
     def backlog_bytes(self) -> int:
         return self._backlog_bytes
 
-    def close(self, reason: str) -> bool:
-        """Close the link (idempotent). Returns True for the call that closed it."""
+    def close(self, reason: str, code: int | None = None) -> bool:
+        """Close the link (idempotent). Returns True for the call that closed it, which
+        also sets ``down_code`` (the LINK_STATE reason) if ``code`` is given."""
         with self.lock:
+            if self.closed:
+                return False
+            if code is not None:
+                self.down_code = code
             return self._close_locked(reason)
 
     def _close_locked(self, reason: str) -> bool:
@@ -180,7 +181,6 @@ class Link:
             return False
         self.closed = True
         self.close_reason = reason
-        self._cond.notify_all()
         with contextlib.suppress(OSError):
             self._abort()
         return True
@@ -192,28 +192,26 @@ class Link:
             pend, self.pending = self.pending, {}
             return pend
 
-    def join_writer(self, timeout: float = 2.0) -> None:
-        if self._writer is not None and self._writer is not threading.current_thread():
-            self._writer.join(timeout)
-
 
 class SocketLink(Link):
     def __init__(self, sock: socket.socket, kind: str, name: str) -> None:
         super().__init__(kind, name)
+        sock.setblocking(False)
         self.sock = sock
+        self._fd = sock.fileno()
         self._fd_closed = False
+
+    def fileno(self) -> int:
+        return self._fd
 
     def recv_into(self, buf: memoryview) -> int:
         return self.sock.recv_into(buf)
 
     def _try_send(self, data: Buffer) -> int:
         try:
-            return self.sock.send(data, socket.MSG_DONTWAIT)
+            return self.sock.send(data)
         except BlockingIOError:
             return 0
-
-    def _send_blocking(self, data: Buffer) -> None:
-        self.sock.sendall(data)
 
     def _abort(self) -> None:
         with contextlib.suppress(OSError):

@@ -171,6 +171,7 @@ class RouterProcess:
     def kill(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.proc.send_signal(signal.SIGCONT)  # a SIGSTOPped router would ignore SIGTERM
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(5.0)
