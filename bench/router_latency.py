@@ -247,9 +247,10 @@ class Bench:
             path = self.tmp / f"router{i + 1}.json"
             path.write_text(json.dumps(cfg))
             log = open(self.tmp / f"router{i + 1}.log", "wb")  # noqa: SIM115
+            pin = ["taskset", "-c", self.args.pin_routers[i]] if self.args.pin_routers else []
             self.spawn(
                 i,
-                [sys.executable, "-m", "cluster.router", "--config", str(path),
+                [*pin, sys.executable, "-m", "cluster.router", "--config", str(path),
                  "--secret-file", str(secret), "--log-level", "warning"],
                 cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
@@ -418,6 +419,10 @@ def main() -> int:
     ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 only")
     ap.add_argument("--busy-poll-us", type=float, help="routers' busy_poll_us (default: theirs)")
     ap.add_argument("--busy-poll-cpu", type=float, help="routers' busy_poll_cpu (default: theirs)")
+    ap.add_argument(
+        "--pin-routers", type=lambda v: v.split("/"), metavar="CPUS_A/CPUS_B",
+        help="diagnostic: run router A and B under taskset -c (e.g. 0/1)",
+    )  # fmt: skip
     ap.add_argument("--echo", nargs=2, metavar=("SOCK", "SHARD"), help=argparse.SUPPRESS)
     ap.add_argument("--sink", nargs=3, metavar=("SOCK", "SHARD", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--raw-server", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)

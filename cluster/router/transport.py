@@ -70,7 +70,7 @@ class Link:
         raise NotImplementedError
 
     def _try_send(self, data: Buffer) -> int:
-        """Send without blocking; return bytes sent (0 if it would block)."""
+        """Send without blocking; return bytes sent. May raise BlockingIOError (= 0)."""
         raise NotImplementedError
 
     def _abort(self) -> None:
@@ -131,6 +131,8 @@ class Link:
             return True
         try:
             n = self._try_send(data)
+        except BlockingIOError:
+            n = 0
         except OSError as e:
             self._close_locked(f"send failed: {e.strerror or e}")
             return True
@@ -150,6 +152,8 @@ class Link:
             nbytes = len(data)
             try:
                 n = self._try_send(data)
+            except BlockingIOError:
+                n = 0
             except OSError as e:
                 self._close_locked(f"send failed: {e.strerror or e}")
                 return
@@ -200,6 +204,9 @@ class SocketLink(Link):
         self.sock = sock
         self._fd = sock.fileno()
         self._fd_closed = False
+        # the hot path calls the socket's own methods, without a Python frame in between
+        self.recv_into = sock.recv_into  # type: ignore[method-assign, assignment]
+        self._try_send = sock.send  # type: ignore[method-assign, assignment]
 
     def fileno(self) -> int:
         return self._fd
@@ -208,10 +215,7 @@ class SocketLink(Link):
         return self.sock.recv_into(buf)
 
     def _try_send(self, data: Buffer) -> int:
-        try:
-            return self.sock.send(data)
-        except BlockingIOError:
-            return 0
+        return self.sock.send(data)
 
     def _abort(self) -> None:
         with contextlib.suppress(OSError):
