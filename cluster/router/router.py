@@ -114,6 +114,7 @@ class Router:
         self._loop_thread: threading.Thread | None = None
         self._data = DataLoop(cfg.busy_poll_us, cfg.busy_poll_cpu)
         self.local_rtt_us: float | None = None
+        self._last_housekeeping = time.monotonic()
         # liveness: the local shard's heartbeat state, and what we know of down shards
         self._shard_hb = cfg.shard_heartbeat == "on"
         self.local_down: dict[str, Any] | None = None
@@ -196,6 +197,7 @@ class Router:
         assert self._sel is not None, "start() first"
         sel = self._sel
         self._data.start(f"data-{self.id}")
+        self._last_housekeeping = time.monotonic()
         next_tick = 0.0
         next_rates = time.monotonic() + 1.0
         try:
@@ -341,6 +343,14 @@ class Router:
         with self._lock:
             links = dict(self.peers)
         timeout = self.cfg.link_timeout
+        stalled = now - self._last_housekeeping
+        self._last_housekeeping = now
+        if stalled > timeout / 2:
+            # this process itself was stopped or starved: what the peers sent meanwhile
+            # is still unread, so restart their liveness clocks instead of blaming them
+            log.warning("router was stalled for %.2f s; restarting liveness timers", stalled)
+            for link in [*links.values(), *([self.local] if self.local else [])]:
+                link.last_rx = max(link.last_rx, now)
         for sid, link in links.items():
             silent = now - link.last_rx
             if silent > timeout:

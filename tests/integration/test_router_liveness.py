@@ -118,6 +118,14 @@ def test_peer_router_dies_or_hangs(tmp_path: Path, how: str) -> None:
             # the rest of the mesh keeps working
             clients[1].on(p.MSG_PIO_REQ, lambda f: p.PioReply(7, 0))
             assert clients[0].request(3, p.PioReq(0x60, 1, 0, 0, 0)) == p.PioReply(7, 0)
+            if how == "stop":
+                # once continued, router 2 blames its own stall, not the peers, and the
+                # mesh heals
+                procs[2].signal(signal.SIGCONT)
+                wait_mesh_up(procs)
+                log2 = procs[2].log()
+                assert "router was stalled for" in log2
+                assert "heartbeat lost" not in log2, log2
         finally:
             for c in clients:
                 c.close()
