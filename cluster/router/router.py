@@ -479,6 +479,12 @@ class Router:
         self.events.append({"t": time.time(), "event": "link_up", "shard": sid, "addr": addr})
         log.info("link to shard %d up (%s)", sid, addr)
         self._notify_local(sid, p.LINK_UP, 0)
+        down = self.local_down
+        if down is not None:  # a new link must learn that our shard is gone too
+            f = p.encode_frame(
+                p.LinkState(self.id, p.LINK_DOWN, down["code"]), src=self.id, dst=p.DST_ROUTER
+            )
+            link.send([f], [p.MSG_LINK_STATE], [len(f)])
         self._data.add(link, self._pump(link), self._link_down)
 
     def _local_thread(self, sock: socket.socket) -> None:

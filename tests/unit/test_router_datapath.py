@@ -69,3 +69,22 @@ def test_liveness_config(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=needle):
             config_from_data({**base, key: value})
+
+
+def test_shard_down_survives_a_link_flap(tmp_path: Path) -> None:
+    """Router 2's shard is gone; when the 1-2 link is re-made, router 2 says so again."""
+    with InProcessMesh([1, 2], tmp_path) as m:
+        m.wait_links()
+        c1 = m.client(1)
+        seen: list[tuple[int, int, int]] = []
+        c1.on_link_state = lambda shard, state, reason: seen.append((shard, state, reason))
+        c2 = m.client(2, heartbeat=True)
+        c2.close()
+        r1 = m.routers[1]
+        exited = (2, p.LINK_DOWN, p.ERR_SHARD_EXITED)
+        wait_for(lambda: exited in seen, what="shard 1 told that shard 2 exited")
+        assert [d["cause"] for d in r1.health()["down"] if d["shard"] == 2] == ["shard exited"]
+        r1.peers[2].close("test: link flap")
+        flap = [(2, p.LINK_DOWN, p.ERR_LINK_DOWN), (2, p.LINK_UP, 0), exited]
+        wait_for(lambda: seen[-3:] == flap, what=f"link down, up, shard 2 down again: {seen}")
+        assert [d["cause"] for d in r1.health()["down"] if d["shard"] == 2] == ["shard exited"]
