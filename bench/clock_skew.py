@@ -5,7 +5,8 @@
    ``QEMU_CLOCK_VIRTUAL`` minus the VM-wide instant (the ``clock-vm-offset-ns`` property of
    its ``dqemu-shard`` object) after the start, and again after a stop/cont at one instant
    on every shard (``clock-stop-at-ns`` / ``clock-cont-at-ns``, then QMP ``stop`` / ``cont``
-   shard by shard). The skew is the spread of those offsets. Also printed: each shard's
+   shard by shard; once more with the instant given right after the command). The skew
+   is the spread of those offsets. Also printed: each shard's
    measured host-clock offset to the clock master, its round trip and the error bound
    RTT/2 that the offset would have between hosts, and, for reference, the skew that plain
    per-shard ``stop``/``cont`` (no common instant, stock QEMU behaviour) leaves behind.
@@ -139,13 +140,25 @@ def qemu_side(shards: int, vcpus: int, samples: int) -> int:
             print(f"shards={shards} stop/cont at one instant: vm_offsets_ns={offs} "
                   f"skew_ns={cont_skew} paused_ns={paused}")  # fmt: skip
 
+            # the same, each shard told the instant only after its stop / cont
+            at = int(sh.get(0, "clock-vm-instant-ns"))
+            sh.each("stop")
+            sh.set_all("clock-stop-at-ns", at)
+            time.sleep(PAUSE_S)
+            at = int(sh.get(0, "clock-vm-instant-ns"))
+            sh.each("cont")
+            sh.set_all("clock-cont-at-ns", at)
+            offs, late_skew = vm_offsets(sh, samples)
+            print(f"shards={shards} stop/cont, instant given after the command: "
+                  f"vm_offsets_ns={offs} skew_ns={late_skew}")  # fmt: skip
+
             # for reference: shard-by-shard stop/cont without a common instant
             sh.each("stop")
             time.sleep(PAUSE_S)
             sh.each("cont")
             offs, naive = vm_offsets(sh, samples)
             print(f"shards={shards} stop/cont without instants (stock): skew_ns={naive}")
-            return max(start_skew, cont_skew)
+            return max(start_skew, cont_skew, late_skew)
         except DqemuError as e:
             raise Bench(str(e)) from e
         finally:
