@@ -4,8 +4,9 @@
  *   pingpong server IP PORT SIZE [spin]
  *   pingpong client IP PORT SIZE ITERS [spin]   -> prints "p50_us=X p99_us=Y"
  *
- * "spin" makes that side busy-poll its reads (non-blocking recv in a loop) instead of
- * sleeping in read(): it shows what a wake-up of a sleeping (halted) CPU costs.
+ * "spin" makes that side busy-poll its reads (non-blocking recv in a loop)
+ * instead of sleeping in read(): it shows what waking a sleeping (halted) CPU
+ * costs.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -40,7 +41,8 @@ static void xfer(int fd, char *buf, size_t n, int rd)
                 continue;
             }
         } else {
-            k = rd ? read(fd, buf + done, n - done) : write(fd, buf + done, n - done);
+            k = rd ? read(fd, buf + done, n - done)
+                   : write(fd, buf + done, n - done);
         }
         if (k <= 0) {
             if (rd && k == 0) {
@@ -61,7 +63,8 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s server|client IP PORT SIZE [ITERS]\n", argv[0]);
+        fprintf(stderr, "usage: %s server|client IP PORT SIZE [ITERS] [spin]\n",
+                argv[0]);
         return 2;
     }
     int server = strcmp(argv[1], "server") == 0;
