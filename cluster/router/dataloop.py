@@ -103,9 +103,20 @@ class DataLoop:
                 ep.modify(fd, _IN | _OUT if on else _IN)
 
         with link.lock:
-            self._entries[fd] = _Entry(link, reader, on_down)
-            ep.register(fd, _IN | (_OUT if link.backlog_bytes else 0))
-            link.want_write = want_write
+            try:
+                if self._stopping:
+                    raise ValueError("the data loop is stopping")
+                ep.register(fd, _IN | (_OUT if link.backlog_bytes else 0))
+            except (OSError, ValueError):
+                registered = False  # the router is shutting down
+            else:
+                registered = True
+                self._entries[fd] = _Entry(link, reader, on_down)
+                link.want_write = want_write
+        if not registered:
+            link.close("router shutting down")
+            reader.close()
+            on_down(link, link.close_reason)
 
     def stop(self) -> None:
         """Make the loop hand every remaining link to its ``on_down`` and return. The
