@@ -196,8 +196,9 @@ def test_commands_from_each_shard(vm_factory: Any, issuer: int) -> None:
     ],
     ids=["kernel-cf9", "kbd-kernel-platform-on-1"],
 )
-def test_reboot_twice_then_poweroff(args: tuple[str, ...]) -> None:
-    r = run_dqemu("loopback", *GUEST, *TWO_SHARDS, "--timeout", "900", *args, timeout=1200)
+def test_reboot_twice_then_poweroff(tmp_path: Path, args: tuple[str, ...]) -> None:
+    r = run_dqemu("loopback", *GUEST, *TWO_SHARDS, "--timeout", "900",
+                  "--log-dir", str(tmp_path), *args, timeout=1200)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.passed("reboot"), r.stdout[-3000:]
     assert r.kv()["boot"] == "3"
