@@ -417,7 +417,7 @@ class LoopbackVM:
         code = dead.poll()
         assert code is not None
         how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        tail = dead.log_tail(2)
+        tail = dead.log_tail(2) if code >= 0 else ""  # a killed process said nothing about it
         others = ", ".join(c.name for c in self.sup.children if c is not dead)
         msg = f"{dead.name} {how}" + (f" ({tail})" if tail else "")
         if others:
