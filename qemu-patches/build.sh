@@ -36,11 +36,15 @@ done < "$here/series"
 # The +ds tarball has no EDK2 blobs to unpack.
 sed -i 's/^\( *\)unpack_edk2_blobs = bzip2.found()/\1unpack_edk2_blobs = false/' meson.build
 
-# meson compiles through ccache when it is installed: keep its cache beside the build cache and
-# key it on paths relative to the tree, so that a rebuild after a patch change recompiles only
-# what the change touches.
-export CCACHE_DIR="${CCACHE_DIR:-$(dirname "$(dirname "$out")")/ccache}"
-export CCACHE_BASEDIR="$src" CCACHE_NOHASHDIR=1
+# Compile through ccache when it is installed (Debian's /usr/lib/ccache puts a gcc in front of
+# the real one; QEMU's configure hands meson explicit compiler names, so meson's own ccache
+# detection never applies). The cache lives beside the build cache and is keyed on paths
+# relative to the tree, so that a rebuild after a patch change recompiles only what it touches.
+if [ -x /usr/lib/ccache/gcc ]; then
+  export PATH="/usr/lib/ccache:$PATH"
+  export CCACHE_DIR="${CCACHE_DIR:-$(dirname "$(dirname "$out")")/ccache}"
+  export CCACHE_BASEDIR="$src" CCACHE_NOHASHDIR=1
+fi
 
 mkdir -p build && cd build
 echo "dqemu-build: configure $*"
