@@ -24,10 +24,9 @@ to ``busy_poll_us``. While spinning the thread calls sched_yield(), so a runnabl
 its CPU (often the very client or shard it waits for) runs at once.
 
 Spinning only pays while CPUs are otherwise idle. If a sched_yield() takes longer than
-500 us, a CPU hog (e.g. a busy vCPU thread) ran a time slice on this CPU: a spinner that
-yields then waits that long for the CPU, whereas a thread sleeping in epoll_wait gets it
-back at once when woken. So the loop stops spinning for the rest of that 100 ms. (Shorter
-yields are normal: they let the client or shard that the router waits for run.) The
+20 us, another task wanted this CPU (e.g. a busy vCPU thread): a spinner that yields may
+then wait a whole time slice for the CPU, whereas a thread sleeping in epoll_wait gets it
+back at once when woken. So the loop stops spinning for the rest of that 100 ms. The
 wall-clock time spent spinning is also capped at ``busy_poll_cpu`` of one CPU per 100 ms
 (once reached, the loop blocks for the rest of those 100 ms), and an idle router never
 spins: it only spins after traffic. ``busy_poll_us = 0`` turns spinning off. The control
@@ -52,7 +51,7 @@ log = logging.getLogger("dqemu.router")
 
 Reader = Generator[None, None, str]  # yields when it would block, returns the close reason
 _EPOCH = 0.1  # s: the CPU cap applies per epoch
-_YIELD_MAX = 500e-6  # s: a sched_yield() this long means a CPU hog ran a time slice
+_YIELD_MAX = 20e-6  # s: a sched_yield() that takes longer means another task wanted the CPU
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 
