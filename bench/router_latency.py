@@ -397,7 +397,7 @@ class Bench:
                 print(f"    router {name} busy-poll: window {d['window_us']} us of "
                       f"{d['busy_poll_us']} us, spun {d['spin_cpu_s']} s CPU, hits "
                       f"{d['spin_hits']} misses {d['spin_misses']} cap stops "
-                      f"{d['spin_cap_stops']} yield stops {d['spin_yield_stops']}")  # fmt: skip
+                      f"{d['spin_cap_stops']}")  # fmt: skip
         if raw_c:
             print(f"    raw one-hop C:                 p50 {raw_c['p50_us']:.1f} us  "
                   f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip

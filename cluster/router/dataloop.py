@@ -21,17 +21,10 @@ sleeps. The window adapts to the traffic: when a spin runs out and the next fram
 comes after a long gap (more than 4 windows), the window halves, down to 1/8 of
 ``busy_poll_us``; when the next frame comes soon after, or while spinning, it doubles, up
 to ``busy_poll_us``. While spinning the thread calls sched_yield(), so a runnable task on
-its CPU (often the very client or shard it waits for) runs at once.
-
-Spinning only pays while CPUs are otherwise idle. If a sched_yield() takes longer than
-20 us, another task wanted this CPU (e.g. a busy vCPU thread): a spinner that yields may
-then wait a whole time slice for the CPU, whereas a thread sleeping in epoll_wait gets it
-back at once when woken. So the loop stops spinning for the rest of that 100 ms. The
-wall-clock time spent spinning is also capped at ``busy_poll_cpu`` of one CPU per 100 ms
-(once reached, the loop blocks for the rest of those 100 ms), and an idle router never
-spins: it only spins after traffic. ``busy_poll_us = 0`` turns spinning off. The control
-API's ``stats.data_loop`` shows the window, the seconds spent spinning, and how spins
-ended (hits, misses, cap stops, yield stops).
+its CPU (often the very client or shard it waits for) runs at once. The CPU time spent
+spinning is capped at ``busy_poll_cpu`` of one CPU per 100 ms (once reached, the loop
+blocks for the rest of those 100 ms), and an idle router never spins: it only spins after
+traffic. ``busy_poll_us = 0`` turns spinning off.
 """
 
 from __future__ import annotations
@@ -51,7 +44,6 @@ log = logging.getLogger("dqemu.router")
 
 Reader = Generator[None, None, str]  # yields when it would block, returns the close reason
 _EPOCH = 0.1  # s: the CPU cap applies per epoch
-_YIELD_MAX = 20e-6  # s: a sched_yield() that takes longer means another task wanted the CPU
 _IN = select.EPOLLIN | select.EPOLLRDHUP
 _OUT = select.EPOLLOUT
 
@@ -83,7 +75,6 @@ class DataLoop:
         self.hits = 0
         self.misses = 0
         self.cap_stops = 0
-        self.yield_stops = 0
 
     # --- from any thread ---------------------------------------------------------------------
 
@@ -138,7 +129,6 @@ class DataLoop:
             "spin_hits": self.hits,
             "spin_misses": self.misses,
             "spin_cap_stops": self.cap_stops,
-            "spin_yield_stops": self.yield_stops,
         }
 
     # --- the loop's thread -------------------------------------------------------------------
@@ -188,14 +178,8 @@ class DataLoop:
                 if not events:
                     if now < spin_until and epoch_spin + spun < cap:
                         yield_cpu()
-                        if clock() - now < _YIELD_MAX:
-                            continue
-                        # another task ran: the CPU is contended, and a spinner that
-                        # yields can wait a whole time slice for the CPU, while a sleeper
-                        # gets it back at once when woken. No spinning for this epoch.
-                        self.yield_stops += 1
-                        epoch_spin = cap
-                    elif now < spin_until:
+                        continue
+                    if now < spin_until:
                         self.cap_stops += 1
                     else:
                         self.misses += 1

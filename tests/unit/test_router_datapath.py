@@ -48,8 +48,7 @@ def test_busy_poll_stats(tmp_path: Path) -> None:
             c1.request(2, p.PioReq(1, 1, 0, 0, 0))
         dl = m.routers[1].stats()["data_loop"]
         assert dl["busy_poll_us"] == 300 and dl["cpu_cap"] == 0.25
-        ends = ("spin_hits", "spin_misses", "spin_cap_stops", "spin_yield_stops")
-        assert sum(dl[k] for k in ends) > 0, dl
+        assert dl["spin_hits"] + dl["spin_misses"] > 0
         assert 300 / 8 <= dl["window_us"] <= 300
 
 
