@@ -110,6 +110,7 @@ MEMMAP_PCI_CONFIG = 1
 MEMMAP_PAM = 2
 MEMMAP_SMRAM = 3
 MEMMAP_A20 = 4
+MEMMAP_HPET_COUNTER = 5
 
 # DEV_IRQ.source for an MSI write (otherwise the IOAPIC pin)
 DEV_IRQ_MSI = 0xFFFFFFFF
@@ -779,7 +780,9 @@ REPLY_TYPE: dict[int, int] = {
     MSG_MMIO_REQ: MSG_MMIO_REPLY,
     MSG_CLOCK_REQ: MSG_CLOCK_REPLY,
     MSG_PCI_CFG_READ: MSG_PCI_CFG_READ_REPLY,
-    MSG_TB_INVALIDATE: MSG_TB_INVALIDATE,  # the acknowledged form echoes the body
+    MSG_TB_INVALIDATE: MSG_TB_INVALIDATE,  # the acknowledged forms echo the body
+    MSG_MEMMAP_SYNC: MSG_MEMMAP_SYNC,
+    MSG_RUNSTATE: MSG_RUNSTATE,  # a run-state query; the reply carries the state
     MSG_PAGE_REQ: MSG_PAGE_REPLY,
 }
 

@@ -7,7 +7,6 @@ those cases skip.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -48,33 +47,10 @@ def has_shard_series(qemu: Path) -> bool:
     return "dqemu-shard" in objects.split()
 
 
-# Checks that cannot pass across shards until open work lands, with the work that fixes
-# them. They must fail *only* between CPUs on different shards (same-shard pairs still
-# pass), and a check listed here that starts passing fails this test, so the list shrinks
-# as the work lands.
-CROSS_SHARD_GAPS = {
-    "tsc ": "TSC and virtual clock alignment across shards (issue 6)",
-}
-
-
-def _cpus_of(description: str) -> tuple[int, int] | None:
-    m = re.search(r"cpu(\d+)\D+?cpu(\d+)", description)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def assert_full_pass(r: DqtestResult, output: str, shards: int = 1) -> None:
-    shard_of = dict(enumerate(cpu // (VCPUS // shards) for cpu in range(VCPUS)))
-    gaps = []
-    for c in r.failures:
-        gap = next((g for g in CROSS_SHARD_GAPS if c.description.startswith(g)), None)
-        pair = _cpus_of(c.description)
-        cross = pair is not None and shard_of[pair[0]] != shard_of[pair[1]]
-        assert shards > 1 and gap and cross, (
-            f"not ok {c.number} - {c.description}\n" + r.summary() + "\n" + output[-3000:]
-        )
-        gaps.append(gap)
-    for gap in CROSS_SHARD_GAPS if shards > 1 else ():
-        assert gap in gaps, f"{gap!r} passes now: remove it from CROSS_SHARD_GAPS"
+def assert_full_pass(r: DqtestResult, output: str) -> None:
+    assert not r.failures, "\n".join(
+        [f"not ok {c.number} - {c.description}" for c in r.failures] + [r.summary(), output[-3000:]]
+    )
     bringup = [c for c in r.checks if c.description.startswith("cpu bring-up")]
     assert len(bringup) == VCPUS - 1 and all(c.ok for c in bringup)
     assert r.info["cpus"]["online"] == str(VCPUS)
@@ -90,8 +66,7 @@ def assert_full_pass(r: DqtestResult, output: str, shards: int = 1) -> None:
         assert len(steered) == VCPUS, source
     assert not r.skips, r.skips  # the edu device is there, so nothing is skipped
     tsc = r.info["tsc"]
-    if shards == 1:  # across shards: the "tsc " entry of CROSS_SHARD_GAPS
-        assert int(tsc["max_backward_ns"]) <= int(tsc["bound_ns"])
+    assert int(tsc["max_backward_ns"]) <= int(tsc["bound_ns"]), tsc
 
 
 @pytest.mark.parametrize(("shards", "machine"), [(1, "q35"), (1, "pc"), (2, "q35"), (4, "q35")])
@@ -104,9 +79,8 @@ def test_dqtest_passes(qemu: Path, kernel: Path, shards: int, machine: str) -> N
     )  # fmt: skip
     assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
     assert run.result.complete, f"exit {run.returncode}: {run.stderr}\n{run.output[-2000:]}"
-    if shards == 1:
-        assert run.returncode == EXIT_PASS, f"{run.result.summary()}\n{run.output[-2000:]}"
-    assert_full_pass(run.result, run.output, shards)
+    assert run.returncode == EXIT_PASS, f"{run.result.summary()}\n{run.output[-2000:]}"
+    assert_full_pass(run.result, run.output)
     if shards > 1:
         assert run.forwarded["ipi"] > 0 and run.forwarded["pio"] > 0, run.forwarded
 
