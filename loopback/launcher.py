@@ -364,11 +364,20 @@ class LoopbackVM:
         code = dead.poll()
         assert code is not None
         if dead.name.startswith("shard") and code == SHARD_EXIT_PEER_LOST and self.sharded:
-            # This shard stopped the VM because it lost another one; if that one is gone
-            # too (killed), it is the cause. Else the shard's own message names it.
+            # This shard stopped the VM because it lost another one. If that one was
+            # killed, it is the cause; if it is a shard that ended normally with a status
+            # (the guest ended the VM through a device such as isa-debug-exit, which exits
+            # that QEMU at once), its status is the VM's. Else the shard's own message
+            # names the cause.
             time.sleep(0.2)
             gone = [c for c in self.sup.children if c is not dead and c.poll() not in (None, 0)]
-            gone.sort(key=lambda c: (c.poll() or 0) >= 0)  # killed ones first
+            killed = [c for c in gone if (c.poll() or 0) < 0]
+            ended = [c for c in gone if c.name.startswith("shard")
+                     and c.poll() != SHARD_EXIT_PEER_LOST]  # fmt: skip
+            if killed:
+                return self._failed(killed[0])
+            if ended:
+                return self._ended_by(ended[0])
             if gone:
                 return self._failed(gone[0])
             why = _dqemu_message(dead) or f"{dead.name} exited with status {code}"
