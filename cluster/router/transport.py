@@ -129,12 +129,8 @@ class Link:
             self._backlog.append(bytes(data))
             self._backlog_bytes += nbytes
             return True
-        try:
-            n = self._try_send(data)
-        except BlockingIOError:
-            n = 0
-        except OSError as e:
-            self._close_locked(f"send failed: {e.strerror or e}")
+        n = self._send_some(data)
+        if n is None:
             return True
         if n < nbytes:
             self._backlog.append(bytes(memoryview(data)[n:]))
@@ -143,6 +139,17 @@ class Link:
                 self.want_write(True)
         return True
 
+    def _send_some(self, data: Buffer) -> int | None:
+        """Bytes the transport took now (0 if it would block), or None if the send failed
+        and closed the link. Holds ``self.lock``."""
+        try:
+            return self._try_send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            self._close_locked(f"send failed: {e.strerror or e}")
+            return None
+
     def flush(self) -> None:
         """Send queued bytes (the data loop calls this when the transport is writable)."""
         with self.lock:
@@ -150,12 +157,8 @@ class Link:
                 return
             data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
             nbytes = len(data)
-            try:
-                n = self._try_send(data)
-            except BlockingIOError:
-                n = 0
-            except OSError as e:
-                self._close_locked(f"send failed: {e.strerror or e}")
+            n = self._send_some(data)
+            if n is None:
                 return
             if n == nbytes:
                 self._backlog.clear()
