@@ -780,6 +780,9 @@ class Router:
                     target: Link | None
                     if from_local:
                         if dst == to_router:
+                            if batches:  # what came before it goes first
+                                self._flush(link, batches)
+                                batches = {}
                             self._router_frame(link, bytes(frame))
                             continue
                         if dst == bcast:
@@ -822,6 +825,12 @@ class Router:
                                 )  # fmt: skip
                                 continue
                         elif dst == to_router:
+                            # A LINK_STATE is handled (and told to our shard) at once: the
+                            # frames read before it must reach our shard first, e.g. the
+                            # QUIT its shard broadcast before it exited.
+                            if batches:
+                                self._flush(link, batches)
+                                batches = {}
                             self._router_frame(link, bytes(frame))
                             continue
                         else:

@@ -1,0 +1,61 @@
+"""Frames from one link reach the local shard in the order they were sent, including the
+LINK_STATE a router handles itself.
+
+A shard that quits the VM broadcasts a COMMAND QUIT and exits; its router then reports
+LINK_STATE DOWN on the same link. A receiving router that read both at once used to tell its
+shard about the loss first, and that shard stopped the VM with "shard N lost" (exit 4)
+instead of quitting with the others."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+from cluster.router import protocol as p
+from cluster.router.auth import handshake
+from cluster.router.config import config_from_data
+from cluster.router.router import Router
+from cluster.router.transport import read_frame
+from tests.unit._router_support import SECRET, router_config, wait_for
+from tests.unit.test_router_fuzz import register_raw
+
+
+def test_link_state_does_not_overtake_earlier_frames(tmp_path: Path) -> None:
+    # router 1 alone; the test plays shard 2's router on a raw, authenticated TCP link
+    r1 = Router(config_from_data(router_config(1, [1, 2], tmp_path, {1: 0, 2: 0})), SECRET)
+    r1.start()
+    t = threading.Thread(target=r1.serve_forever, name="router-1", daemon=True)
+    t.start()
+    shard1 = peer = None
+    try:
+        shard1 = register_raw(r1.cfg.shard_socket, 1)
+        peer = socket.create_connection(("127.0.0.1", r1.listen_addr.port), 5.0)
+        handshake(
+            peer, own_id=2, vm_id="vm1", secret=SECRET, features=0,
+            is_peer=lambda s: s == 1, timeout=5.0,
+        )  # fmt: skip
+        wait_for(lambda: r1.health()["peers"]["2"]["state"] == "up", what="link from shard 2")
+        quits = [
+            p.encode_frame(p.Command(p.CMD_QUIT, 0, i), src=2, dst=p.DST_BROADCAST)
+            for i in range(8)
+        ]
+        down = p.encode_frame(
+            p.LinkState(2, p.LINK_DOWN, p.ERR_SHARD_EXITED), src=2, dst=p.DST_ROUTER
+        )
+        peer.sendall(b"".join([*quits, down]))  # one write: the router reads them at once
+        shard1.settimeout(5.0)
+        got = []
+        while len(got) < 9:
+            f = read_frame(shard1)
+            if isinstance(f.msg, p.Command) or (
+                isinstance(f.msg, p.LinkState) and f.msg.state == p.LINK_DOWN
+            ):
+                got.append(f.msg)
+        assert got[:8] == [p.Command(p.CMD_QUIT, 0, i) for i in range(8)], got
+        assert got[8] == p.LinkState(2, p.LINK_DOWN, p.ERR_SHARD_EXITED), got
+    finally:
+        for s in (shard1, peer):
+            if s is not None:
+                s.close()
+        r1.close()
