@@ -52,6 +52,10 @@
 #define DQ_DST_ROUTER 0xFFFE
 #define DQ_MSG_ERROR 0x06
 
+#ifndef DQ_SOURCE_HASH
+#define DQ_SOURCE_HASH "unknown" /* setup.py passes a hash of this file */
+#endif
+
 #define MAX_FRAME (DQ_HEADER_SIZE + DQ_MAX_PAYLOAD)
 #define RBUF_SIZE (256 * 1024 + MAX_FRAME)
 #define MAX_LINKS 1024
@@ -864,7 +868,10 @@ static void Engine_dealloc(Engine *e)
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
-/* lock without holding the GIL while waiting */
+/* Take the engine's lock from a thread that holds the GIL: never wait for it with the
+ * GIL held (a thread may hold the lock while it waits for the GIL, below). The data
+ * loop's thread takes the lock with the GIL released and never waits for the GIL while
+ * holding it. */
 static void lock(Engine *e)
 {
     if (pthread_mutex_trylock(&e->mu) != 0) {
@@ -1253,19 +1260,19 @@ static PyObject *event_tuple(Event *ev)
     }
 }
 
-/* take the queued events as a list of tuples; caller holds no lock */
+/* take the queued events as a list of tuples; caller holds the GIL, no lock */
 static PyObject *take_events(Engine *e)
 {
     Event *q;
     size_t n, i;
     PyObject *out;
 
-    pthread_mutex_lock(&e->mu);
+    lock(e);
     q = e->q;
     n = e->qn;
     e->q = NULL;
     e->qn = e->qcap = 0;
-    pthread_mutex_unlock(&e->mu);
+    unlock(e);
     out = PyList_New((Py_ssize_t)n);
     for (i = 0; i < n; i++) {
         PyObject *t = out ? event_tuple(&q[i]) : NULL;
@@ -1288,14 +1295,14 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
     struct epoll_event evs[64];
     int n, stop = 0;
 
-    pthread_mutex_lock(&e->mu);
+    lock(e);
     if (e->running) {
-        pthread_mutex_unlock(&e->mu);
+        unlock(e);
         PyErr_SetString(PyExc_RuntimeError, "run() is already running");
         return NULL;
     }
     e->running = 1;
-    pthread_mutex_unlock(&e->mu);
+    unlock(e);
 
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
@@ -1372,9 +1379,9 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
     }
     Py_END_ALLOW_THREADS
 
-    pthread_mutex_lock(&e->mu);
+    lock(e);
     e->running = 0;
-    pthread_mutex_unlock(&e->mu);
+    unlock(e);
     if (stop) {
         Py_RETURN_NONE;
     }
@@ -1486,6 +1493,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     }
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddStringConstant(m, "SOURCE_HASH", DQ_SOURCE_HASH) < 0 ||
         PyModule_AddIntConstant(m, "MAGIC", DQ_MAGIC) < 0 ||
         PyModule_AddIntConstant(m, "VERSION", DQ_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_SIZE", DQ_HEADER_SIZE) < 0 ||

@@ -40,17 +40,39 @@ traffic. ``busy_poll_us = 0`` turns spinning off.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from cluster.router import _fastpath
 from cluster.router import protocol as p
 from cluster.router._fastpath import EV_DOWN, Engine
 from cluster.router.transport import Link
 
 log = logging.getLogger("dqemu.router")
+
+
+def _check_build() -> None:
+    """Refuse a build of _fastpath.c older than the source beside it (a checkout that
+    changed it without rebuilding would silently run the old data path)."""
+    src = Path(__file__).with_name("_fastpath.c")
+    if not src.exists():
+        return  # installed without sources
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    if digest != _fastpath.SOURCE_HASH:
+        raise ImportError(
+            f"{_fastpath.__file__} was built from another version of {src} "
+            f"(source {digest}, built {_fastpath.SOURCE_HASH}): rebuild it with "
+            "`.venv/bin/pip install -e .` (scripts/bootstrap does it when pyproject.toml "
+            "changes)"
+        )
+
+
+_check_build()
 
 Event = tuple[Any, ...]  # (kind, link handle, details...), see _fastpath.c
 
