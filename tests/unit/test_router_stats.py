@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 
-from cluster.router._fastpath import NBUCKETS, bucket
-
 from cluster.router import protocol as p
+from cluster.router._fastpath import NBUCKETS, bucket
 from cluster.router.stats import Counters, LatencyHistogram, LinkStats, _bucket_low
 
 
