@@ -36,7 +36,7 @@ _ENG = engine()
 _TYPES = st.one_of(st.sampled_from(sorted(p.MESSAGES)), st.integers(0, 255))
 _LENGTHS = st.one_of(
     st.sampled_from(sorted({*p.SIZE_LO, *p.SIZE_HI, p.MAX_PAYLOAD, p.MAX_PAYLOAD + 1})),
-    st.integers(0, 1 << 32 - 1),
+    st.integers(0, (1 << 32) - 1),
 )
 
 
