@@ -210,7 +210,7 @@ static void record(Counters *c, int64_t ns)
     }
 }
 
-/* --- header check: true iff protocol.header_error() returns None ---------------- */
+/* --- header check: true iff protocol.header_error() returns None ------- */
 
 static int header_ok(const Engine *e, uint32_t magic, unsigned ver, unsigned t,
                      unsigned flags, uint32_t len, uint64_t rid)
@@ -236,7 +236,7 @@ static int header_ok(const Engine *e, uint32_t magic, unsigned ver, unsigned t,
     return e->lo[t] <= len && len <= e->hi[t];
 }
 
-/* --- pending requests: open addressing, linear probing ---------------------------- */
+/* --- pending requests: open addressing, linear probing ----------------- */
 
 static size_t pend_hash(uint16_t src, uint64_t rid, size_t mask)
 {
@@ -272,7 +272,8 @@ static int pend_grow(PendTab *pt)
     return 0;
 }
 
-static void pend_put(PendTab *pt, uint16_t src, uint64_t rid, int64_t t0, uint8_t type)
+static void pend_put(PendTab *pt, uint16_t src, uint64_t rid, int64_t t0,
+                     uint8_t type)
 {
     size_t i;
 
@@ -289,7 +290,9 @@ static void pend_put(PendTab *pt, uint16_t src, uint64_t rid, int64_t t0, uint8_
     if (!pt->tab[i].used) {
         pt->n++;
     }
-    pt->tab[i] = (Pend){ .rid = rid, .t0 = t0, .src = src, .type = type, .used = 1 };
+    pt->tab[i] = (Pend){
+        .rid = rid, .t0 = t0, .src = src, .type = type, .used = 1
+    };
 }
 
 static int pend_pop(PendTab *pt, uint16_t src, uint64_t rid, int64_t *t0)
@@ -330,7 +333,7 @@ static int pend_pop(PendTab *pt, uint16_t src, uint64_t rid, int64_t *t0)
     return 1;
 }
 
-/* --- events ------------------------------------------------------------------------ */
+/* --- events ------------------------------------------------------------ */
 
 static Event *push_event(Engine *e, int kind, uint32_t handle)
 {
@@ -361,7 +364,7 @@ static void wake(Engine *e)
     (void)r;
 }
 
-/* --- links ------------------------------------------------------------------------- */
+/* --- links ------------------------------------------------------------- */
 
 static inline uint32_t handle_of(int slot, const Link *l)
 {
@@ -422,8 +425,10 @@ static void set_events(Engine *e, int slot)
     epoll_ctl(e->ep, EPOLL_CTL_MOD, l->fd, &ev);
 }
 
-/* Close a link (idempotent): unroute it, stop polling it, shut the socket down
- * and queue EV_DOWN. The fd itself is Python's to close after release(). */
+/*
+ * Close a link (idempotent): unroute it, stop polling it, shut the socket
+ * down and queue EV_DOWN. The fd itself is Python's to close after release().
+ */
 static int close_link(Engine *e, int slot, const char *reason)
 {
     Link *l = e->links[slot];
@@ -483,7 +488,8 @@ static int flush(Engine *e, int slot)
         return -1;
     }
     while (l->ot > l->oh) {
-        n = send(l->fd, l->ob + l->oh, l->ot - l->oh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        n = send(l->fd, l->ob + l->oh, l->ot - l->oh,
+                 MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -533,7 +539,8 @@ static int reserve_out(Link *l, size_t n)
 }
 
 /* Queue one frame on a link (counted, its request recorded as pending). */
-static int queue_frame(Engine *e, int slot, const uint8_t *f, size_t nbytes, int64_t now)
+static int queue_frame(Engine *e, int slot, const uint8_t *f, size_t nbytes,
+                       int64_t now)
 {
     Link *l = e->links[slot];
     unsigned t = f[5];
@@ -580,7 +587,8 @@ static void undeliverable(Engine *e, uint32_t h, int why, const uint8_t *f)
     }
 }
 
-static void protocol_error(Engine *e, int slot, int kind, const uint8_t *hdr, uint64_t n)
+static void protocol_error(Engine *e, int slot, int kind, const uint8_t *hdr,
+                           uint64_t n)
 {
     Link *l = e->links[slot];
     Event *ev = push_event(e, EV_PROTOCOL, handle_of(slot, l));
@@ -627,8 +635,8 @@ static void route_frames(Engine *e, int slot, int64_t now)
         size_t nbytes;
         int target, i;
 
-        if (flags || magic != DQ_MAGIC || ver != DQ_VERSION || t == DQ_MSG_ERROR ||
-            len < e->lo[t] || len > e->hi[t]) {
+        if (flags || magic != DQ_MAGIC || ver != DQ_VERSION ||
+            t == DQ_MSG_ERROR || len < e->lo[t] || len > e->hi[t]) {
             if (!header_ok(e, magic, ver, t, flags, len, rid)) {
                 protocol_error(e, slot, PE_HEADER, f, 0);
                 return;
@@ -758,7 +766,7 @@ static void handle_events(Engine *e, struct epoll_event *evs, int n)
             flush(e, slot);
         }
         if (evs[i].events & ~EPOLLOUT) {
-            if (l->rx_dead) {
+            if (l->rx_dead || l->closed) {
                 continue;
             }
             on_readable(e, slot);
@@ -767,7 +775,7 @@ static void handle_events(Engine *e, struct epoll_event *evs, int n)
     }
 }
 
-/* --- Python: Engine ---------------------------------------------------------------- */
+/* --- Python: Engine ---------------------------------------------------- */
 
 static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
@@ -779,13 +787,14 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     Engine *e;
     struct epoll_event ev = { 0 };
 
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOdd", kwlist, &own, &lo, &hi, &bp_us,
-                                     &bp_cpu)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOdd", kwlist, &own, &lo,
+                                     &hi, &bp_us, &bp_cpu)) {
         return NULL;
     }
-    if (!PySequence_Check(lo) || !PySequence_Check(hi) || PySequence_Size(lo) != 256 ||
-        PySequence_Size(hi) != 256) {
-        PyErr_SetString(PyExc_ValueError, "size_lo and size_hi need 256 entries");
+    if (!PySequence_Check(lo) || !PySequence_Check(hi) ||
+        PySequence_Size(lo) != 256 || PySequence_Size(hi) != 256) {
+        PyErr_SetString(PyExc_ValueError,
+                        "size_lo and size_hi need 256 entries");
         return NULL;
     }
     e = (Engine *)type->tp_alloc(type, 0);
@@ -868,16 +877,19 @@ static void Engine_dealloc(Engine *e)
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
-/* Take the engine's lock from a thread that holds the GIL: never wait for it with the
- * GIL held (a thread may hold the lock while it waits for the GIL, below). The data
- * loop's thread takes the lock with the GIL released and never waits for the GIL while
- * holding it. */
+/*
+ * Take the engine's lock from a thread that holds the GIL: never wait for it
+ * with the GIL held (a thread may hold the lock while it waits for the GIL,
+ * here). The data loop's thread takes the lock with the GIL released and
+ * never waits for the GIL while holding it.
+ */
 static void lock(Engine *e)
 {
     if (pthread_mutex_trylock(&e->mu) != 0) {
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *ts = PyEval_SaveThread();
+
         pthread_mutex_lock(&e->mu);
-        Py_END_ALLOW_THREADS
+        PyEval_RestoreThread(ts);
     }
 }
 
@@ -956,8 +968,9 @@ static PyObject *Engine_start(Engine *e, PyObject *arg)
     l = lookup(e, h, &slot);
     if (!l || l->closed || e->stopping) {
         unlock(e);
-        PyErr_SetString(PyExc_ValueError, e->stopping ? "the data loop is stopping"
-                                                       : "link is closed or released");
+        PyErr_SetString(PyExc_ValueError,
+                        e->stopping ? "the data loop is stopping"
+                                    : "link is closed or released");
         return NULL;
     }
     {
@@ -1151,7 +1164,8 @@ static PyObject *Engine_info(Engine *e, PyObject *arg)
     backlog = l->ot - l->oh;
     last_rx = l->last_rx;
     unlock(e);
-    return Py_BuildValue("(nnL)", (Py_ssize_t)pend, (Py_ssize_t)backlog, last_rx);
+    return Py_BuildValue("(nnL)", (Py_ssize_t)pend, (Py_ssize_t)backlog,
+                         last_rx);
 }
 
 static PyObject *Engine_set_last_rx(Engine *e, PyObject *args)
@@ -1175,8 +1189,10 @@ static PyObject *Engine_set_last_rx(Engine *e, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* counters(handle) -> bytes: rx_msgs, rx_bytes, tx_msgs, tx_bytes [256 u64 each],
- * the latency histogram [NBUCKETS u64], its count, sum and max (ns) */
+/*
+ * counters(handle) -> bytes: rx_msgs, rx_bytes, tx_msgs, tx_bytes [256 u64
+ * each], the latency histogram [NBUCKETS u64], its count, sum and max (ns)
+ */
 static PyObject *Engine_counters(Engine *e, PyObject *arg)
 {
     unsigned long h = PyLong_AsUnsignedLong(arg);
@@ -1232,7 +1248,8 @@ static PyObject *Engine_header_ok(Engine *e, PyObject *arg)
     {
         const uint8_t *f = b.buf;
 
-        ok = header_ok(e, rd32(f), f[4], f[5], rd16(f + 6), rd32(f + 12), rd64(f + 16));
+        ok = header_ok(e, rd32(f), f[4], f[5], rd16(f + 6), rd32(f + 12),
+                       rd64(f + 16));
     }
     PyBuffer_Release(&b);
     return PyBool_FromLong(ok);
@@ -1245,13 +1262,16 @@ static PyObject *event_tuple(Event *ev)
     switch (ev->kind) {
     case EV_ROUTER:
         return Py_BuildValue("(iky#)", ev->kind, (unsigned long)ev->handle,
-                             (const char *)ev->data, (Py_ssize_t)(ev->data ? ev->len : 0));
+                             (const char *)ev->data,
+                             (Py_ssize_t)(ev->data ? ev->len : 0));
     case EV_UNDELIVERABLE:
-        return Py_BuildValue("(ikiiiiiK)", ev->kind, (unsigned long)ev->handle, ev->a,
-                             (int)f[5], (int)rd16(f + 6), (int)rd16(f + 8),
-                             (int)rd16(f + 10), (unsigned long long)rd64(f + 16));
+        return Py_BuildValue("(ikiiiiiK)", ev->kind, (unsigned long)ev->handle,
+                             ev->a, (int)f[5], (int)rd16(f + 6),
+                             (int)rd16(f + 8), (int)rd16(f + 10),
+                             (unsigned long long)rd64(f + 16));
     case EV_PROTOCOL:
-        return Py_BuildValue("(ikiy#K)", ev->kind, (unsigned long)ev->handle, ev->a,
+        return Py_BuildValue("(ikiy#K)", ev->kind, (unsigned long)ev->handle,
+                             ev->a,
                              (const char *)ev->hdr, (Py_ssize_t)DQ_HEADER_SIZE,
                              (unsigned long long)ev->n);
     default:
@@ -1293,6 +1313,7 @@ static PyObject *take_events(Engine *e)
 static PyObject *Engine_run(Engine *e, PyObject *unused)
 {
     struct epoll_event evs[64];
+    PyThreadState *ts;
     int n, stop = 0;
 
     lock(e);
@@ -1304,7 +1325,7 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
     e->running = 1;
     unlock(e);
 
-    Py_BEGIN_ALLOW_THREADS
+    ts = PyEval_SaveThread();
     for (;;) {
         int64_t now;
 
@@ -1350,8 +1371,11 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
                 continue; /* EINTR */
             }
             if (e->missed_at) {
-                /* traffic came back after a spin ran out: soon (the window was a bit
-                 * short: grow it) or after a long idle gap (spinning is wasted: shrink) */
+                /*
+                 * traffic came back after a spin ran out: soon (the window
+                 * was a bit short: grow it) or after a long idle gap
+                 * (spinning is wasted: shrink it)
+                 */
                 int64_t gap = now_ns() - e->missed_at;
 
                 if (gap < 4 * e->w_max) {
@@ -1377,7 +1401,7 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
             }
         }
     }
-    Py_END_ALLOW_THREADS
+    PyEval_RestoreThread(ts);
 
     lock(e);
     e->running = 0;
@@ -1421,7 +1445,7 @@ static PyMethodDef Engine_methods[] = {
     { "start", (PyCFunction)Engine_start, METH_O,
       "start(handle): read the link and route frames to it" },
     { "send", (PyCFunction)Engine_send, METH_VARARGS,
-      "send(handle, frames) -> bool: queue whole frames and send what the socket takes" },
+      "send(handle, frames) -> bool: queue whole frames, send what it takes" },
     { "close", (PyCFunction)Engine_close, METH_VARARGS,
       "close(handle[, reason]) -> bool: True for the call that closed it" },
     { "release", (PyCFunction)Engine_release, METH_O,
@@ -1433,14 +1457,15 @@ static PyMethodDef Engine_methods[] = {
     { "set_last_rx", (PyCFunction)Engine_set_last_rx, METH_VARARGS,
       "set_last_rx(handle, ns)" },
     { "counters", (PyCFunction)Engine_counters, METH_O,
-      "counters(handle) -> bytes of u64: rx/tx msgs/bytes per type, histogram" },
+      "counters(handle) -> bytes of u64: per-type counters, histogram" },
     { "record", (PyCFunction)Engine_record, METH_VARARGS,
       "record(handle, ns): add a latency sample" },
     { "header_ok", (PyCFunction)Engine_header_ok, METH_O,
       "header_ok(header) -> bool: the data path's header check" },
     { "run", (PyCFunction)Engine_run, METH_NOARGS,
-      "run() -> events, or None after stop(); serves the links without the GIL" },
-    { "events", (PyCFunction)Engine_events, METH_NOARGS, "events() -> queued events" },
+      "run() -> events, or None after stop(); serves links without the GIL" },
+    { "events", (PyCFunction)Engine_events, METH_NOARGS,
+      "events() -> queued events" },
     { "stop", (PyCFunction)Engine_stop, METH_NOARGS, "make run() return None" },
     { "stats", (PyCFunction)Engine_stats, METH_NOARGS, "busy-poll figures" },
     { NULL },
@@ -1468,7 +1493,8 @@ static PyObject *mod_bucket(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef mod_methods[] = {
-    { "bucket", mod_bucket, METH_O, "bucket(ns) -> latency histogram bucket index" },
+    { "bucket", mod_bucket, METH_O,
+      "bucket(ns) -> latency histogram bucket index" },
     { NULL },
 };
 
