@@ -538,9 +538,12 @@ static int reserve_out(Link *l, size_t n)
     return 0;
 }
 
-/* Queue one frame on a link (counted, its request recorded as pending). */
+/*
+ * Queue one frame on a link and count it. A forwarded request (``track``) is
+ * recorded as pending on the link; the router's own (PING) are not.
+ */
 static int queue_frame(Engine *e, int slot, const uint8_t *f, size_t nbytes,
-                       int64_t now)
+                       int64_t now, int track)
 {
     Link *l = e->links[slot];
     unsigned t = f[5];
@@ -557,7 +560,7 @@ static int queue_frame(Engine *e, int slot, const uint8_t *f, size_t nbytes,
     l->ot += nbytes;
     l->c.tx_msgs[t]++;
     l->c.tx_bytes[t] += nbytes;
-    if (flags & DQ_FLAG_WANT_REPLY) {
+    if (track && (flags & DQ_FLAG_WANT_REPLY)) {
         pend_put(&l->pend, rd16(f + 8), rd64(f + 16), now, (uint8_t)t);
     }
     if (!l->dirty) {
@@ -671,7 +674,7 @@ static void route_frames(Engine *e, int slot, int64_t now)
                     continue;
                 }
                 for (i = 0; i < e->npeers; i++) {
-                    queue_frame(e, e->peers[i], f, nbytes, now);
+                    queue_frame(e, e->peers[i], f, nbytes, now, 1);
                 }
                 continue;
             }
@@ -702,7 +705,7 @@ static void route_frames(Engine *e, int slot, int64_t now)
                 continue;
             }
         }
-        queue_frame(e, target, f, nbytes, now);
+        queue_frame(e, target, f, nbytes, now, 1);
     }
 }
 
@@ -1030,7 +1033,8 @@ static PyObject *Engine_send(Engine *e, PyObject *args)
         while (n - off >= DQ_HEADER_SIZE) {
             size_t fl = DQ_HEADER_SIZE + rd32(d + off + 12);
 
-            if (fl > n - off || queue_frame(e, slot, d + off, fl, now) < 0) {
+            if (fl > n - off ||
+                queue_frame(e, slot, d + off, fl, now, 0) < 0) {
                 break;
             }
             off += fl;

@@ -113,6 +113,18 @@ def test_forward_count_and_measure(pair: Pair) -> None:
     assert cl.rx_msgs[p.MSG_PIO_REQ] == 1 and cl.tx_msgs[p.MSG_PIO_REPLY] == 1
 
 
+def test_own_requests_are_not_pending(pair: Pair) -> None:
+    """The router's own PINGs (sent from Python) are answered to DST_ROUTER, never matched
+    against the forwarded requests: they must not be recorded as pending."""
+    ping = p.encode_frame(
+        p.Ping(1), src=OWN, dst=p.DST_ROUTER, flags=p.FLAG_WANT_REPLY, request_id=5
+    )  # fmt: skip
+    assert pair.e.send(pair.peer, ping)
+    assert read_frame(pair.peer_far).type == p.MSG_PING
+    assert pair.e.info(pair.peer)[0] == 0
+    assert Counters(pair.e.counters(pair.peer)).tx_msgs[p.MSG_PING] == 1
+
+
 def test_many_pending_replied_in_any_order(pair: Pair) -> None:
     n = 3000
     reqs = b"".join(
