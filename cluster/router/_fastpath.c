@@ -487,6 +487,9 @@ static int flush(Engine *e, int slot)
     if (l->closed) {
         return -1;
     }
+    if (!l->started) {
+        return 0; /* held until start(): see Engine_start */
+    }
     while (l->ot > l->oh) {
         n = send(l->fd, l->ob + l->oh, l->ot - l->oh,
                  MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -568,6 +571,23 @@ static int queue_frame(Engine *e, int slot, const uint8_t *f, size_t nbytes,
         e->dirty[e->ndirty++] = slot;
     }
     return 0;
+}
+
+/* Queue the router's own frames (whole frames only); 0 ok, -1 not all */
+static int queue_own(Engine *e, int slot, const uint8_t *d, size_t n)
+{
+    size_t off = 0;
+    int64_t now = now_ns();
+
+    while (n - off >= DQ_HEADER_SIZE) {
+        size_t fl = DQ_HEADER_SIZE + rd32(d + off + 12);
+
+        if (fl > n - off || queue_frame(e, slot, d + off, fl, now, 0) < 0) {
+            break;
+        }
+        off += fl;
+    }
+    return off == n ? 0 : -1;
 }
 
 static void flush_dirty(Engine *e)
@@ -958,19 +978,29 @@ static PyObject *Engine_add(Engine *e, PyObject *args)
     return PyLong_FromUnsignedLong(handle_of(slot, l));
 }
 
-static PyObject *Engine_start(Engine *e, PyObject *arg)
+/*
+ * start(handle[, notify_handle, notify]): read the link and route frames to
+ * it. What was queued on it before is sent only now, after the route is in
+ * place: a shard that got REGISTER_OK can be sent to at once. ``notify``
+ * (LINK_STATE UP to the local shard) is queued on ``notify_handle`` in the
+ * same step, so that it precedes every frame read from the new link and
+ * follows the route to it.
+ */
+static PyObject *Engine_start(Engine *e, PyObject *args)
 {
-    unsigned long h = PyLong_AsUnsignedLong(arg);
-    int slot;
-    Link *l;
+    unsigned long h, nh = 0;
+    Py_buffer nb = { 0 };
+    int slot, nslot;
+    Link *l, *nl;
 
-    if (PyErr_Occurred()) {
+    if (!PyArg_ParseTuple(args, "k|ky*", &h, &nh, &nb)) {
         return NULL;
     }
     lock(e);
     l = lookup(e, h, &slot);
     if (!l || l->closed || e->stopping) {
         unlock(e);
+        PyBuffer_Release(&nb);
         PyErr_SetString(PyExc_ValueError,
                         e->stopping ? "the data loop is stopping"
                                     : "link is closed or released");
@@ -979,12 +1009,13 @@ static PyObject *Engine_start(Engine *e, PyObject *arg)
     {
         struct epoll_event ev = { 0 };
 
-        ev.events = EPOLLIN | EPOLLRDHUP | (l->out_armed ? EPOLLOUT : 0);
+        ev.events = EPOLLIN | EPOLLRDHUP;
         ev.data.u64 = handle_of(slot, l);
         if (epoll_ctl(e->ep, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
             int err = errno;
 
             unlock(e);
+            PyBuffer_Release(&nb);
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
@@ -1006,7 +1037,14 @@ static PyObject *Engine_start(Engine *e, PyObject *arg)
         e->route[l->peer_id] = (int16_t)slot;
         e->peers[e->npeers++] = slot;
     }
+    flush(e, slot);
+    nl = nb.buf ? lookup(e, nh, &nslot) : NULL;
+    if (nl && !nl->closed && nl->started) {
+        queue_own(e, nslot, nb.buf, (size_t)nb.len);
+    }
+    flush_dirty(e);
     unlock(e);
+    PyBuffer_Release(&nb);
     wake(e); /* data may be waiting already */
     Py_RETURN_NONE;
 }
@@ -1024,24 +1062,7 @@ static PyObject *Engine_send(Engine *e, PyObject *args)
     lock(e);
     l = lookup(e, h, &slot);
     if (l && !l->closed) {
-        const uint8_t *d = b.buf;
-        size_t off = 0, n = (size_t)b.len;
-        int64_t now = now_ns();
-
-        ok = 1;
-        /* our own frames: queue them one by one for the counters */
-        while (n - off >= DQ_HEADER_SIZE) {
-            size_t fl = DQ_HEADER_SIZE + rd32(d + off + 12);
-
-            if (fl > n - off ||
-                queue_frame(e, slot, d + off, fl, now, 0) < 0) {
-                break;
-            }
-            off += fl;
-        }
-        if (off != n) {
-            ok = 0;
-        }
+        ok = queue_own(e, slot, b.buf, (size_t)b.len) == 0;
         flush_dirty(e);
         if (l->closed) {
             ok = 0;
@@ -1446,8 +1467,8 @@ static PyObject *Engine_stats(Engine *e, PyObject *unused)
 static PyMethodDef Engine_methods[] = {
     { "add", (PyCFunction)Engine_add, METH_VARARGS,
       "add(fd, local, peer_id) -> handle: a link, not yet read or routed" },
-    { "start", (PyCFunction)Engine_start, METH_O,
-      "start(handle): read the link and route frames to it" },
+    { "start", (PyCFunction)Engine_start, METH_VARARGS,
+      "start(handle[, notify_handle, notify]): read and route the link" },
     { "send", (PyCFunction)Engine_send, METH_VARARGS,
       "send(handle, frames) -> bool: queue whole frames, send what it takes" },
     { "close", (PyCFunction)Engine_close, METH_VARARGS,

@@ -103,10 +103,17 @@ class DataLoop:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def add(self, link: Link, on_down: Callable[[Link, str], None]) -> None:
-        """Serve ``link``: read it and route frames to it. When it closes, it leaves the
-        loop and ``on_down(link, reason)`` runs in the loop's thread (or here, if the loop
-        is stopping or the link closed already)."""
+    def add(
+        self,
+        link: Link,
+        on_down: Callable[[Link, str], None],
+        notify: tuple[Link, bytes] | None = None,
+    ) -> None:
+        """Serve ``link``: read it and route frames to it. What was sent on it so far goes
+        out now, once frames can be routed to it. ``notify`` (a link and frames) is queued
+        in the same step: after the route exists, before any frame read from ``link``.
+        When the link closes, it leaves the loop and ``on_down(link, reason)`` runs in the
+        loop's thread (or here, if the loop is stopping or the link closed already)."""
         h = link.handle
         with self._lock:
             stopping = self._stopping
@@ -117,7 +124,10 @@ class DataLoop:
             on_down(link, link.close_reason)
             return
         try:
-            self.engine.start(h)
+            if notify is None:
+                self.engine.start(h)
+            else:
+                self.engine.start(h, notify[0].handle, notify[1])
         except (OSError, ValueError) as e:
             link.close(f"cannot serve the link: {e}")
             self._down(h, link.close_reason)

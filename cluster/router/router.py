@@ -472,14 +472,17 @@ class Router:
         }
         self.events.append({"t": time.time(), "event": "link_up", "shard": sid, "addr": addr})
         log.info("link to shard %d up (%s)", sid, addr)
-        self._notify_local(sid, p.LINK_UP, 0)
         down = self.local_down
         if down is not None:  # a new link must learn that our shard is gone too
             f = p.encode_frame(
                 p.LinkState(self.id, p.LINK_DOWN, down["code"]), src=self.id, dst=p.DST_ROUTER
             )
             link.send(f)
-        self._data.add(link, self._link_down)
+        # our shard hears LINK_UP once frames to shard sid are routed, and before any
+        # frame from it
+        local = self.local
+        up = (local, self._to_local_link_state(sid, p.LINK_UP, 0)) if local else None
+        self._data.add(link, self._link_down, notify=up)
 
     def _local_thread(self, sock: socket.socket) -> None:
         sock.settimeout(self.cfg.handshake_timeout)
@@ -522,15 +525,9 @@ class Router:
                     sock, KIND_LOCAL, f"local shard {self.id} (pid {reg.pid})", self.id
                 )
                 link.features = reg.features
-                # queued before the data loop routes anything to the link (`add` below),
-                # so nothing overtakes REGISTER_OK
-                link.send(
-                    ok,
-                    *(
-                        p.encode_frame(p.LinkState(sid, p.LINK_UP, 0), src=self.id, dst=self.id)
-                        for sid in self.peers
-                    ),
-                )
+                # queued first; the data loop sends it once frames are routed to the
+                # link (`add` below), so the shard can be sent to as soon as it has it
+                link.send(ok, *(self._to_local_link_state(s, p.LINK_UP, 0) for s in self.peers))
                 self.local = link
                 self.local_pid = reg.pid
                 was_down = self.local_down is not None
@@ -560,11 +557,13 @@ class Router:
             sock.sendall(frame)
         sock.close()
 
+    def _to_local_link_state(self, shard: int, state: int, reason: int) -> bytes:
+        return p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
+
     def _notify_local(self, shard: int, state: int, reason: int) -> None:
         local = self.local
         if local is not None:
-            f = p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
-            local.send(f)
+            local.send(self._to_local_link_state(shard, state, reason))
 
     def _link_down(self, link: Link, reason: str) -> None:
         """A link left the data loop (runs in the data loop's thread)."""

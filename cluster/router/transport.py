@@ -64,7 +64,8 @@ class Link:
         return self.sock.fileno()
 
     def send(self, *frames: Buffer) -> bool:
-        """Queue whole frames and send what the socket takes now. False if closed."""
+        """Queue whole frames and send what the socket takes now (before the data loop
+        serves the link: once it does). False if closed."""
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         return bool(self._engine.send(self.handle, data))
 
