@@ -1039,8 +1039,8 @@ static PyObject *Engine_start(Engine *e, PyObject *args)
     }
     flush(e, slot);
     nl = nb.buf ? lookup(e, nh, &nslot) : NULL;
-    if (nl && !nl->closed && nl->started) {
-        queue_own(e, nslot, nb.buf, (size_t)nb.len);
+    if (nl && !nl->closed) {
+        queue_own(e, nslot, nb.buf, (size_t)nb.len); /* held if not started */
     }
     flush_dirty(e);
     unlock(e);

@@ -539,11 +539,11 @@ class Router:
             return
         if self.cfg.shard_heartbeat == "auto":
             self._shard_hb = False  # until this shard shows that it speaks PING/PONG
+        self._data.add(link, self._link_down)  # routed from now on; REGISTER_OK goes out
         self.events.append({"t": time.time(), "event": "local_up", "pid": reg.pid})
         log.info("local shard %d registered (pid %d)", self.id, reg.pid)
         if was_down:
             self._tell_peers(p.LINK_UP, 0)  # peers told their shards it was down
-        self._data.add(link, self._link_down)
 
     def _send_error_and_close(self, sock: socket.socket, code: int, msg: str, rid: int) -> None:
         if rid:
