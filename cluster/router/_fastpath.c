@@ -147,7 +147,10 @@ typedef struct {
     int stopping, running;
     /* busy poll */
     int64_t w_max, w_min, w, cap;
-    int64_t epoch_end, epoch_spin, spin_from, spin_until, missed_at;
+    int64_t epoch_end, epoch_spin, spin_until, missed_at;
+    int64_t spin_from_cpu; /* this thread's CPU time when the spin began */
+    int64_t spun;          /* CPU spent in this spin, updated every 8 rounds */
+    unsigned spin_rounds;
     int64_t spin_ns;
     uint64_t hits, misses, cap_stops;
     double cpu_share;
@@ -158,6 +161,18 @@ static int64_t now_ns(void)
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/*
+ * CPU time of the calling thread: the spin cap counts the CPU that spinning
+ * costs, not the time that sched_yield() gave to other tasks.
+ */
+static int64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
@@ -1366,7 +1381,10 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
 
             n = epoll_wait(e->ep, evs, 64, 0);
             now = now_ns();
-            spun = now - e->spin_from;
+            if ((++e->spin_rounds & 7) == 0 || n > 0) {
+                e->spun = thread_cpu_ns() - e->spin_from_cpu; /* a syscall */
+            }
+            spun = e->spun;
             if (n <= 0) {
                 if (now < e->spin_until && e->epoch_spin + spun < e->cap) {
                     sched_yield();
@@ -1421,7 +1439,9 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
                 e->epoch_spin = 0;
             }
             if (e->epoch_spin < e->cap) {
-                e->spin_from = now;
+                e->spin_from_cpu = thread_cpu_ns();
+                e->spun = 0;
+                e->spin_rounds = 0;
                 e->spin_until = now + e->w;
             }
         }

@@ -33,9 +33,10 @@ comes after a long gap (more than 4 windows), the window halves, down to 1/8 of
 ``busy_poll_us``; when the next frame comes soon after, or while spinning, it doubles, up
 to ``busy_poll_us``. While spinning the thread calls sched_yield(), so a runnable task on
 its CPU (often the very client or shard it waits for) runs at once. The CPU time spent
-spinning is capped at ``busy_poll_cpu`` of one CPU per 100 ms (once reached, the loop
-blocks for the rest of those 100 ms), and an idle router never spins: it only spins after
-traffic. ``busy_poll_us = 0`` turns spinning off.
+spinning (the thread's own CPU time, so not the time sched_yield() gave to other tasks) is
+capped at ``busy_poll_cpu`` of one CPU per 100 ms (once reached, the loop blocks for the
+rest of those 100 ms), and an idle router never spins: it only spins after traffic.
+``busy_poll_us = 0`` turns spinning off.
 """
 
 from __future__ import annotations
