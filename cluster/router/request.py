@@ -1,8 +1,8 @@
 """Request/reply matching, timeouts and message handlers for an endpoint (client side).
 
-The router itself only tracks which requests are pending on which link (see
-`transport.Link.pending`) so that a lost link fails them at once; request ids, waiting and
-handler dispatch live here.
+The router itself only tracks which requests are pending on which link (in its C data
+path; see `transport.Link.take_pending`) so that a lost link fails them at once; request
+ids, waiting and handler dispatch live here.
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ Threads:
   selector over the listening sockets and control connections, plus timers for dialing
   peers, heartbeats (PING every ``ping_interval`` to every peer router and, once enabled,
   to the local shard), liveness checks and rate computation. Never on the data path.
-* the data loop (`dataloop.DataLoop`): one thread that reads every link, parses frames from
-  a preallocated per-link buffer and forwards them straight to the destination link with
-  non-blocking sends (no queue hop, no thread hand-off, no asyncio); all frames from one
-  read that go to the same link leave in one send. It busy-polls briefly after traffic.
+* the data loop (`dataloop.DataLoop`): one thread that runs the C data path
+  (`_fastpath.c`) without the GIL: it reads every link, checks and routes each frame and
+  forwards it straight to the destination link with non-blocking sends (no queue hop, no
+  thread hand-off, no asyncio; all frames from one read that go to the same link leave in
+  one send), and busy-polls briefly after traffic. It comes back to Python, in this thread,
+  only for what needs the router (`Router._on_event`): frames to the router, frames it
+  cannot deliver, protocol errors, lost links.
 * short-lived set-up threads: one per dial and per accepted connection (handshake or
   REGISTER), which hand the link to the data loop once it is up.
 
@@ -35,17 +38,27 @@ from pathlib import Path
 from typing import Any
 
 from cluster.router import protocol as p
+from cluster.router._fastpath import (
+    EV_PROTOCOL,
+    EV_ROUTER,
+    EV_UNDELIVERABLE,
+    PE_HEADER,
+    PE_SPOOFED,
+    UD_BCAST_REPLY,
+    UD_MISROUTED,
+    UD_NO_LOCAL,
+    UD_NO_ROUTE,
+)
 from cluster.router.auth import HandshakeRefused, handshake
 from cluster.router.config import RouterConfig
 from cluster.router.control import ControlConnection, ControlError
-from cluster.router.dataloop import DataLoop, Reader
+from cluster.router.dataloop import DataLoop, Event
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.transport import (
     KIND_LOCAL,
     KIND_PEER,
     Link,
     LinkClosed,
-    SocketLink,
     connect_tcp,
     ensure_private_dir,
     listen_tcp,
@@ -56,27 +69,9 @@ from cluster.router.transport import (
 
 log = logging.getLogger("dqemu.router")
 
-_MAX_FRAME = p.HEADER_SIZE + p.MAX_PAYLOAD
-_RBUF = 256 * 1024 + _MAX_FRAME
 _DIAL_MIN = 0.1
 _DIAL_MAX = 2.0
 _TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness check is
-
-# fast-path size tables: flags == 0 frames of a known type with the exact size, and never
-# a type ERROR frame (that one needs the ERROR flag, so it takes the slow check).
-_FAST_LO = list(p.SIZE_LO)
-_FAST_HI = list(p.SIZE_HI)
-_FAST_LO[p.MSG_ERROR], _FAST_HI[p.MSG_ERROR] = 1, 0
-
-
-class _Batch:
-    __slots__ = ("parts", "reqs", "sizes", "types")
-
-    def __init__(self) -> None:
-        self.parts: list[memoryview | bytes] = []
-        self.types: list[int] = []
-        self.sizes: list[int] = []
-        self.reqs: list[tuple[int, int, int]] = []
 
 
 class Router:
@@ -86,9 +81,9 @@ class Router:
         self._secret = secret
         self.routes = RoutingTable(cfg.shard_id, {**cfg.peers, cfg.shard_id: None})
         self.routes.load(cfg.routes)
-        self.local: SocketLink | None = None
+        self.local: Link | None = None
         self.local_pid = 0
-        self.peers: dict[int, SocketLink] = {}
+        self.peers: dict[int, Link] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
@@ -112,7 +107,7 @@ class Router:
         self.closed_link_stats: dict[str, dict[str, Any]] = {}
         self._drop_logged: set[str] = set()
         self._loop_thread: threading.Thread | None = None
-        self._data = DataLoop(cfg.busy_poll_us, cfg.busy_poll_cpu)
+        self._data = DataLoop(cfg.shard_id, cfg.busy_poll_us, cfg.busy_poll_cpu, self._on_event)
         self.local_rtt_us: float | None = None
         self._last_housekeeping = time.monotonic()
         # liveness: the local shard's heartbeat state, and what we know of down shards
@@ -394,7 +389,7 @@ class Router:
             flags=p.FLAG_WANT_REPLY,
             request_id=next(self._ping_ids),
         )
-        link.send([frame], [p.MSG_PING], [len(frame)])
+        link.send(frame)
 
     def _update_rates(self, now: float) -> None:
         with self._lock:
@@ -457,12 +452,11 @@ class Router:
                 self._dial_failed(dialed, e.reason)
             return
         sid = ident.shard_id
-        link = SocketLink(sock, KIND_PEER, f"shard {sid} ({addr})")
-        link.peer_id = sid
+        link = self._data.link(sock, KIND_PEER, f"shard {sid} ({addr})", sid)
         link.features = ident.features
         with self._lock:
             if self._stopping.is_set():
-                sock.close()
+                link.release()
                 return
             old = self.peers.get(sid)
             self.peers[sid] = link
@@ -478,14 +472,17 @@ class Router:
         }
         self.events.append({"t": time.time(), "event": "link_up", "shard": sid, "addr": addr})
         log.info("link to shard %d up (%s)", sid, addr)
-        self._notify_local(sid, p.LINK_UP, 0)
         down = self.local_down
         if down is not None:  # a new link must learn that our shard is gone too
             f = p.encode_frame(
                 p.LinkState(self.id, p.LINK_DOWN, down["code"]), src=self.id, dst=p.DST_ROUTER
             )
-            link.send([f], [p.MSG_LINK_STATE], [len(f)])
-        self._data.add(link, self._pump(link), self._link_down)
+            link.send(f)
+        # our shard hears LINK_UP once frames to shard sid are routed, and before any
+        # frame from it
+        local = self.local
+        up = (local, self._to_local_link_state(sid, p.LINK_UP, 0)) if local else None
+        self._data.add(link, self._link_down, notify=up)
 
     def _local_thread(self, sock: socket.socket) -> None:
         sock.settimeout(self.cfg.handshake_timeout)
@@ -512,9 +509,6 @@ class Router:
             self._send_error_and_close(sock, p.ERR_VM_MISMATCH, msg, f.request_id)
             return
         sock.settimeout(None)
-        link = SocketLink(sock, KIND_LOCAL, f"local shard {self.id} (pid {reg.pid})")
-        link.peer_id = self.id
-        link.features = reg.features
         ok = p.encode_frame(
             p.RegisterOk(self.id, len(self.routes.shard_ids), self.cfg.features),
             src=self.id,
@@ -523,43 +517,33 @@ class Router:
             request_id=f.request_id,
         )
         was_down = False
+        link: Link | None = None
         with self._lock:
-            if self.local is not None and not self.local.closed:
-                dup = True
-            else:
-                dup = False
-                parts = [ok]
-                for sid in self.peers:
-                    parts.append(
-                        p.encode_frame(p.LinkState(sid, p.LINK_UP, 0), src=self.id, dst=self.id)
-                    )
-
-                def publish() -> None:
-                    nonlocal was_down
-                    self.local = link
-                    self.local_pid = reg.pid
-                    was_down = self.local_down is not None
-                    self.local_down = None
-
-                # publish under the link's send lock: nothing can overtake REGISTER_OK
-                link.send(
-                    parts,
-                    [p.MSG_REGISTER_OK] + [p.MSG_LINK_STATE] * (len(parts) - 1),
-                    [len(x) for x in parts],
-                    before=publish,
+            dup = self.local is not None and not self.local.closed
+            if not dup:
+                link = self._data.link(
+                    sock, KIND_LOCAL, f"local shard {self.id} (pid {reg.pid})", self.id
                 )
-        if dup:
+                link.features = reg.features
+                # queued first; the data loop sends it once frames are routed to the
+                # link (`add` below), so the shard can be sent to as soon as it has it
+                link.send(ok, *(self._to_local_link_state(s, p.LINK_UP, 0) for s in self.peers))
+                self.local = link
+                self.local_pid = reg.pid
+                was_down = self.local_down is not None
+                self.local_down = None
+        if link is None:
             msg = f"shard {self.id} is already registered (pid {self.local_pid})"
             log.error("local shard (pid %d) refused: %s", reg.pid, msg)
             self._send_error_and_close(sock, p.ERR_DUPLICATE, msg, f.request_id)
             return
         if self.cfg.shard_heartbeat == "auto":
             self._shard_hb = False  # until this shard shows that it speaks PING/PONG
+        self._data.add(link, self._link_down)  # routed from now on; REGISTER_OK goes out
         self.events.append({"t": time.time(), "event": "local_up", "pid": reg.pid})
         log.info("local shard %d registered (pid %d)", self.id, reg.pid)
         if was_down:
             self._tell_peers(p.LINK_UP, 0)  # peers told their shards it was down
-        self._data.add(link, self._pump(link), self._link_down)
 
     def _send_error_and_close(self, sock: socket.socket, code: int, msg: str, rid: int) -> None:
         if rid:
@@ -573,11 +557,13 @@ class Router:
             sock.sendall(frame)
         sock.close()
 
+    def _to_local_link_state(self, shard: int, state: int, reason: int) -> bytes:
+        return p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
+
     def _notify_local(self, shard: int, state: int, reason: int) -> None:
         local = self.local
         if local is not None:
-            f = p.encode_frame(p.LinkState(shard, state, reason), src=self.id, dst=self.id)
-            local.send([f], [p.MSG_LINK_STATE], [len(f)])
+            local.send(self._to_local_link_state(shard, state, reason))
 
     def _link_down(self, link: Link, reason: str) -> None:
         """A link left the data loop (runs in the data loop's thread)."""
@@ -631,7 +617,7 @@ class Router:
                 self._notify_local(who, p.LINK_DOWN, link.down_code)
         elif link.kind == KIND_LOCAL and current and not stopping:
             self._local_lost(link, reason)
-        for (src, rid), (_t0, _t) in pend.items():
+        for src, rid, _t0, _t in pend:
             target = self.local if src == self.id else self.peers.get(src)
             if target is None:
                 continue
@@ -643,16 +629,15 @@ class Router:
                 code=p.ERR_LINK_DOWN,
                 message=f"link to shard {who} lost with the request pending: {reason}",
             )
-            target.send([err], [p.MSG_ERROR], [len(err)])
-        if isinstance(link, SocketLink):
-            link.release()
+            target.send(err)
+        link.release()
 
     def _tell_peers(self, state: int, code: int) -> int:
         """LINK_STATE about our own shard to every peer router. Returns how many."""
         f = p.encode_frame(p.LinkState(self.id, state, code), src=self.id, dst=p.DST_ROUTER)
         with self._lock:
             peers = list(self.peers.values())
-        return sum(link.send([f], [p.MSG_LINK_STATE], [len(f)]) for link in peers)
+        return sum(link.send(f) for link in peers)
 
     def _local_lost(self, link: Link, reason: str) -> None:
         code = link.down_code
@@ -700,211 +685,63 @@ class Router:
             log.info("shard %d is back (reported by its router)", sid)
         self._notify_local(sid, msg.state, msg.reason)
 
-    # --- the data path ---------------------------------------------------------------------
+    # --- the data path: what the C engine hands to Python (dataloop.py) ----------------------
 
-    def _pump(self, link: Link) -> Reader:
-        """Read frames from ``link`` and forward them until it closes; returns the reason.
-
-        A generator run by the data loop: it yields whenever the link has nothing more to
-        read for now (and after each read, so that one busy link cannot starve others)."""
-        buf = bytearray(_RBUF)
-        mv = memoryview(buf)
-        size = len(buf)
-        start = end = 0
-        unpack = p.HEADER.unpack_from
-        flo, fhi = _FAST_LO, _FAST_HI
-        st = link.stats
-        rx_msgs, rx_bytes = st.rx_msgs, st.rx_bytes
-        from_local = link.kind == KIND_LOCAL
-        peer_id = link.peer_id
-        own = self.id
-        magic_ok, version_ok = p.MAGIC, p.VERSION
-        want_reply, is_reply = p.FLAG_WANT_REPLY, p.FLAG_REPLY
-        bcast, to_router = p.DST_BROADCAST, p.DST_ROUTER
-        pending = link.pending
-        peers = self.peers
+    def _on_event(self, link: Link, ev: Event) -> None:
+        """An event from the data path about ``link``; runs in the data loop's thread."""
+        kind = ev[0]
         try:
-            while True:
-                try:
-                    n = link.recv_into(mv[end:])
-                except BlockingIOError:
-                    yield
-                    continue
-                except OSError as e:
-                    if link.closed:
-                        return link.close_reason
-                    return f"receive failed: {e.strerror or e}"
-                if n == 0:
-                    if link.closed:
-                        return link.close_reason
-                    if end > start:
-                        raise p.ProtocolError(
-                            f"truncated frame: connection closed with {end - start} bytes "
-                            "of an incomplete frame"
-                        )
-                    return "connection closed by peer"
-                end += n
-                link.last_rx = time.monotonic()
-                batches: dict[Link, _Batch] = {}  # only used when a read holds 2+ frames
-                err: str | None = None
-                peer_list: list[SocketLink] | None = None
-                while end - start >= 24:
-                    magic, ver, t, flags, src, dst, length, rid = unpack(buf, start)
-                    if (
-                        flags
-                        or magic != magic_ok
-                        or ver != version_ok
-                        or not flo[t] <= length <= fhi[t]
-                    ):
-                        err = p.header_error(magic, ver, t, flags, length, rid)
-                        if err:
-                            break
-                    fend = start + 24 + length
-                    if fend > end:
-                        break
-                    if src != peer_id:
-                        err = (
-                            f"{p.type_name(t)} frame with src {src} on the link of shard "
-                            f"{peer_id} (spoofed source)"
-                        )
-                        break
-                    frame = mv[start:fend]
-                    start = fend
-                    nbytes = 24 + length
-                    rx_msgs[t] += 1
-                    rx_bytes[t] += nbytes
-                    if flags & is_reply:
-                        pr = pending.pop((dst, rid), None)
-                        if pr is not None:
-                            st.latency.record(time.monotonic_ns() - pr[0])
-                    target: Link | None
-                    if from_local:
-                        if dst == to_router:
-                            if batches:  # what came before it goes first
-                                self._flush(link, batches)
-                                batches = {}
-                            self._router_frame(link, bytes(frame))
-                            continue
-                        if dst == bcast:
-                            if flags & want_reply:
-                                self._undeliverable(
-                                    link, batches, t, flags, src, dst, rid,
-                                    p.ERR_BAD_REQUEST, "a broadcast cannot want a reply",
-                                )  # fmt: skip
-                                continue
-                            if peer_list is None:
-                                peer_list = list(peers.values())
-                            for pl in peer_list:
-                                b = batches.get(pl)
-                                if b is None:
-                                    b = batches[pl] = _Batch()
-                                b.parts.append(frame)
-                                b.types.append(t)
-                                b.sizes.append(nbytes)
-                            continue
-                        target = peers.get(dst)
-                        if target is None:
-                            if dst == own:
-                                target = link
-                            else:
-                                self._no_route(link, batches, t, flags, src, dst, rid)
-                                continue
-                    else:
-                        if dst in (own, bcast):
-                            target = self.local
-                            if target is None:
-                                self._undeliverable(
-                                    link, batches, t, flags, src, own, rid, p.ERR_LINK_DOWN,
-                                    f"shard {own}'s QEMU is not connected to its router",
-                                )  # fmt: skip
-                                continue
-                            if dst == bcast and flags & want_reply:
-                                self._undeliverable(
-                                    link, batches, t, flags, src, own, rid,
-                                    p.ERR_BAD_REQUEST, "a broadcast cannot want a reply",
-                                )  # fmt: skip
-                                continue
-                        elif dst == to_router:
-                            # A LINK_STATE is handled (and told to our shard) at once: the
-                            # frames read before it must reach our shard first, e.g. the
-                            # QUIT its shard broadcast before it exited.
-                            if batches:
-                                self._flush(link, batches)
-                                batches = {}
-                            self._router_frame(link, bytes(frame))
-                            continue
-                        else:
-                            self._undeliverable(
-                                link, batches, t, flags, src, own, rid, p.ERR_NO_ROUTE,
-                                f"misrouted: shard {own}'s router got a frame for shard {dst}",
-                            )  # fmt: skip
-                            continue
-                    if start == end and not batches:
-                        # the read held just this frame (the latency case): send it now
-                        if not target.send1(
-                            frame, t, nbytes, (src, rid) if flags & want_reply else None
-                        ):
-                            b = _Batch()
-                            b.parts.append(frame)
-                            b.types.append(t)
-                            b.sizes.append(nbytes)
-                            if flags & want_reply:
-                                b.reqs.append((src, rid, t))
-                            batches[target] = b
-                        continue
-                    b = batches.get(target)
-                    if b is None:
-                        b = batches[target] = _Batch()
-                    b.parts.append(frame)
-                    b.types.append(t)
-                    b.sizes.append(nbytes)
-                    if flags & want_reply:
-                        b.reqs.append((src, rid, t))
-                if batches:
-                    self._flush(link, batches)
-                if err is not None:
-                    raise p.ProtocolError(err)
-                if start == end:
-                    start = end = 0
-                elif size - end < _MAX_FRAME:
-                    k = end - start
-                    buf[0:k] = buf[start:end]
-                    start, end = 0, k
-                yield
+            if kind == EV_ROUTER:
+                self._router_frame(link, ev[2])
+            elif kind == EV_UNDELIVERABLE:
+                self._undeliverable_frame(link, *ev[2:])
+            elif kind == EV_PROTOCOL:
+                raise p.ProtocolError(self._frame_problem(link, ev[2], ev[3], ev[4]))
         except p.ProtocolError as e:
             reason = f"protocol error: {e}"
             log.error("closing link to %s: %s", link.name, reason)
-            with contextlib.suppress(OSError):
-                link.send([p.encode_frame(p.Error(e.code, str(e)), src=own, dst=to_router)])
+            link.send(p.encode_frame(p.Error(e.code, str(e)), src=self.id, dst=p.DST_ROUTER))
             link.stats.drop("protocol error")
-            return reason
-        except Exception as e:
-            log.exception("internal error on link to %s", link.name)
-            return f"internal error: {e!r}"
-        finally:
-            mv.release()
+            link.close(reason)
 
-    def _flush(self, src_link: Link, batches: dict[Link, _Batch]) -> None:
-        for target, b in batches.items():
-            if target.send(b.parts, b.types, b.sizes, b.reqs):
-                continue
-            # the target closed between lookup and send
-            for req_src, rid, _t in b.reqs:
-                err = p.encode_error_reply(
-                    p.MSG_ERROR,
-                    src=target.peer_id,
-                    dst=req_src,
-                    request_id=rid,
-                    code=p.ERR_LINK_DOWN,
-                    message=f"link to shard {target.peer_id} is down ({target.close_reason})",
-                )
-                src_link.send([err], [p.MSG_ERROR], [len(err)])
-            src_link.stats.drop("target link closed")
+    @staticmethod
+    def _frame_problem(link: Link, kind: int, header: bytes, count: int) -> str:
+        """Name what is wrong with a frame that the data path refused."""
+        magic, ver, t, flags, src, _dst, length, rid = p.HEADER.unpack(header)
+        if kind == PE_HEADER:
+            err = p.header_error(magic, ver, t, flags, length, rid)
+            return err or f"header refused by the data path: {header.hex()}"
+        if kind == PE_SPOOFED:
+            return (
+                f"{p.type_name(t)} frame with src {src} on the link of shard "
+                f"{link.peer_id} (spoofed source)"
+            )
+        return f"truncated frame: connection closed with {count} bytes of an incomplete frame"
+
+    def _undeliverable_frame(
+        self, link: Link, why: int, t: int, flags: int, src: int, dst: int, rid: int
+    ) -> None:
+        own = self.id
+        if why == UD_NO_ROUTE:
+            self._no_route(link, t, flags, src, dst, rid)
+        elif why == UD_BCAST_REPLY:
+            self._undeliverable(
+                link, t, flags, src, own, rid, p.ERR_BAD_REQUEST, "a broadcast cannot want a reply"
+            )
+        elif why == UD_NO_LOCAL:
+            self._undeliverable(
+                link, t, flags, src, own, rid, p.ERR_LINK_DOWN,
+                f"shard {own}'s QEMU is not connected to its router",
+            )  # fmt: skip
+        elif why == UD_MISROUTED:
+            self._undeliverable(
+                link, t, flags, src, own, rid, p.ERR_NO_ROUTE,
+                f"misrouted: shard {own}'s router got a frame for shard {dst}",
+            )  # fmt: skip
 
     def _no_route(
         self,
         link: Link,
-        batches: dict[Link, _Batch],
         t: int,
         flags: int,
         src: int,
@@ -915,20 +752,19 @@ class Router:
             info = self.peer_info.get(dst, {})
             why = info.get("last_error") or "not connected yet"
             self._undeliverable(
-                link, batches, t, flags, src, dst, rid, p.ERR_LINK_DOWN,
+                link, t, flags, src, dst, rid, p.ERR_LINK_DOWN,
                 f"shard {dst} is unreachable: {why}",
             )  # fmt: skip
         else:
             known = ", ".join(str(s) for s in self.routes.shard_ids)
             self._undeliverable(
-                link, batches, t, flags, src, dst, rid, p.ERR_NO_ROUTE,
+                link, t, flags, src, dst, rid, p.ERR_NO_ROUTE,
                 f"no route to shard {dst}: this VM's shards are {known}",
             )  # fmt: skip
 
     def _undeliverable(
         self,
         link: Link,
-        batches: dict[Link, _Batch],
         t: int,
         flags: int,
         src: int,
@@ -952,12 +788,7 @@ class Router:
                 code=code,
                 message=message,
             )
-            b = batches.get(link)
-            if b is None:
-                b = batches[link] = _Batch()
-            b.parts.append(err)
-            b.types.append(p.MSG_ERROR)
-            b.sizes.append(len(err))
+            link.send(err)
         else:
             key = f"{link.name}: {message}"
             if key not in self._drop_logged and len(self._drop_logged) < 1000:
@@ -987,7 +818,7 @@ class Router:
             if local:
                 self.local_rtt_us = rtt_us
             else:
-                link.stats.latency.record(time.monotonic_ns() - msg.t_send)
+                link.record_latency(time.monotonic_ns() - msg.t_send)
                 self.peer_info.get(link.peer_id, {})["rtt_us"] = rtt_us
             return
         if f.type == p.MSG_PING and isinstance(msg, p.Ping):
@@ -999,7 +830,7 @@ class Router:
                     flags=p.FLAG_REPLY,
                     request_id=f.request_id,
                 )
-                link.send([out], [p.MSG_PONG], [len(out)])
+                link.send(out)
             return
         if f.is_error and isinstance(msg, p.Error):
             log.warning("%s reports error %d: %s", link.name, msg.code, msg.message)
@@ -1018,7 +849,7 @@ class Router:
                 code=code,
                 message=text,
             )
-            link.send([out], [p.MSG_ERROR], [len(out)])
+            link.send(out)
         else:
             link.stats.drop("unsupported router message")
 
@@ -1065,7 +896,7 @@ class Router:
         out: dict[str, Any] = {}
         for link in links:
             snap = link.stats.snapshot()
-            snap["pending_requests"] = len(link.pending)
+            snap["pending_requests"] = link.pending_count()
             snap["backlog_bytes"] = link.backlog_bytes
             key = "local" if link.kind == KIND_LOCAL else f"shard:{link.peer_id}"
             out[key] = snap
@@ -1088,7 +919,7 @@ class Router:
             link = peers.get(sid)
             info["state"] = "up" if link is not None else info.get("state", "down")
             if link is not None:
-                info["pending_requests"] = len(link.pending)
+                info["pending_requests"] = link.pending_count()
             addr = self.routes.peers().get(sid)
             info["configured_addr"] = str(addr) if addr else None
             peer_out[str(sid)] = info

@@ -1,28 +1,24 @@
 """Per-link, per-message-type counters and a request-latency histogram.
 
-Cheap enough to leave on: the hot path does list increments indexed by the type byte.
-Receive counters are written only by the link's reader thread; send counters only under
-the link's send lock, so counts are exact.
+The counters live in the C data path (`cluster/router/_fastpath.c`), which updates them
+for every frame it reads or queues (exact: one writer, under the engine's lock); this
+module turns a copy of them into the control API's figures. Latencies go into a
+log-linear histogram of nanoseconds with 8 sub-buckets per power of two
+(`_fastpath.bucket` gives a value's bucket; `_bucket_low` is a bucket's lower bound).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from cluster.router._fastpath import NBUCKETS
 from cluster.router.protocol import type_name
 
 _SUB_BITS = 3
 _SUB = 1 << _SUB_BITS
-_NBUCKETS = 42 * _SUB
-
-
-def _bucket(v: int) -> int:
-    if v < _SUB:
-        return v
-    e = v.bit_length()
-    idx = (e - _SUB_BITS) * _SUB + ((v >> (e - _SUB_BITS - 1)) & (_SUB - 1))
-    return idx if idx < _NBUCKETS else _NBUCKETS - 1
+_NBUCKETS = NBUCKETS
 
 
 def _bucket_low(idx: int) -> int:
@@ -33,24 +29,17 @@ def _bucket_low(idx: int) -> int:
 
 
 class LatencyHistogram:
-    """Log-linear histogram of nanosecond values (8 sub-buckets per power of two)."""
+    """A read-only view of histogram buckets (nanosecond values)."""
 
     __slots__ = ("buckets", "count", "max_ns", "sum_ns")
 
-    def __init__(self) -> None:
-        self.buckets = [0] * _NBUCKETS
-        self.count = 0
-        self.sum_ns = 0
-        self.max_ns = 0
-
-    def record(self, ns: int) -> None:
-        if ns < 0:
-            ns = 0
-        self.buckets[_bucket(ns)] += 1
-        self.count += 1
-        self.sum_ns += ns
-        if ns > self.max_ns:
-            self.max_ns = ns
+    def __init__(
+        self, buckets: Sequence[int] = (), count: int = 0, sum_ns: int = 0, max_ns: int = 0
+    ) -> None:
+        self.buckets = list(buckets) or [0] * _NBUCKETS
+        self.count = count
+        self.sum_ns = sum_ns
+        self.max_ns = max_ns
 
     def percentile(self, q: float) -> float:
         """Approximate q-th percentile (0..100) in ns; 0 when empty."""
@@ -76,28 +65,35 @@ class LatencyHistogram:
         }
 
 
-class LinkStats:
-    __slots__ = (
-        "_last",
-        "created",
-        "drop_reasons",
-        "dropped",
-        "latency",
-        "rates",
-        "rx_bytes",
-        "rx_msgs",
-        "tx_bytes",
-        "tx_msgs",
-    )
+class Counters:
+    """One copy of a link's counters, as laid out by ``_fastpath.Engine.counters``."""
 
-    def __init__(self) -> None:
-        self.rx_msgs = [0] * 256
-        self.rx_bytes = [0] * 256
-        self.tx_msgs = [0] * 256
-        self.tx_bytes = [0] * 256
+    __slots__ = ("latency", "rx_bytes", "rx_msgs", "tx_bytes", "tx_msgs")
+
+    def __init__(self, raw: bytes | None = None) -> None:
+        if raw is None:
+            raw = bytes(8 * (4 * 256 + _NBUCKETS + 3))
+        v = memoryview(raw).cast("Q")
+        self.rx_msgs = v[0:256].tolist()
+        self.rx_bytes = v[256:512].tolist()
+        self.tx_msgs = v[512:768].tolist()
+        self.tx_bytes = v[768:1024].tolist()
+        h = 1024 + _NBUCKETS
+        self.latency = LatencyHistogram(v[1024:h].tolist(), v[h], v[h + 1], v[h + 2])
+
+    def totals(self) -> tuple[int, int, int, int]:
+        return (sum(self.rx_msgs), sum(self.rx_bytes), sum(self.tx_msgs), sum(self.tx_bytes))
+
+
+class LinkStats:
+    """A link's figures: counters read from the data path, drops counted by the router."""
+
+    __slots__ = ("_last", "_read", "created", "drop_reasons", "dropped", "rates")
+
+    def __init__(self, read: Callable[[], Counters] = Counters) -> None:
+        self._read = read
         self.dropped = 0
         self.drop_reasons: dict[str, int] = {}
-        self.latency = LatencyHistogram()
         self.created = time.monotonic()
         self.rates: dict[str, float] = {
             "rx_msgs_per_s": 0.0,
@@ -107,18 +103,18 @@ class LinkStats:
         }
         self._last: tuple[float, int, int, int, int] = (self.created, 0, 0, 0, 0)
 
+    def counters(self) -> Counters:
+        return self._read()
+
     def drop(self, reason: str) -> None:
         self.dropped += 1
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + 1
-
-    def totals(self) -> tuple[int, int, int, int]:
-        return (sum(self.rx_msgs), sum(self.rx_bytes), sum(self.tx_msgs), sum(self.tx_bytes))
 
     def update_rates(self, now: float | None = None) -> None:
         """Called about once a second by the router's housekeeping loop."""
         now = time.monotonic() if now is None else now
         t0, a0, b0, c0, d0 = self._last
-        a, b, c, d = self.totals()
+        a, b, c, d = self._read().totals()
         dt = now - t0
         if dt <= 0:
             return
@@ -131,16 +127,17 @@ class LinkStats:
         self._last = (now, a, b, c, d)
 
     def snapshot(self) -> dict[str, Any]:
+        c = self._read()
         per_type: dict[str, dict[str, int]] = {}
         for t in range(256):
-            if self.rx_msgs[t] or self.tx_msgs[t]:
+            if c.rx_msgs[t] or c.tx_msgs[t]:
                 per_type[type_name(t)] = {
-                    "rx_msgs": self.rx_msgs[t],
-                    "rx_bytes": self.rx_bytes[t],
-                    "tx_msgs": self.tx_msgs[t],
-                    "tx_bytes": self.tx_bytes[t],
+                    "rx_msgs": c.rx_msgs[t],
+                    "rx_bytes": c.rx_bytes[t],
+                    "tx_msgs": c.tx_msgs[t],
+                    "tx_bytes": c.tx_bytes[t],
                 }
-        rx_m, rx_b, tx_m, tx_b = self.totals()
+        rx_m, rx_b, tx_m, tx_b = c.totals()
         return {
             "rx_msgs": rx_m,
             "rx_bytes": rx_b,
@@ -149,7 +146,7 @@ class LinkStats:
             "dropped": self.dropped,
             "drop_reasons": dict(self.drop_reasons),
             "rates": dict(self.rates),
-            "request_latency": self.latency.summary(),
+            "request_latency": c.latency.summary(),
             "per_type": per_type,
             "age_s": round(time.monotonic() - self.created, 3),
         }

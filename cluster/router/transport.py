@@ -1,31 +1,28 @@
 """Links: a byte stream to the local QEMU shard (UNIX socket) or a peer router (TCP).
 
-`Link` holds what the router needs from any transport: a send path that never blocks the
-caller (it tries a non-blocking send and otherwise queues the rest, which the router's data
-loop flushes when the transport is writable, so two routers can't deadlock on full buffers
-and no frame waits for a thread hand-off), the table of requests pending on this link,
-counters, and an idempotent close. `SocketLink` implements it over a non-blocking stream
-socket. An RDMA link would subclass `Link` and implement `fileno` (something epoll can
-wait on), `recv_into`, `_try_send` and `_abort`; nothing else in the router knows the
-transport.
+Once set up (HELLO/AUTH or REGISTER, in Python with blocking I/O), a link's socket is
+served by the C data path (`cluster/router/_fastpath.c`, driven by `dataloop.DataLoop`):
+it reads, routes and sends every frame, keeps the link's send queue, its counters and the
+table of requests pending on it. `Link` is the router's handle on that: a send path that
+never blocks the caller (a non-blocking send; the rest is queued in C and sent when the
+socket is writable, so two routers can't deadlock on full buffers), an idempotent close,
+and read access to the counters, the pending requests and the time of the last read.
+The data path serves stream sockets only; another transport (RDMA) would need its own
+read and send functions in `_fastpath.c`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cluster.router import protocol as p
-from cluster.router.stats import LinkStats
-
-log = logging.getLogger("dqemu.router")
+from cluster.router._fastpath import Engine
+from cluster.router.stats import Counters, LinkStats
 
 Buffer = bytes | bytearray | memoryview
 
@@ -38,197 +35,119 @@ class LinkClosed(Exception):
 
 
 class Link:
-    """Transport-independent part of a link."""
+    """A socket handed to the C data path (``engine``); ``peer_id`` is the shard at the far
+    end (our own id for the local link), which every frame it sends must carry as src."""
 
-    def __init__(self, kind: str, name: str) -> None:
+    def __init__(
+        self, engine: Engine, sock: socket.socket, kind: str, name: str, peer_id: int
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
         self.kind = kind
-        self.name = name  # e.g. "peer shard 2 (127.0.0.1:7002)"
-        self.peer_id: int = -1  # shard id at the far end, once known
+        self.name = name  # e.g. "shard 2 (127.0.0.1:7002)"
+        self.peer_id = peer_id
         self.features = 0
-        self.stats = LinkStats()
+        self._engine = engine
+        self.handle: int = engine.add(sock.fileno(), kind == KIND_LOCAL, peer_id)
         self.lock = threading.Lock()
-        self._backlog: list[Buffer] = []
-        self._backlog_bytes = 0
         self.closed = False
         self.close_reason = ""
         self.down_code = p.ERR_LINK_DOWN  # the LINK_STATE reason its loss is reported with
-        # (requester shard, request_id) -> (start ns, request type)
-        self.pending: dict[tuple[int, int], tuple[int, int]] = {}
-        self.last_rx = time.monotonic()
         self.last_ping = time.monotonic()
         self.up_since = time.time()
-        # set by the data loop: called with True when bytes are queued, False when drained
-        self.want_write: Callable[[bool], None] | None = None
-
-    # --- transport-specific ------------------------------------------------------------------
+        self.stats = LinkStats(self._counters)
+        self._released = False
+        self._final = Counters()
+        self._final_rx = time.monotonic()
 
     def fileno(self) -> int:
-        raise NotImplementedError
+        return self.sock.fileno()
 
-    def recv_into(self, buf: memoryview) -> int:
-        """Non-blocking read: bytes read, 0 at end of stream; BlockingIOError if none."""
-        raise NotImplementedError
-
-    def _try_send(self, data: Buffer) -> int:
-        """Send without blocking; return bytes sent. May raise BlockingIOError (= 0)."""
-        raise NotImplementedError
-
-    def _abort(self) -> None:
-        """Stop the transport so that the data loop sees end of stream (idempotent)."""
-        raise NotImplementedError
-
-    # --- common --------------------------------------------------------------------------------
-
-    def send(
-        self,
-        parts: Sequence[Buffer],
-        types: Sequence[int] = (),
-        sizes: Sequence[int] = (),
-        requests: Sequence[tuple[int, int, int]] = (),
-        before: Callable[[], None] | None = None,
-    ) -> bool:
-        """Queue whole frames for sending. Returns False if the link is closed.
-
-        ``types``/``sizes`` feed the per-type send counters; ``requests`` (requester,
-        request_id, type) are recorded as pending on this link under the same lock, so a
-        concurrent close fails them exactly once. ``before`` runs under the send lock
-        first (used to publish a new link so that nothing overtakes its first frames).
-        """
-        with self.lock:
-            if self.closed:
-                return False
-            if before is not None:
-                before()
-            if requests:
-                now = time.monotonic_ns()
-                for src, rid, t in requests:
-                    self.pending[(src, rid)] = (now, t)
-            st = self.stats
-            for t, n in zip(types, sizes, strict=False):
-                st.tx_msgs[t] += 1
-                st.tx_bytes[t] += n
-            data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
-            return self._write_locked(data, len(data))
-
-    def send1(self, data: Buffer, t: int, nbytes: int, req: tuple[int, int] | None) -> bool:
-        """`send` for one frame: the hot path when a read held a single frame."""
-        with self.lock:
-            if self.closed:
-                return False
-            if req is not None:
-                self.pending[req] = (time.monotonic_ns(), t)
-            st = self.stats
-            st.tx_msgs[t] += 1
-            st.tx_bytes[t] += nbytes
-            return self._write_locked(data, nbytes)
-
-    def _write_locked(self, data: Buffer, nbytes: int) -> bool:
-        """Send now if nothing is queued, else (or for what the transport did not take)
-        queue for `flush`, so frames never overtake each other. Holds ``self.lock``."""
-        if self._backlog:
-            self._backlog.append(bytes(data))
-            self._backlog_bytes += nbytes
-            return True
-        n = self._send_some(data)
-        if n is None:
-            return True
-        if n < nbytes:
-            self._backlog.append(bytes(memoryview(data)[n:]))
-            self._backlog_bytes += nbytes - n
-            if self.want_write is not None:
-                self.want_write(True)
-        return True
-
-    def _send_some(self, data: Buffer) -> int | None:
-        """Bytes the transport took now (0 if it would block), or None if the send failed
-        and closed the link. Holds ``self.lock``."""
-        try:
-            return self._try_send(data)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            self._close_locked(f"send failed: {e.strerror or e}")
-            return None
-
-    def flush(self) -> None:
-        """Send queued bytes (the data loop calls this when the transport is writable)."""
-        with self.lock:
-            if self.closed or not self._backlog:
-                return
-            data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
-            nbytes = len(data)
-            n = self._send_some(data)
-            if n is None:
-                return
-            if n == nbytes:
-                self._backlog.clear()
-                self._backlog_bytes = 0
-                if self.want_write is not None:
-                    self.want_write(False)
-            else:
-                self._backlog[:] = [memoryview(data)[n:]]
-                self._backlog_bytes = nbytes - n
-
-    @property
-    def backlog_bytes(self) -> int:
-        return self._backlog_bytes
+    def send(self, *frames: Buffer) -> bool:
+        """Queue whole frames and send what the socket takes now (before the data loop
+        serves the link: once it does). False if closed."""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        return bool(self._engine.send(self.handle, data))
 
     def close(self, reason: str, code: int | None = None) -> bool:
         """Close the link (idempotent). Returns True for the call that closed it, which
-        also sets ``down_code`` (the LINK_STATE reason) if ``code`` is given."""
+        also sets ``down_code`` (the LINK_STATE reason) if ``code`` is given. The data
+        loop then reports it down (``on_down``) from its thread."""
         with self.lock:
             if self.closed:
                 return False
+            self.closed = True
+            self.close_reason = reason
             if code is not None:
                 self.down_code = code
-            return self._close_locked(reason)
-
-    def _close_locked(self, reason: str) -> bool:
-        if self.closed:
-            return False
-        self.closed = True
-        self.close_reason = reason
-        with contextlib.suppress(OSError):
-            self._abort()
-        return True
-
-    def take_pending(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """After close: the requests that will never get a reply over this link."""
-        with self.lock:
-            assert self.closed
-            pend, self.pending = self.pending, {}
-            return pend
-
-
-class SocketLink(Link):
-    def __init__(self, sock: socket.socket, kind: str, name: str) -> None:
-        super().__init__(kind, name)
-        sock.setblocking(False)
-        self.sock = sock
-        self._fd = sock.fileno()
-        self._fd_closed = False
-        # the hot path calls the socket's own methods, without a Python frame in between
-        self.recv_into = sock.recv_into  # type: ignore[method-assign, assignment]
-        self._try_send = sock.send  # type: ignore[method-assign, assignment]
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def recv_into(self, buf: memoryview) -> int:
-        return self.sock.recv_into(buf)
-
-    def _try_send(self, data: Buffer) -> int:
-        return self.sock.send(data)
-
-    def _abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            if not self._released:
+                self._engine.close(self.handle, reason)
+            return True
 
     def release(self) -> None:
-        """Close the fd; only after the reader thread has stopped using it."""
-        if not self._fd_closed:
-            self._fd_closed = True
+        """Forget the link in the data path and close the socket (after it is down)."""
+        with self.lock:
+            if self._released:
+                return
+            self._final = self._counters_locked()
+            self._final_rx = self._info_locked()[2]
+            self._released = True
+            self._engine.release(self.handle)
             self.sock.close()
+
+    # --- figures kept by the data path ---------------------------------------------------------
+
+    def _counters(self) -> Counters:
+        with self.lock:
+            return self._counters_locked()
+
+    def _counters_locked(self) -> Counters:
+        if self._released:
+            return self._final
+        return Counters(self._engine.counters(self.handle))
+
+    def _info_locked(self) -> tuple[int, int, float]:
+        if self._released:
+            return 0, 0, self._final_rx
+        pend, backlog, rx_ns = self._engine.info(self.handle)
+        return pend, backlog, rx_ns / 1e9
+
+    def pending_count(self) -> int:
+        """Requests forwarded on this link whose reply has not come back yet."""
+        with self.lock:
+            return self._info_locked()[0]
+
+    @property
+    def backlog_bytes(self) -> int:
+        with self.lock:
+            return self._info_locked()[1]
+
+    @property
+    def last_rx(self) -> float:
+        """`time.monotonic()` of the last read that returned data."""
+        with self.lock:
+            return self._info_locked()[2]
+
+    @last_rx.setter
+    def last_rx(self, t: float) -> None:
+        with self.lock:
+            if not self._released:
+                self._engine.set_last_rx(self.handle, int(t * 1e9))
+
+    def record_latency(self, ns: int) -> None:
+        with self.lock:
+            if not self._released:
+                self._engine.record(self.handle, ns)
+
+    def take_pending(self) -> list[tuple[int, int, int, int]]:
+        """After close: the requests that will never get a reply over this link, as
+        (requester shard, request_id, start ns, type)."""
+        with self.lock:
+            assert self.closed
+            if self._released:
+                return []
+            pend: list[tuple[int, int, int, int]] = self._engine.take_pending(self.handle)
+            return pend
 
 
 # --- blocking frame I/O for handshakes and simple clients --------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,32 @@ def test_shard_down_survives_a_link_flap(tmp_path: Path) -> None:
         flap = [(2, p.LINK_DOWN, p.ERR_LINK_DOWN), (2, p.LINK_UP, 0), exited]
         wait_for(lambda: seen[-3:] == flap, what=f"link down, up, shard 2 down again: {seen}")
         assert [d["cause"] for d in r1.health()["down"] if d["shard"] == 2] == ["shard exited"]
+
+
+def test_frames_right_after_register_are_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a shard has REGISTER_OK, frames to it are routed: none is dropped as sent to
+    a shard that is not connected (the data path routes to a link before it sends what
+    was queued on it). The hand-over to the data loop is slowed down to make it show."""
+    with InProcessMesh([1, 2], tmp_path) as m:
+        m.wait_links()
+        c1 = m.client(1)
+        r2 = m.routers[2]
+        add = r2._data.add
+
+        def slow_add(*args: Any, **kw: Any) -> None:
+            time.sleep(0.05)
+            add(*args, **kw)
+
+        monkeypatch.setattr(r2._data, "add", slow_add)
+        burst = b"".join(p.encode_frame(p.Gsi(i, 1), src=1, dst=2) for i in range(200))
+        for _ in range(3):
+            c2 = m.client(2, threaded=False)
+            c1.send_raw(burst)
+            for i in range(200):
+                f = c2.recv(5.0)
+                assert f is not None and isinstance(f.msg, p.Gsi) and f.msg.gsi == i
+            c2.close()
+            wait_for(lambda: r2.local is None, what="router 2 saw its shard go")
+        assert r2.stats()["links"]["shard:1"]["dropped"] == 0

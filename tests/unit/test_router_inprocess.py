@@ -122,7 +122,7 @@ def test_local_shard_loss_fails_remote_requests(mesh3: InProcessMesh) -> None:
     threads = [threading.Thread(target=ask) for _ in range(5)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(mesh3.routers[2].local.pending) == 5, what="5 pending")  # type: ignore[union-attr]
+    wait_for(lambda: mesh3.routers[2].local.pending_count() == 5, what="5 pending")  # type: ignore[union-attr]
     t0 = time.monotonic()
     c2.close()  # "QEMU" on shard 2 dies with 5 requests pending
     for t in threads:
