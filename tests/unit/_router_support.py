@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cluster.router import protocol as p
 from cluster.router.auth import write_secret_file
 from cluster.router.client import ShardClient
 from cluster.router.config import config_from_data
 from cluster.router.control import ControlError, control_call
 from cluster.router.router import Router
+from cluster.router.transport import read_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -52,6 +54,22 @@ def router_config(
         "peers": {str(j): f"127.0.0.1:{ports[j] or 9}" for j in ids if j != shard},
         **extra,
     }
+
+
+def register_raw(path: Path, shard: int) -> socket.socket:
+    """A raw UNIX-socket connection registered as ``shard``'s QEMU (for frame-level tests)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5.0)
+    s.connect(str(path))
+    s.sendall(
+        p.encode_frame(
+            p.Register(shard, 1, 0), src=shard, dst=p.DST_ROUTER,
+            flags=p.FLAG_WANT_REPLY, request_id=1,
+        )
+    )  # fmt: skip
+    f = read_frame(s)
+    assert f.type == p.MSG_REGISTER_OK
+    return s
 
 
 class InProcessMesh:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.router import protocol as p
-from cluster.router.transport import read_frame
-from tests.unit._router_support import InProcessMesh, wait_for
+from tests.unit._router_support import InProcessMesh, register_raw, wait_for
 
 VALID = [
     p.encode_frame(p.Gsi(3, 1), src=1, dst=2),
@@ -49,21 +48,6 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
     else:  # pure garbage
         b = bytearray(rng.randbytes(rng.randint(1, 120)))
     return bytes(b)
-
-
-def register_raw(path: Path, shard: int) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5.0)
-    s.connect(str(path))
-    s.sendall(
-        p.encode_frame(
-            p.Register(shard, 1, 0), src=shard, dst=p.DST_ROUTER,
-            flags=p.FLAG_WANT_REPLY, request_id=1,
-        )
-    )  # fmt: skip
-    f = read_frame(s)
-    assert f.type == p.MSG_REGISTER_OK
-    return s
 
 
 def send_and_drain(s: socket.socket, data: bytes) -> None:

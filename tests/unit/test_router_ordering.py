@@ -17,8 +17,7 @@ from cluster.router.auth import handshake
 from cluster.router.config import config_from_data
 from cluster.router.router import Router
 from cluster.router.transport import read_frame
-from tests.unit._router_support import SECRET, router_config, wait_for
-from tests.unit.test_router_fuzz import register_raw
+from tests.unit._router_support import SECRET, register_raw, router_config, wait_for
 
 
 def test_link_state_does_not_overtake_earlier_frames(tmp_path: Path) -> None:
