@@ -1208,17 +1208,31 @@ static PyObject *Engine_info(Engine *e, PyObject *arg)
                          last_rx);
 }
 
-static PyObject *Engine_set_last_rx(Engine *e, PyObject *args)
+/*
+ * Parse (handle, ns) and look the link up.  Returns 0 with e->mu held (the
+ * caller unlocks) and *l NULL for an unknown or released handle, or -1
+ * with a Python exception set.
+ */
+static int lock_link_ns(Engine *e, PyObject *args, Link **l, long long *ns)
 {
     unsigned long h;
+
+    if (!PyArg_ParseTuple(args, "kL", &h, ns)) {
+        return -1;
+    }
+    lock(e);
+    *l = lookup(e, h, NULL);
+    return 0;
+}
+
+static PyObject *Engine_set_last_rx(Engine *e, PyObject *args)
+{
     long long ns;
     Link *l;
 
-    if (!PyArg_ParseTuple(args, "kL", &h, &ns)) {
+    if (lock_link_ns(e, args, &l, &ns) < 0) {
         return NULL;
     }
-    lock(e);
-    l = lookup(e, h, NULL);
     if (l) {
         l->last_rx = ns;
     }
@@ -1256,15 +1270,12 @@ static PyObject *Engine_counters(Engine *e, PyObject *arg)
 
 static PyObject *Engine_record(Engine *e, PyObject *args)
 {
-    unsigned long h;
     long long ns;
     Link *l;
 
-    if (!PyArg_ParseTuple(args, "kL", &h, &ns)) {
+    if (lock_link_ns(e, args, &l, &ns) < 0) {
         return NULL;
     }
-    lock(e);
-    l = lookup(e, h, NULL);
     if (l) {
         record(&l->c, ns);
     }
