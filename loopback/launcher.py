@@ -411,6 +411,9 @@ class LoopbackVM:
             return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
         bad = [f"{c.name} exited with status {c.poll()}" for c in shards
                if c.poll() not in (None, 0)]  # fmt: skip
+        # A router stays up until the teardown stops it: one already gone failed.
+        bad += [f"{c.name} {_how(c.poll())}" for c in self.sup.children
+                if c.name.startswith("router") and c.poll() is not None]  # fmt: skip
         if bad:
             return VMResult(EXIT_SHARD_FAILED, f"{first.name} ended the VM, but "
                             + "; ".join(bad), self._lines())  # fmt: skip
@@ -425,13 +428,20 @@ class LoopbackVM:
         """A shard or router died or failed: it is the VM's end, exit 4."""
         code = dead.poll()
         assert code is not None
-        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        how = _how(code)
         tail = dead.log_tail(2) if code >= 0 else ""  # a killed process said nothing about it
         others = ", ".join(c.name for c in self.sup.children if c is not dead)
         msg = f"{dead.name} {how}" + (f" ({tail})" if tail else "")
         if others:
             msg += f"; stopping {others}"
         return VMResult(EXIT_SHARD_FAILED, msg, self._lines())
+
+
+def _how(code: int | None) -> str:
+    """How a child ended, from its ``poll()``."""
+    if code is not None and code < 0:
+        return f"killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _is_stopped(pid: int) -> bool:
