@@ -15,6 +15,14 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
 (raw = the Python one-hop p50). Needs root for namespaces; ``--no-netns`` runs everything
 on 127.0.0.1 instead. Every process and namespace is cleaned up on every exit path.
+
+CPUs: by default every process of the bench runs on CPU 0 (``--cpus``). On a VM whose
+idle vCPUs halt, a wake-up that crosses CPUs costs tens of microseconds (the halted vCPU
+must be woken), and the scheduler's placement decides how many of a round trip's hand-offs
+cross CPUs: unpinned, the same raw one-hop ping-pong measured 6 us in one run and 60 us in
+the next, and the ratio swung between 0.3 and 9.6. On one CPU every hand-off is a plain
+context switch, on both paths alike, so the figures compare the software paths.
+``--cpus all`` measures unpinned.
 """
 
 from __future__ import annotations
@@ -45,6 +53,24 @@ from loopback.netns import Topology, available  # noqa: E402
 HDR = p.HEADER
 REQ_TYPE, REP_TYPE = p.MSG_PIO_REQ, p.MSG_PIO_REPLY
 FRAME_SIZE = p.HEADER_SIZE + 16  # PIO_REQ / PIO_REPLY
+
+
+def parse_cpus(text: str) -> set[int]:
+    """``0``, ``0,1`` or ``0-1`` -> a CPU set; a clear error for anything else."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise SystemExit(
+            f"router_latency: --cpus {text!r}: expected e.g. 0, 0,1, 0-1 or all"
+        ) from None
+    online = os.sched_getaffinity(0)
+    if not cpus or not cpus <= online:
+        raise SystemExit(f"router_latency: --cpus {text!r}: this process may use CPUs "
+                         f"{sorted(online)}")  # fmt: skip
+    return cpus
 
 
 def pct(values: list[float], q: float) -> float:
@@ -370,7 +396,9 @@ class Bench:
             where = f"A={self.topo.hosts[0]} B={self.topo.hosts[1]}"
         else:
             where = "127.0.0.1 (no namespaces)"
-        print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips")
+        cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+        print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips; "
+              f"CPUs {cpus}")  # fmt: skip
         dirs = self.start_routers()
         router_lat, raw_lat, api_lat = self.latency(dirs)
         lean = {"p50_us": pct(router_lat, 50), "p99_us": pct(router_lat, 99)}
@@ -423,6 +451,10 @@ def main() -> int:
         "--pin-routers", type=lambda v: v.split("/"), metavar="CPUS_A/CPUS_B",
         help="diagnostic: run router A and B under taskset -c (e.g. 0/1)",
     )  # fmt: skip
+    ap.add_argument(
+        "--cpus", default="0", metavar="LIST|all",
+        help="CPUs every process of the bench runs on (default 0; see above), or all",
+    )  # fmt: skip
     ap.add_argument("--echo", nargs=2, metavar=("SOCK", "SHARD"), help=argparse.SUPPRESS)
     ap.add_argument("--sink", nargs=3, metavar=("SOCK", "SHARD", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--raw-server", nargs=2, metavar=("IP", "PORT"), help=argparse.SUPPRESS)
@@ -445,6 +477,8 @@ def main() -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.cpus != "all":
+        os.sched_setaffinity(0, parse_cpus(args.cpus))  # the children inherit it
     bench = Bench(args)
     try:
         return bench.main()
