@@ -409,7 +409,7 @@ class LoopbackVM:
         self.console.join(timeout=2)
         if self.console.panic:
             return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
-        bad = [f"{c.name} exited with status {c.poll()}" for c in shards
+        bad = [f"{c.name} {_how(c.poll())}" for c in shards
                if c.poll() not in (None, 0)]  # fmt: skip
         # A router stays up until the teardown stops it: one already gone failed.
         bad += [f"{c.name} {_how(c.poll())}" for c in self.sup.children
