@@ -17,6 +17,7 @@ SUBCOMMANDS: list[str] = [
     "cluster.qemu_build",
     "cluster.guest_images",
     "loopback.command",
+    "loopback.stale",
     "cluster.router.command",
 ]
 

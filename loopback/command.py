@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import DqemuError
+from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
 from cluster.spec import (
     DEVICE_KINDS,
@@ -61,6 +61,8 @@ def _device_arg(kind: str, value: str) -> dict[str, Any]:
 def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
     if ns.kernel is None:
         raise DqemuError("give either --spec FILE or --kernel FILE (see dqemu loopback --help)")
+    if ns.shards is not None and ns.shards < 1:
+        raise DqemuError(f"--shards: {ns.shards} is not a number of shards (1 or more)")
     shards = ns.shards or 1
     if ns.placement:
         groups = ns.placement.split(";")
@@ -131,10 +133,12 @@ def _run(ns: argparse.Namespace) -> int:
                 indent=1,
             )
         )
-    if result.exit_code == 0:
+    if result.exit_code == 0 or result.by_guest:
         print(f"dqemu: {result.reason}", file=sys.stderr)
     else:
         print(f"dqemu: error: {result.reason} (exit {result.exit_code})", file=sys.stderr)
+    if result.signal is not None:
+        end_by_signal(result.signal)
     return result.exit_code
 
 
@@ -144,6 +148,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run a VM with every shard on this machine",
         description="Run a VM with every shard on this machine, show its serial console "
         "and exit with the guest.",
+        epilog="Exit status: 0 the guest powered off; odd: the guest's own isa-debug-exit "
+        "status ((value << 1) | 1); dqemu's own are even: 2 bad input, 4 a shard or router "
+        "failed, 6 guest panic, 124 timeout, 130 interrupted (SIGTERM/SIGHUP: dqemu ends by "
+        "that signal). See docs/spec.md.",
     )
     p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
     p.add_argument("--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR")

@@ -29,6 +29,7 @@ class ConsoleReader(threading.Thread):
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self.received = 0  # bytes the guest printed
 
     def connect(self, timeout: float) -> bool:
         """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
@@ -55,6 +56,7 @@ class ConsoleReader(threading.Thread):
                 data = sock.recv(65536)
                 if not data:
                     break
+                self.received += len(data)
                 if self.sink is not None:
                     self.sink.write(data)
                     self.sink.flush()
@@ -76,6 +78,10 @@ class ConsoleReader(threading.Thread):
                 if PANIC_MARKER in raw and self.panic is None:
                     self.panic = line[line.find("Kernel panic") :]
                     self.panic_seen.set()
+
+    def silent(self) -> bool:
+        """The guest has printed nothing at all yet."""
+        return self.received == 0
 
     def lines(self) -> list[str]:
         with self._lock:

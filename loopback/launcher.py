@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,21 +33,32 @@ from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
 from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
 from loopback.console import ConsoleReader
+from loopback.exit_policy import (
+    EXIT_INTERRUPTED,
+    EXIT_PANIC,
+    EXIT_SHARD_FAILED,
+    EXIT_TIMEOUT,
+    SHARD_EXIT_PEER_LOST,
+    Ending,
+    decide,
+)
 from loopback.netns import NetnsError, Topology
+from loopback.preflight import check_memory, kernel_kind
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
-from loopback.qmp import ShardMonitor
+from loopback.qmp import ShardMonitor, ShutdownWatch
+from loopback.stale import RUNDIR_PREFIX, reap_stale
 
-EXIT_PANIC = 3
-EXIT_SHARD_FAILED = 4
-EXIT_TIMEOUT = 124
-# A shard QEMU exits with this status when it stopped the VM because another shard, or its
-# router, was lost (hw/dqemu/liveness.c); its log names the lost shard and the cause.
-SHARD_EXIT_PEER_LOST = 4
+__all__ = ["EXIT_PANIC", "EXIT_SHARD_FAILED", "EXIT_TIMEOUT", "LoopbackVM", "VMResult"]
+
 ROUTER_PORT = 7100
 START_TIMEOUT = 30.0
-# After one shard ends the VM normally (guest poweroff, quit), the others follow on their
-# own (the shard broadcasts the shutdown): how long to wait for them before reporting.
+# Once a shard has ended, the others follow on their own (a guest poweroff or quit is
+# broadcast; a lost shard is noticed within 2 s): how long to wait for them before the
+# launcher decides how the VM ended and stops what is left.
 FOLLOW_TIMEOUT = 5.0
+# A guest that has printed nothing on its console for this long is probably not booting:
+# say so once (a guest may be silent on purpose, so this does not end the VM).
+SILENCE_WARNING_S = 120.0
 
 
 @dataclass
@@ -54,6 +67,8 @@ class VMResult:
     reason: str
     console: list[str]
     router_stats: list[dict[str, Any]] = field(default_factory=list)
+    by_guest: bool = False  # the status is the guest's own (poweroff, isa-debug-exit)
+    signal: int | None = None  # the launcher was terminated by this signal
 
     @property
     def forwarded(self) -> dict[str, int]:
@@ -68,6 +83,7 @@ class _Shard:
     router_dir: Path | None = None
     netns: str | None = None
     monitor: ShardMonitor | None = None
+    watch: ShutdownWatch | None = None
 
 
 def resolve_boot(spec: VMSpec) -> BootFiles:
@@ -126,19 +142,25 @@ class LoopbackVM:
 
     def run(self) -> VMResult:
         boot = resolve_boot(self.spec)
+        kernel_kind(boot.kernel)
+        check_memory(self.spec.memory_mib)
         qemu = self.qemu or ensure_qemu()
         if self.sharded:
             check_dqemu_build(qemu)
-        rundir = self.rundir = Path(tempfile.mkdtemp(prefix="dqemu-"))
+        for name in reap_stale():
+            print(f"dqemu: removed {name}, left by a launcher that no longer runs",
+                  file=sys.stderr)  # fmt: skip
+        rundir = self.rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX.format(pid=os.getpid())))
         os.chmod(rundir, 0o700)
         self.log_dir = self.keep_logs or rundir
         tag = f"dqemu-{os.getpid()}-{secrets.token_hex(4)}"
         ram = tuple(Path("/dev/shm") / f"{tag}-ram{i}" for i in range(len(numa_nodes(self.spec))))
+        made: list[Path] = []
         try:
             with terminate_on_signals():
                 for path, mib in zip(ram, numa_nodes(self.spec), strict=True):
-                    with path.open("wb") as f:
-                        f.truncate(mib << 20)
+                    create_ram_file(path, mib << 20)
+                    made.append(path)
                 if self.sharded:
                     self._start_routers(rundir)
                 for s in self.shards:
@@ -160,33 +182,36 @@ class LoopbackVM:
                 # is left in /dev/shm even if this process is killed.
                 for path in ram:
                     path.unlink(missing_ok=True)
+                # From now on the launcher's QMP connection to each shard only listens
+                # for the SHUTDOWN event, which says whether the guest ended the VM.
+                self._watch_shutdowns()
                 # Every shard has built its machine: start them, the BSP's shard last, so
                 # that the other vCPUs already wait for their INIT/SIPI when it sends them.
                 bsp = self.spec.shard_of_vcpu(0)
                 for s in sorted(self.shards, key=lambda s: s.id == bsp):
-                    assert s.monitor is not None
-                    s.monitor.cmd("cont")
-                for s in self.shards:  # the launcher needs QMP no further
-                    assert s.monitor is not None
-                    s.monitor.close()
+                    assert s.watch is not None
+                    s.watch.cmd("cont")
                 result = self._wait()
                 result.router_stats = self._collect_stats()
                 return result
         except KeyboardInterrupt:
-            return VMResult(130, "interrupted", self._lines())
+            return VMResult(EXIT_INTERRUPTED, "interrupted", self._lines())
         except Terminated as t:
-            return VMResult(128 + t.signum, f"terminated by {t}", self._lines())
+            return VMResult(EXIT_SHARD_FAILED, f"terminated by {t}", self._lines(),
+                            signal=t.signum)  # fmt: skip
         finally:
             for s in self.shards:
                 if s.monitor is not None:
                     s.monitor.close()
+                if s.watch is not None:
+                    s.watch.close()
             self._wake_stopped()
             self.sup.stop_all()
             if self.console is not None and self.console.ident is not None:
                 self.console.join(timeout=2)
             if self.topo is not None:
                 self.topo.teardown()
-            for path in ram:
+            for path in made:
                 path.unlink(missing_ok=True)
             if self.qmp_dir is not None:
                 for s in self.shards:
@@ -318,11 +343,36 @@ class LoopbackVM:
                     )  # fmt: skip
                 time.sleep(0.02)
 
+    def _watch_shutdowns(self) -> None:
+        for s in self.shards:
+            assert s.monitor is not None
+            s.monitor.close()  # the shard's QMP takes one client at a time
+            s.watch = ShutdownWatch(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
+            s.watch.connect(START_TIMEOUT)
+            s.watch.start()
+
     def _start_failure(self) -> DqemuError:
-        """The first child that died during start-up, with the last words of its log."""
-        for c in self.sup.children:
-            if c.poll() is None:
+        """The child that failed start-up, with the last words of its log. Every shard
+        builds the whole machine, so a device or drive that cannot be set up fails on
+        every shard (the others open a shadow copy): the error names the device's owner."""
+        time.sleep(0.2)  # let the others that fail with it finish saying why
+        dead = [c for c in self.sup.children if c.poll() is not None]
+        for c in dead:
+            tail = c.log_tail(3) or "no message"
+            owner = device_owner(self.spec, tail)
+            if owner is None:
                 continue
+            mine = next((d for d in dead if d.name == f"shard {owner}"), None)
+            if mine is not None and device_owner(self.spec, mine.log_tail(3)) == owner:
+                c, tail = mine, mine.log_tail(3)
+            elif c.name != f"shard {owner}":
+                return DqemuError(
+                    f"shard {owner} (the owner of the device) cannot set it up: {tail} "
+                    f"(reported by {c.name}, exit {c.poll()})", EXIT_SHARD_FAILED,
+                )  # fmt: skip
+            return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
+                              EXIT_SHARD_FAILED)  # fmt: skip
+        for c in dead:
             tail = c.log_tail(3) or "no message"
             return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
                               EXIT_SHARD_FAILED)  # fmt: skip
@@ -346,102 +396,78 @@ class LoopbackVM:
     def _wait(self) -> VMResult:
         assert self.console is not None
         console = self.console
-        deadline = time.monotonic() + self.spec.boot.timeout
+        started = time.monotonic()
+        deadline = started + self.spec.boot.timeout
+        seen: dict[str, float] = {}
+        warned = False
         while True:
-            dead = self.sup.first_exited()
-            if dead is not None:
-                return self._ended_by(dead)
+            self._note_exits(seen)
+            if seen:
+                return self._ended(seen)
             if console.panic_seen.is_set():
                 time.sleep(0.5)  # let the rest of the panic message arrive
                 return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", self._lines())
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return VMResult(EXIT_TIMEOUT, f"guest did not finish within "
                                 f"{self.spec.boot.timeout:g} s", self._lines())  # fmt: skip
+            if not warned and now - started > SILENCE_WARNING_S and console.silent():
+                warned = True
+                print(f"dqemu: warning: the guest has printed nothing on its serial console "
+                      f"in {SILENCE_WARNING_S:g} s", file=sys.stderr)  # fmt: skip
             time.sleep(0.05)
 
-    def _ended_by(self, dead: Child) -> VMResult:
-        assert self.console is not None
-        code = dead.poll()
-        assert code is not None
-        if dead.name.startswith("shard") and code == SHARD_EXIT_PEER_LOST and self.sharded:
-            # This shard stopped the VM because it lost another one. If that one was
-            # killed, it is the cause; if it is a shard that ended normally with a status
-            # (the guest ended the VM through a device such as isa-debug-exit, which exits
-            # that QEMU at once), its status is the VM's. Else the shard's own message
-            # names the cause.
-            time.sleep(0.2)
-            gone = [c for c in self.sup.children if c is not dead and c.poll() not in (None, 0)]
-            killed = [c for c in gone if (c.poll() or 0) < 0]
-            ended = [c for c in gone if c.name.startswith("shard")
-                     and c.poll() != SHARD_EXIT_PEER_LOST]  # fmt: skip
-            if killed:
-                return self._failed(killed[0])
-            if ended:
-                return self._ended_by(ended[0])
-            if gone:
-                return self._failed(gone[0])
-            why = _dqemu_message(dead) or f"{dead.name} exited with status {code}"
-            return VMResult(EXIT_SHARD_FAILED, f"{dead.name} stopped the VM: {why}",
-                            self._lines())  # fmt: skip
-        if dead.name.startswith("shard") and code == 0 and self.sharded:
-            return self._poweroff(dead)
-        if dead.name.startswith("shard") and code >= 0:
-            # A shard QEMU ended normally: the guest ended the VM (poweroff, or a device such
-            # as isa-debug-exit on that shard). Its status is the VM's.
-            self.console.join(timeout=2)
-            if self.console.panic:
-                return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
-            if code == 0:
-                return VMResult(0, "guest powered off", self._lines())
-            tail = dead.log_tail(2)
-            why = f"{dead.name} (QEMU) exited with status {code}" + (f": {tail}" if tail else "")
-            return VMResult(code, why, self._lines())
-        return self._failed(dead)
+    def _note_exits(self, seen: dict[str, float]) -> None:
+        for c in self.sup.children:
+            if c.name not in seen and c.poll() is not None:
+                seen[c.name] = time.time()
 
-    def _poweroff(self, first: Child) -> VMResult:
-        """One shard ended the VM with status 0 (guest poweroff, quit): every other shard
-        must follow by itself, with status 0, within FOLLOW_TIMEOUT."""
+    def _ended(self, seen: dict[str, float]) -> VMResult:
+        """A child ended: wait for every shard to follow (FOLLOW_TIMEOUT), then decide."""
         assert self.console is not None
         shards = [c for c in self.sup.children if c.name.startswith("shard")]
         deadline = time.monotonic() + FOLLOW_TIMEOUT
         while time.monotonic() < deadline and any(c.poll() is None for c in shards):
             time.sleep(0.05)
+            self._note_exits(seen)
+        for s in self.shards:  # the SHUTDOWN event came before the exit
+            if s.watch is not None and s.qemu is not None and s.qemu.poll() is not None:
+                s.watch.join(timeout=2)
         self.console.join(timeout=2)
-        if self.console.panic:
-            return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
-        bad = [f"{c.name} {_how(c.poll())}" for c in shards
-               if c.poll() not in (None, 0)]  # fmt: skip
-        # A router stays up until the teardown stops it: one already gone failed.
-        bad += [f"{c.name} {_how(c.poll())}" for c in self.sup.children
-                if c.name.startswith("router") and c.poll() is not None]  # fmt: skip
-        if bad:
-            return VMResult(EXIT_SHARD_FAILED, f"{first.name} ended the VM, but "
-                            + "; ".join(bad), self._lines())  # fmt: skip
-        stuck = [c.name for c in shards if c.poll() is None]
-        if stuck:
-            # A QEMU without the run-state patch (0019) does not follow: stopped here.
-            why = f"{', '.join(stuck)} did not exit by itself within {FOLLOW_TIMEOUT:g} s"
-            return VMResult(0, f"guest powered off; {why} (stopped)", self._lines())
-        return VMResult(0, "guest powered off (every shard exited 0)", self._lines())
-
-    def _failed(self, dead: Child) -> VMResult:
-        """A shard or router died or failed: it is the VM's end, exit 4."""
-        code = dead.poll()
-        assert code is not None
-        how = _how(code)
-        tail = dead.log_tail(2) if code >= 0 else ""  # a killed process said nothing about it
-        others = ", ".join(c.name for c in self.sup.children if c is not dead)
-        msg = f"{dead.name} {how}" + (f" ({tail})" if tail else "")
-        if others:
-            msg += f"; stopping {others}"
-        return VMResult(EXIT_SHARD_FAILED, msg, self._lines())
+        watch = {f"shard {s.id}": s.watch for s in self.shards}
+        endings = []
+        for c in self.sup.children:
+            code = c.poll()
+            w = watch.get(c.name)
+            said, said_at = _last_words(c, code) if code is not None else ("", None)
+            endings.append(Ending(
+                c.name, code, seen.get(c.name, float("inf")),
+                w.guest_reason if w is not None else None, said, said_at,
+            ))  # fmt: skip
+        verdict = decide(endings, self.console.panic)
+        return VMResult(verdict.status, verdict.reason, self._lines(), by_guest=verdict.by_guest)
 
 
-def _how(code: int | None) -> str:
-    """How a child ended, from its ``poll()``."""
-    if code is not None and code < 0:
-        return f"killed by signal {-code}"
-    return f"exited with status {code}"
+def create_ram_file(path: Path, size: int) -> None:
+    """The guest RAM backing file: readable by its owner only from the first instant
+    (0600 whatever the umask, O_EXCL: never someone else's file or link)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def device_owner(spec: VMSpec, message: str) -> int | None:
+    """The owner shard of the spec device that QEMU's error ``message`` is about: QEMU
+    names the option (``-drive ARGS: ...``), with the shadow copy's additions."""
+    for d in spec.devices:
+        if f"-{d.kind} {d.args}" in message:
+            return d.shard
+    return None
 
 
 def _is_stopped(pid: int) -> bool:
@@ -452,15 +478,28 @@ def _is_stopped(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("T", "t")
 
 
-def _dqemu_message(child: Child) -> str:
-    """The shard's ``dqemu: shard N lost (...)`` line (else its last ``dqemu:`` line),
-    without QEMU's prefixes."""
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
+
+
+def _last_words(child: Child, code: int) -> tuple[str, float | None]:
+    """What the child said about its end, and when (shard logs are time-stamped): for a
+    shard that stopped the VM (status 4), its ``dqemu: shard N lost (...)`` line, else its
+    last ``dqemu:`` line; for any other end, the tail of its log."""
     if child.log is None or not child.log.exists():
-        return ""
-    lines = [ln for ln in child.log.read_text(errors="replace").splitlines() if "dqemu:" in ln]
-    lost = [ln for ln in lines if " lost (" in ln]
-    pick = (lost or lines or [""])[0 if lost else -1]
-    return pick[pick.index("dqemu:") :].strip() if pick else ""
+        return "", None
+    lines = child.log.read_text(errors="replace").strip().splitlines()
+    pick = ""
+    if child.name.startswith("shard") and code == SHARD_EXIT_PEER_LOST:
+        ours = [ln for ln in lines if "dqemu:" in ln]
+        lost = [ln for ln in ours if " lost (" in ln]
+        pick = lost[0] if lost else ours[-1] if ours else ""
+        said = pick[pick.index("dqemu:") :].strip() if pick else ""
+    else:
+        pick = lines[-1] if lines else ""
+        said = child.log_tail(2) if code >= 0 else ""  # a killed child said nothing of it
+    m = _STAMP.match(pick)
+    when = datetime.fromisoformat(m.group(1) + "+00:00").timestamp() if m else None
+    return said, when
 
 
 def run_loopback(

@@ -25,10 +25,14 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from loopback.owner import maker_alive
+
 PREFIX = "dq-"
+NETNS_DIR = Path("/run/netns")
 SUBNET = "10.213.0"
 _NAME_RE = re.compile(r"^dq-(\d+)-[0-9a-f]+-(h\d+|br)$")
 
@@ -75,19 +79,12 @@ def _kill_pids_in(ns: str) -> None:
 
 
 def cleanup_stale() -> list[str]:
-    """Delete ``dq-`` namespaces whose creating process no longer exists."""
+    """Delete ``dq-`` namespaces whose creating process is gone (dead, or its pid reused;
+    see :mod:`loopback.owner`), killing what still runs in them."""
     removed = []
     for ns in list_namespaces():
         m = _NAME_RE.match(ns)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        try:
-            os.kill(pid, 0)
-            continue  # creator alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if not m or maker_alive(int(m.group(1)), NETNS_DIR / ns):
             continue
         _kill_pids_in(ns)
         with contextlib.suppress(NetnsError):

@@ -1,0 +1,44 @@
+"""Who made a leftover: is the process that created a file or namespace still running?
+
+Launchers name what they make after their pid (``dq-<pid>-...`` namespaces,
+``dqemu-<pid>-...`` run directories and RAM files). A pid alone is not enough: after the
+launcher died, the pid may belong to another process. So a resource is its maker's only
+while a process with that pid exists *and* started no later than the resource was last
+changed (its ctime); a process that started afterwards reused the pid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+# /proc/<pid>/stat start times have clock-tick resolution (10 ms): allow for it.
+_SLACK_S = 0.05
+
+
+def process_start(pid: int) -> float | None:
+    """Wall-clock start time of ``pid``, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    # field 22 (starttime, clock ticks since boot); the comm field may contain spaces
+    ticks = int(stat.rpartition(")")[2].split()[19])
+    since_boot = ticks / os.sysconf("SC_CLK_TCK")
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot + since_boot
+
+
+def maker_alive(pid: int, path: Path) -> bool:
+    """Is the process ``pid`` that made ``path`` still running (and not a pid reuse)?"""
+    start = process_start(pid)
+    if start is None:
+        return False
+    try:
+        changed = path.stat().st_ctime
+    except OSError:
+        return True  # gone or unreadable: nothing to reap, nothing to decide
+    return start <= changed + _SLACK_S

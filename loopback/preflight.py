@@ -1,0 +1,68 @@
+"""Checks of a VM's inputs before any process starts: what QEMU would take silently but
+the guest cannot use, reported at once with the figures."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+from cluster.errors import DqemuError
+
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_SEARCH = 8192  # the multiboot header lies in the first 8 KiB, 4-byte aligned
+
+
+def kernel_kind(path: Path) -> str:
+    """``linux`` (bzImage), ``multiboot`` or ``elf``: the kernels QEMU's ``-kernel`` boots.
+
+    QEMU itself takes any other file as an ancient zImage and jumps into it, so a wrong
+    file would only show as a guest that never prints anything."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(MULTIBOOT_SEARCH)
+    except OSError as exc:
+        raise DqemuError(f"kernel {path}: cannot read it: {exc.strerror}") from None
+    if head[0x202:0x206] == b"HdrS":
+        return "linux"
+    for off in range(0, len(head) - 11, 4):
+        magic, flags, checksum = struct.unpack_from("<III", head, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return "multiboot"
+    if head[:4] == b"\x7fELF":
+        return "elf"
+    raise DqemuError(
+        f"kernel {path} is not a bootable kernel: not a Linux bzImage (no 'HdrS' at 0x202), "
+        f"no multiboot header in its first 8 KiB, and not an ELF file"
+    )
+
+
+def host_memory_mib() -> int:
+    """The host's RAM (MemTotal) in MiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise DqemuError("cannot read the host's memory size from /proc/meminfo")
+
+
+def check_memory(memory_mib: int, shm: Path = Path("/dev/shm")) -> None:
+    """Guest RAM must fit in the host's RAM (refused), and should fit in /dev/shm, where
+    its backing file lives (warned: a guest that touches more gets SIGBUS)."""
+    host = host_memory_mib()
+    if memory_mib > host:
+        raise DqemuError(
+            f"guest memory {_size(memory_mib)} is more than this host's RAM ({_size(host)})"
+        )
+    st = os.statvfs(shm)
+    free = st.f_bavail * st.f_frsize >> 20
+    if memory_mib > free:
+        print(
+            f"dqemu: warning: guest memory {_size(memory_mib)} is more than {shm} has free "
+            f"({_size(free)}): the guest fails if it touches more than that",
+            file=sys.stderr,
+        )
+
+
+def _size(mib: int) -> str:
+    return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib} MiB"

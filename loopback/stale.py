@@ -1,0 +1,74 @@
+"""Leftovers of launchers that died without their teardown (SIGKILL, a crash), and
+``dqemu cleanup``.
+
+A SIGKILLed launcher's children die with it (PR_SET_PDEATHSIG), but its network
+namespaces (with their ``/run/netns`` mounts), its run directory and any RAM file not yet
+unlinked stay. Every launcher reaps them when it starts, and ``dqemu cleanup`` does on
+demand: only what a launcher that no longer runs made (:mod:`loopback.owner`), never a
+live one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from loopback import netns
+from loopback.owner import maker_alive
+
+SHM_DIR = Path("/dev/shm")
+# the launcher's run directory, dqemu-<pid>-<random> in the temporary directory
+RUNDIR_PREFIX = "dqemu-{pid}-"
+_RUNDIR_RE = re.compile(r"^dqemu-(\d+)-[A-Za-z0-9_]+$")
+# the guest RAM files, dqemu-<pid>-<hex>-ram<node> in /dev/shm
+_SHM_RE = re.compile(r"^dqemu-(\d+)-[0-9a-f]+-ram\d+$")
+
+
+def _stale_files(where: Path, pattern: re.Pattern[str]) -> list[Path]:
+    try:
+        entries = list(where.iterdir())
+    except OSError:
+        return []
+    out = []
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and not p.is_symlink() and not maker_alive(int(m.group(1)), p):
+            out.append(p)
+    return out
+
+
+def reap_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[str]:
+    """Remove what dead launchers left: namespaces, run directories, RAM files. Returns
+    their names."""
+    removed = list(netns.cleanup_stale()) if netns.available() is None else []
+    for d in _stale_files(tmp or Path(tempfile.gettempdir()), _RUNDIR_RE):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    for f in _stale_files(shm, _SHM_RE):
+        f.unlink(missing_ok=True)
+        removed.append(str(f))
+    return removed
+
+
+def _run(ns: argparse.Namespace) -> int:
+    removed = reap_stale()
+    for name in removed:
+        print(f"dqemu: removed {name}", file=sys.stderr)
+    print(f"dqemu: {len(removed)} leftover(s) of dead launchers removed", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cleanup",
+        help="remove what dead launchers left behind",
+        description="Remove the network namespaces, run directories and /dev/shm RAM files "
+        "of loopback launchers that no longer run (e.g. SIGKILLed); a running launcher's "
+        "are never touched.",
+    )
+    p.set_defaults(func=_run)
