@@ -149,4 +149,6 @@ def decide(endings: list[Ending], panic: str | None = None) -> Verdict:
     text = f"the guest ended the VM with status {status}"
     if status % 2:
         text += f" (isa-debug-exit value {status >> 1:#x})"
+    followed = [f"{e.name} {how(e.code)}" for e in ended if e.code != status]
+    text += f"; {', '.join(followed)}" if followed else f" ({every} exited {status})"
     return Verdict(status, f"{text}{note}", True)

@@ -61,6 +61,7 @@ def test_isa_debug_exit_status_passes_through() -> None:
     assert r.returncode == 33, r.stderr
     # the guest's own choice, not an error (issue 12.12)
     assert "dqemu: the guest ended the VM with status 33 (isa-debug-exit value 0x10)" in r.stderr
+    assert "(the shard exited 33)" in r.stderr
     assert "error" not in r.stderr, r.stderr
 
 

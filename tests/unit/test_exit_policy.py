@@ -36,7 +36,9 @@ def test_guest_status_comes_back_whichever_shard_ends_first(first: int) -> None:
               for i in (0, 1)]  # fmt: skip
     v = decide(routers() + shards)
     assert (v.status, v.by_guest) == (33, True), v
-    assert "status 33 (isa-debug-exit value 0x10)" in v.reason
+    assert v.reason == (
+        "the guest ended the VM with status 33 (isa-debug-exit value 0x10) (every shard exited 33)"
+    )
 
 
 def test_guest_status_wins_over_a_shard_that_followed_with_0() -> None:
@@ -45,6 +47,7 @@ def test_guest_status_wins_over_a_shard_that_followed_with_0() -> None:
               Ending("shard 0", 33, seen_at=1.1, guest_reason=GUEST)]  # fmt: skip
     v = decide(routers() + shards)
     assert (v.status, v.by_guest) == (33, True), v
+    assert v.reason.endswith("; shard 1 exited with status 0"), v.reason
 
 
 def test_guest_status_1_is_the_guests_not_an_error() -> None:
