@@ -43,7 +43,7 @@ from loopback.exit_policy import (
     decide,
 )
 from loopback.netns import NetnsError, Topology
-from loopback.preflight import check_memory, kernel_kind
+from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
 from loopback.qmp import ShardMonitor, ShutdownWatch
 from loopback.stale import RUNDIR_PREFIX, reap_stale
@@ -56,9 +56,6 @@ START_TIMEOUT = 30.0
 # broadcast; a lost shard is noticed within 2 s): how long to wait for them before the
 # launcher decides how the VM ended and stops what is left.
 FOLLOW_TIMEOUT = 5.0
-# A guest that has printed nothing on its console for this long is probably not booting:
-# say so once (a guest may be silent on purpose, so this does not end the VM).
-SILENCE_WARNING_S = 120.0
 
 
 @dataclass
@@ -137,12 +134,13 @@ class LoopbackVM:
         self.console: ConsoleReader | None = None
         self.rundir = Path()
         self.log_dir = Path()
+        self.kernel_kind = "linux"
 
     # --- the whole life of the VM ----------------------------------------------------------
 
     def run(self) -> VMResult:
         boot = resolve_boot(self.spec)
-        kernel_kind(boot.kernel)
+        self.kernel_kind = kernel_kind(boot.kernel)
         check_memory(self.spec.memory_mib)
         qemu = self.qemu or ensure_qemu()
         if self.sharded:
@@ -399,6 +397,7 @@ class LoopbackVM:
         started = time.monotonic()
         deadline = started + self.spec.boot.timeout
         seen: dict[str, float] = {}
+        silence = silence_limit(self.spec.boot.timeout)
         warned = False
         while True:
             self._note_exits(seen)
@@ -411,10 +410,13 @@ class LoopbackVM:
             if now > deadline:
                 return VMResult(EXIT_TIMEOUT, f"guest did not finish within "
                                 f"{self.spec.boot.timeout:g} s", self._lines())  # fmt: skip
-            if not warned and now - started > SILENCE_WARNING_S and console.silent():
+            if not warned and now - started > silence and console.silent():
                 warned = True
-                print(f"dqemu: warning: the guest has printed nothing on its serial console "
-                      f"in {SILENCE_WARNING_S:g} s", file=sys.stderr)  # fmt: skip
+                said = f"the guest has printed nothing on its serial console in {silence:g} s"
+                if silence_ends_run(self.kernel_kind, self.spec.boot.append):
+                    why = "the kernel did not boot (a Linux kernel prints there from the start)"
+                    return VMResult(EXIT_TIMEOUT, f"{said}: {why}", self._lines())
+                print(f"dqemu: warning: {said}", file=sys.stderr)
             time.sleep(0.05)
 
     def _note_exits(self, seen: dict[str, float]) -> None:

@@ -66,3 +66,26 @@ def check_memory(memory_mib: int, shm: Path = Path("/dev/shm")) -> None:
 
 def _size(mib: int) -> str:
     return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib} MiB"
+
+
+# A guest that has printed nothing at all on its serial console after this long (or half
+# its timeout, if that is shorter, but never less than SILENCE_MIN_S) is probably not booting.
+SILENCE_MAX_S = 120.0
+SILENCE_MIN_S = 30.0
+
+
+def silence_limit(timeout: float) -> float:
+    return min(SILENCE_MAX_S, max(SILENCE_MIN_S, timeout / 2))
+
+
+def silence_ends_run(kind: str, append: str) -> bool:
+    """Does a silent console mean the guest is not booting? For a Linux kernel, which
+    prints on ttyS0 from the start (``console=ttyS0`` is always on its command line),
+    unless told to keep quiet. A multiboot or ELF guest may be silent on purpose (its
+    console may be VGA, or it ends through isa-debug-exit): only a warning."""
+    words = append.split()
+    return (
+        kind == "linux"
+        and "quiet" not in words
+        and not any(w.startswith("loglevel=") for w in words)
+    )

@@ -17,7 +17,13 @@ from cluster.spec import parse_spec
 from loopback import netns
 from loopback.launcher import create_ram_file, device_owner
 from loopback.owner import maker_alive, process_start
-from loopback.preflight import check_memory, host_memory_mib, kernel_kind
+from loopback.preflight import (
+    check_memory,
+    host_memory_mib,
+    kernel_kind,
+    silence_ends_run,
+    silence_limit,
+)
 from loopback.stale import reap_stale
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,3 +172,12 @@ def test_cleanup_keeps_a_live_creators_namespace() -> None:
     finally:
         for ns in (live, gone):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_a_silent_linux_guest_ends_the_run_a_silent_bare_metal_one_is_warned() -> None:
+    assert silence_limit(300) == 120 and silence_limit(100) == 50 and silence_limit(20) == 30
+    assert silence_ends_run("linux", "dq.run=cpus")
+    assert not silence_ends_run("linux", "quiet dq.run=cpus")
+    assert not silence_ends_run("linux", "loglevel=0")
+    assert not silence_ends_run("multiboot", "")
+    assert not silence_ends_run("elf", "")
