@@ -135,10 +135,11 @@ def _run(ns: argparse.Namespace) -> int:
         )
     if result.exit_code == 0 or result.by_guest:
         print(f"dqemu: {result.reason}", file=sys.stderr)
+    elif result.signal is not None:
+        print(f"dqemu: error: {result.reason}", file=sys.stderr)
+        end_by_signal(result.signal)
     else:
         print(f"dqemu: error: {result.reason} (exit {result.exit_code})", file=sys.stderr)
-    if result.signal is not None:
-        end_by_signal(result.signal)
     return result.exit_code
 
 

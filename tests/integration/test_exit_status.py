@@ -16,6 +16,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -81,9 +82,9 @@ def _launch(log_dir: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _wait_for(what: str, cond: object, timeout: float = 300.0) -> None:
+def _wait_for(what: str, cond: Callable[[], bool], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
