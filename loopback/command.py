@@ -151,8 +151,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and exit with the guest.",
         epilog="Exit status: 0 the guest powered off; odd: the guest's own isa-debug-exit "
         "status ((value << 1) | 1); dqemu's own are even: 2 bad input, 4 a shard or router "
-        "failed, 6 guest panic, 124 timeout, 130 interrupted (SIGTERM/SIGHUP: dqemu ends by "
-        "that signal). See docs/spec.md.",
+        "failed, 6 guest panic, 8 guest reset with reboot off, 124 timeout, 130 interrupted "
+        "(SIGTERM/SIGHUP: dqemu ends by that signal). See docs/spec.md.",
     )
     p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
     p.add_argument("--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR")

@@ -13,6 +13,7 @@ odd   the guest's own status through isa-debug-exit, the same on every shard
 2     bad input: a spec or command-line error, a missing or unusable file
 4     a shard or router failed, died or was killed, or a shard lost another one
 6     the guest panicked (seen on its console)
+8     the guest reset the machine while reboot is off (QEMU's -no-reboot)
 124   the guest did not finish within the timeout
 130   interrupted (SIGINT); SIGTERM and SIGHUP end dqemu by the same signal
 ====  =============================================================================
@@ -27,6 +28,7 @@ EXIT_POWEROFF = 0
 EXIT_USAGE = 2
 EXIT_SHARD_FAILED = 4
 EXIT_PANIC = 6
+EXIT_GUEST_RESET = 8
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 # A shard QEMU exits with this status when it stopped the VM because another shard, or its
@@ -143,6 +145,10 @@ def decide(endings: list[Ending], panic: str | None = None) -> Verdict:
     if len({e.code for e in chosen}) > 1:
         told = "; ".join(f"{e.name} {how(e.code)}" for e in chosen)
         return Verdict(EXIT_SHARD_FAILED, f"the shards disagree on the guest's status: {told}")
+    if not chosen and any(e.guest_reason == "guest-reset" for e in guest):
+        # with reboot off, QEMU turns the guest's reset into a shutdown that exits 0
+        return Verdict(EXIT_GUEST_RESET, f"the guest reset the machine, and reboot is off "
+                       f"({every} exited 0){note}", True)  # fmt: skip
     if not chosen:
         return Verdict(EXIT_POWEROFF, f"guest powered off ({every} exited 0){note}", True)
     status = chosen[0].code or 0

@@ -14,6 +14,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from cluster.errors import DqemuError
+from loopback.exit_policy import EXIT_SHARD_FAILED
 
 
 class ShardMonitor:
@@ -93,7 +94,9 @@ class ShutdownWatch(threading.Thread):
             except (OSError, ValueError) as exc:
                 sock.close()
                 if time.monotonic() > deadline:
-                    raise DqemuError(f"{self.shard}: QMP did not answer: {exc}") from None
+                    raise DqemuError(
+                        f"{self.shard}: QMP did not answer: {exc}", EXIT_SHARD_FAILED
+                    ) from None
                 time.sleep(0.05)
                 continue
             sock.settimeout(None)
@@ -109,9 +112,13 @@ class ShutdownWatch(threading.Thread):
         self._file.write(json.dumps({"execute": name, "id": ident}).encode() + b"\n")
         self._file.flush()
         if not done.wait(timeout):
-            raise DqemuError(f"{self.shard}: QMP {name} got no answer within {timeout:g} s")
+            raise DqemuError(
+                f"{self.shard}: QMP {name} got no answer within {timeout:g} s", EXIT_SHARD_FAILED
+            )
         if ident in self._errors:
-            raise DqemuError(f"{self.shard}: QMP {name} failed: {self._errors[ident]}")
+            raise DqemuError(
+                f"{self.shard}: QMP {name} failed: {self._errors[ident]}", EXIT_SHARD_FAILED
+            )
 
     def run(self) -> None:
         f = self._file

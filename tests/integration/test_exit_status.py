@@ -100,7 +100,7 @@ def test_killed_launchers_leftovers_are_reaped(tmp_path: Path) -> None:
         children = json.loads(pids_file.read_text()).values()
         left = _leftovers(dead.pid)
         assert _netns(dead.pid), left
-        assert any("/tmp/" in x or x.startswith(tempfile.gettempdir()) for x in left), left
+        assert any(x.startswith(tempfile.gettempdir()) for x in left), left  # its run dir
         for ram in Path("/dev/shm").glob(f"dqemu-{dead.pid}-*"):
             assert stat.S_IMODE(ram.stat().st_mode) == 0o600, ram  # guest RAM: owner only
         _wait_for("the dead launcher's children to die",

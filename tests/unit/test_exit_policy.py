@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loopback.exit_policy import (
+    EXIT_GUEST_RESET,
     EXIT_PANIC,
     EXIT_POWEROFF,
     EXIT_SHARD_FAILED,
@@ -25,7 +26,7 @@ def routers(n: int = 2) -> list[Ending]:
 
 def test_dqemu_statuses_are_even_so_no_guest_status_is_one_of_them() -> None:
     # isa-debug-exit gives (value << 1) | 1: every guest status but 0 is odd
-    for status in (EXIT_USAGE, EXIT_SHARD_FAILED, EXIT_PANIC, EXIT_TIMEOUT):
+    for status in (EXIT_USAGE, EXIT_SHARD_FAILED, EXIT_PANIC, EXIT_GUEST_RESET, EXIT_TIMEOUT):
         assert status % 2 == 0 and status != EXIT_POWEROFF
 
 
@@ -114,3 +115,9 @@ def test_panic_wins() -> None:
 def test_a_shard_that_did_not_follow_is_named() -> None:
     v = decide([Ending("shard 0", 0, guest_reason=GUEST), Ending("shard 1", None)])
     assert v.status == 0 and "shard 1 did not exit by itself (stopped)" in v.reason
+
+
+def test_a_guest_reset_with_reboot_off_is_not_a_poweroff() -> None:
+    v = decide([Ending(f"shard {i}", 0, guest_reason="guest-reset") for i in (0, 1)])
+    assert (v.status, v.by_guest) == (EXIT_GUEST_RESET, True)
+    assert v.reason == "the guest reset the machine, and reboot is off (every shard exited 0)"
