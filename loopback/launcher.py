@@ -351,31 +351,35 @@ class LoopbackVM:
 
     def _start_failure(self) -> DqemuError:
         """The child that failed start-up, with the last words of its log. Every shard
-        builds the whole machine, so a device or drive that cannot be set up fails on
-        every shard (the others open a shadow copy): the error names the device's owner."""
+        builds the whole machine and opens a shadow copy of each drive, so a device or
+        drive that cannot be set up usually fails on every shard: the owner's failure is
+        the one to report, whichever shard failed first."""
         time.sleep(0.2)  # let the others that fail with it finish saying why
         dead = [c for c in self.sup.children if c.poll() is not None]
         for c in dead:
             tail = c.log_tail(3) or "no message"
             owner = device_owner(self.spec, tail)
-            if owner is None:
-                continue
-            mine = next((d for d in dead if d.name == f"shard {owner}"), None)
-            if mine is not None and device_owner(self.spec, mine.log_tail(3)) == owner:
-                c, tail = mine, mine.log_tail(3)
-            elif c.name != f"shard {owner}":
-                return DqemuError(
-                    f"shard {owner} (the owner of the device) cannot set it up: {tail} "
-                    f"(reported by {c.name}, exit {c.poll()})", EXIT_SHARD_FAILED,
-                )  # fmt: skip
-            return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
-                              EXIT_SHARD_FAILED)  # fmt: skip
-        for c in dead:
-            tail = c.log_tail(3) or "no message"
+            if owner is not None and c.name != f"shard {owner}":
+                mine = self._owner_failure(owner)
+                if mine is not None:
+                    c, tail = mine, mine.log_tail(3)
+                else:
+                    tail = f"its shadow of shard {owner}'s device cannot be set up: {tail}"
             return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
                               EXIT_SHARD_FAILED)  # fmt: skip
         return DqemuError("the VM did not start: no shard opened its console or QMP socket",
                           EXIT_SHARD_FAILED)  # fmt: skip
+
+    def _owner_failure(self, owner: int, wait: float = 10.0) -> Child | None:
+        """The owner shard, once it has failed on its own device too (it may be slower to
+        get there); None if it does not fail within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        child = next(c for c in self.sup.children if c.name == f"shard {owner}")
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if child.poll() is None or device_owner(self.spec, child.log_tail(3)) != owner:
+            return None
+        return child
 
     def _collect_stats(self) -> list[dict[str, Any]]:
         """Each live router's statistics, read before the routers are stopped."""
