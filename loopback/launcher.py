@@ -45,7 +45,7 @@ from loopback.exit_policy import (
 from loopback.netns import NetnsError, Topology
 from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
-from loopback.qmp import ShardMonitor, ShutdownWatch
+from loopback.qmp import ShutdownWatch
 from loopback.stale import RUNDIR_PREFIX, reap_stale
 
 __all__ = ["EXIT_PANIC", "EXIT_SHARD_FAILED", "EXIT_TIMEOUT", "LoopbackVM", "VMResult"]
@@ -79,8 +79,7 @@ class _Shard:
     router: Child | None = None
     router_dir: Path | None = None
     netns: str | None = None
-    monitor: ShardMonitor | None = None
-    watch: ShutdownWatch | None = None
+    watch: ShutdownWatch | None = None  # the launcher's QMP connection
 
 
 def resolve_boot(spec: VMSpec) -> BootFiles:
@@ -180,9 +179,6 @@ class LoopbackVM:
                 # is left in /dev/shm even if this process is killed.
                 for path in ram:
                     path.unlink(missing_ok=True)
-                # From now on the launcher's QMP connection to each shard only listens
-                # for the SHUTDOWN event, which says whether the guest ended the VM.
-                self._watch_shutdowns()
                 # Every shard has built its machine: start them, the BSP's shard last, so
                 # that the other vCPUs already wait for their INIT/SIPI when it sends them.
                 bsp = self.spec.shard_of_vcpu(0)
@@ -199,8 +195,6 @@ class LoopbackVM:
                             signal=t.signum)  # fmt: skip
         finally:
             for s in self.shards:
-                if s.monitor is not None:
-                    s.monitor.close()
                 if s.watch is not None:
                     s.watch.close()
             self._wake_stopped()
@@ -309,14 +303,17 @@ class LoopbackVM:
         )
 
     def _connect_monitors(self) -> None:
+        """One QMP connection per shard, kept to the end: it sends ``cont``, then
+        listens for the SHUTDOWN event, which says whether the guest ended the VM."""
         for s in self.shards:
             assert s.qemu is not None
             qemu = s.qemu
-            s.monitor = ShardMonitor(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
+            s.watch = ShutdownWatch(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
             try:
-                s.monitor.connect(START_TIMEOUT, alive=lambda q=qemu: q.poll() is None)
+                s.watch.connect(START_TIMEOUT, alive=qemu.running)
             except DqemuError:
                 raise self._start_failure() from None
+            s.watch.start()
 
     def _wait_mesh(self) -> None:
         """Wait until every router has its shard registered and every peer link up: a frame
@@ -340,14 +337,6 @@ class LoopbackVM:
                         f"within {START_TIMEOUT:g} s", EXIT_SHARD_FAILED,
                     )  # fmt: skip
                 time.sleep(0.02)
-
-    def _watch_shutdowns(self) -> None:
-        for s in self.shards:
-            assert s.monitor is not None
-            s.monitor.close()  # the shard's QMP takes one client at a time
-            s.watch = ShutdownWatch(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
-            s.watch.connect(START_TIMEOUT)
-            s.watch.start()
 
     def _start_failure(self) -> DqemuError:
         """The child that failed start-up, with the last words of its log. Every shard

@@ -43,6 +43,9 @@ class Child:
     def poll(self) -> int | None:
         return self.popen.poll()
 
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
     def log_tail(self, lines: int = 5) -> str:
         if self.log is None or not self.log.exists():
             return ""

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ class ShardMonitor:
             qmp = QEMUMonitorProtocol(str(self.path), nickname=self.name)
             try:
                 qmp.connect()
-            except (OSError, QMPError) as exc:
+            # a QEMU that exits during the greeting: EOFError, or qemu.qmp's own assertion
+            except (OSError, EOFError, AssertionError, QMPError) as exc:
                 last = exc
-                qmp.close()
+                with contextlib.suppress(OSError, EOFError, AssertionError, QMPError):
+                    qmp.close()
                 time.sleep(0.05)
                 continue
             self._qmp = qmp
@@ -55,7 +58,7 @@ class ShardMonitor:
         """Close the connection; a QEMU that already exited is not an error here."""
         qmp, self._qmp = self._qmp, None
         if qmp is not None:
-            with contextlib.suppress(OSError, EOFError, QMPError):
+            with contextlib.suppress(OSError, EOFError, AssertionError, QMPError):
                 qmp.close()
 
 
@@ -76,8 +79,9 @@ class ShutdownWatch(threading.Thread):
         self._errors: dict[str, str] = {}
         self._next = 0
 
-    def connect(self, timeout: float) -> None:
-        """Connect and leave capability negotiation; the shard's QMP must be free."""
+    def connect(self, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+        """Connect and leave capability negotiation, retrying until the socket answers,
+        ``alive()`` turns false, or timeout. The shard's QMP must be free."""
         deadline = time.monotonic() + timeout
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,7 +97,7 @@ class ShutdownWatch(threading.Thread):
                     raise OSError("qmp_capabilities refused")
             except (OSError, ValueError) as exc:
                 sock.close()
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or not alive():
                     raise DqemuError(
                         f"{self.shard}: QMP did not answer: {exc}", EXIT_SHARD_FAILED
                     ) from None

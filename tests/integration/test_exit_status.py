@@ -130,3 +130,14 @@ def test_killed_launchers_leftovers_are_reaped(tmp_path: Path) -> None:
                 p.communicate(timeout=60)
     assert live.returncode == -signal.SIGTERM, live.stderr
     assert _leftovers(live.pid) == []
+
+
+def test_kernel_qemu_cannot_load_ends_at_once_with_its_complaint() -> None:
+    # an ELF file (passes the format check) without a PVH note: QEMU's loader refuses it
+    for _ in range(3):  # QEMU exits during the launcher's QMP handshake now and then
+        r = run_dqemu("loopback", "--kernel", "/bin/true", "--timeout", "300", timeout=120)
+        assert r.returncode == 4, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("dqemu: error: shard 0 failed to start (exit 1): "), last
+        assert last.endswith("Error loading uncompressed kernel without PVH ELF Note"), last
