@@ -32,10 +32,15 @@ DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=4"
 
 
 @pytest.mark.parametrize(
-    ("device_shard", "cpu"), [(1, 0), (0, 1)], ids=["device-on-1-cpu-0", "device-on-0-cpu-1"]
+    ("shards", "device_shard", "cpu"),
+    [(2, 0, 1), (4, 2, 1)],
+    ids=["2-shards-device-on-0-cpu-1", "4-shards-device-on-2-cpu-1"],
 )
-def test_guest_status_comes_back_from_another_shard(device_shard: int, cpu: int) -> None:
-    r = run_dqemu("loopback", *GUEST, *TWO_SHARDS, "--timeout", "600",
+def test_guest_status_comes_back_from_another_shard(
+    shards: int, device_shard: int, cpu: int
+) -> None:
+    r = run_dqemu("loopback", *GUEST, "--vcpus", str(shards), "--shards", str(shards),
+                  "--timeout", "600",
                   "--append", f"dq.run=debugexit dq.cpu={cpu}",
                   "--device", f"{DEBUG_EXIT}@{device_shard}", timeout=900)  # fmt: skip
     assert r.kv().get("debugexit_cpu") == str(cpu), r.stdout[-2000:]
