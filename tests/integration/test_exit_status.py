@@ -1,7 +1,9 @@
-"""Issue 12 items 5, 9, 10, 12 and issue 13 §2.7, with real guests over two shards.
+"""Issue 12 items 5, 8, 9, 10, 12 and issue 13 §2.7, with real QEMU and guests.
 
 - The guest's isa-debug-exit status comes back exactly, as the guest's (no "error:"),
-  with the device on either shard and the writing vCPU on the other one.
+  from every shard, with the writing vCPU on another shard than the device (2 shards,
+  device on 0; 4 shards, device on 2).
+- A kernel QEMU's loader refuses ends the run at once with QEMU's complaint.
 - A drive that QEMU cannot open is reported as its owner's, shard 1.
 - A SIGKILLed launcher's namespaces, run directory and RAM files are reaped by the next
   launcher and by `dqemu cleanup`, and a running launcher's are left alone.
