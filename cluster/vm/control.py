@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,32 @@ def _versioned(commands: dict[str, CommandFn]) -> dict[str, CommandFn]:
     return out
 
 
-class ControlServer:
-    """Serves ``commands`` on ``path`` from a thread until ``close()``."""
+# A stream takes the connection over. Opening it with the request either raises
+# ControlError (sent back as an error line) or returns the runner, which gets the socket
+# after the ``{"ok": true, "result": "stream"}`` line and returns when the client or the
+# VM is gone.
+StreamRunner = Callable[[socket.socket], None]
+StreamFn = Callable[[dict[str, Any]], StreamRunner]
 
-    def __init__(self, path: Path, commands: dict[str, CommandFn]) -> None:
+
+def _no_result(_req: dict[str, Any]) -> None:
+    return None
+
+
+class ControlServer:
+    """Serves ``commands`` and ``streams`` on ``path`` from a thread until ``close()``."""
+
+    def __init__(
+        self,
+        path: Path,
+        commands: dict[str, CommandFn],
+        streams: dict[str, StreamFn] | None = None,
+    ) -> None:
         self.path = path
-        self.commands = _versioned(commands)
+        self.streams = dict(streams or {})
+        # streams are known commands too, so that a request for one in another API
+        # version gets handle_line's version error
+        self.commands = _versioned({**dict.fromkeys(self.streams, _no_result), **commands})
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="vm-control", daemon=True)
@@ -97,12 +118,38 @@ class ControlServer:
                 while (nl := buf.find(b"\n")) >= 0:
                     line = bytes(buf[:nl])
                     del buf[: nl + 1]
-                    if line.strip():
-                        conn.sendall(handle_line(line, self.commands) + b"\n")
+                    if not line.strip():
+                        continue
+                    stream = self._stream_of(line)
+                    if stream is not None:
+                        try:
+                            runner = stream[0](stream[1])
+                        except ControlError as e:
+                            err = {"ok": False, "error": str(e)}
+                            conn.sendall(json.dumps(err).encode() + b"\n")
+                            continue
+                        conn.settimeout(None)
+                        ok = {"ok": True, "result": "stream"}
+                        conn.sendall(json.dumps(ok).encode() + b"\n")
+                        runner(conn)
+                        return
+                    conn.sendall(handle_line(line, self.commands) + b"\n")
                 if len(buf) > MAX_LINE:
                     err = {"ok": False, "error": f"request line longer than {MAX_LINE} bytes"}
                     conn.sendall(json.dumps(err).encode() + b"\n")
                     return
+
+    def _stream_of(self, line: bytes) -> tuple[StreamFn, dict[str, Any]] | None:
+        """The stream a request line asks for, if it is a valid stream request."""
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(req, dict) or req.get("cmd") not in self.streams:
+            return None
+        if req.get("v", API_VERSION) != API_VERSION:
+            return None  # handle_line answers with the version error
+        return self.streams[req["cmd"]], req
 
 
 def vm_call(path: Path, cmd: str, timeout: float = 10.0, **args: Any) -> Any:

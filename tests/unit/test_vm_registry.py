@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,5 +133,38 @@ def test_stalled_client_does_not_block_others(tmp_path: Path) -> None:
         assert vm_call(path, "info") == 1
         assert time.monotonic() - t0 < 5
         stalled.close()
+    finally:
+        srv.close()
+
+
+def test_stream_takes_the_connection_over(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+
+    def echo(req: dict[str, object]) -> Callable[[socket.socket], None]:
+        if req.get("who") == "nobody":
+            raise ControlError("nobody may echo")
+
+        def run(conn: socket.socket) -> None:
+            conn.sendall(b"hello " + str(req["who"]).encode() + b"\n")
+            while data := conn.recv(100):
+                conn.sendall(data.upper())
+
+        return run
+
+    srv = ControlServer(path, {"info": lambda req: 1}, {"echo": echo}).start()
+    try:
+        with pytest.raises(ControlError, match="version 2 is not served"):
+            vm_call(path, "echo", v=2)
+        with pytest.raises(ControlError, match="nobody may echo"):
+            vm_call(path, "echo", who="nobody")
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(path))
+        s.sendall(json.dumps({"cmd": "echo", "v": 1, "who": "you"}).encode() + b"\n")
+        f = s.makefile("rb")
+        assert json.loads(f.readline()) == {"ok": True, "result": "stream"}
+        assert f.readline() == b"hello you\n"
+        s.sendall(b"abc\n")
+        assert f.readline() == b"ABC\n"
+        s.close()
     finally:
         srv.close()
