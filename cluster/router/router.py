@@ -134,7 +134,7 @@ class Router:
             "inbound_dropped_busy": 0,
             "duplicate_links_refused": 0,
         }
-        self._refusal_log = LogLimiter(log, "refused-connection")
+        self._refusal_log = LogLimiter(log, "connection-refusal")
 
     # --- life cycle --------------------------------------------------------------------------
 
