@@ -543,7 +543,7 @@ class Router:
             if dialed is None:
                 self.handshakes["inbound_refused"] += 1
         if e.by_peer:
-            line, args = "peer %s refused us: %s", (who, e.reason)
+            line, args = "peer %s refused us: %s", (who, e.reason.removeprefix("peer refused us: "))
         else:
             line, args = "refused peer %s: %s", (who, e.reason)
         if dialed is not None:  # one per dial attempt, and dials back off: not limited
