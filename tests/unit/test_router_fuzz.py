@@ -162,6 +162,26 @@ def dial(r: Router) -> socket.socket:
     return socket.create_connection(("127.0.0.1", r.listen_addr.port), 5.0)
 
 
+def dial_authenticated(r: Router) -> socket.socket:
+    """A link to router 2 as shard 1's router, with the secret."""
+    s = dial(r)
+    handshake(
+        s, own_id=1, vm_id="vm1", secret=SECRET, features=0,
+        is_peer=lambda x: x == 2, timeout=5.0, dialed=True,
+    )  # fmt: skip
+    return s
+
+
+def send_last(r: Router, s: socket.socket, data: bytes) -> None:
+    """Send ``data`` and EOF; the router must close the connection and drop the link."""
+    with contextlib.suppress(OSError):
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+    assert closed_by_router(s), "router kept a fuzzed connection open"
+    s.close()
+    wait_for(lambda: 1 not in r.peers, what="fuzzed link gone")
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fuzz_auth_stage(tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int) -> None:
     """A peer that knows the secret sends a good HELLO, then a mutated AUTH (or garbage)."""
@@ -179,18 +199,9 @@ def test_fuzz_auth_stage(tmp_path: Path, caplog: pytest.LogCaptureFixture, seed:
             mac = compute_mac(SECRET, "vm1", ROLE_DIALER, 1, 2, nonce, theirs.msg.nonce)
             auth = p.encode_frame(p.Auth(mac), src=1, dst=p.DST_ROUTER)
             bad = mutate(rng, auth) if rng.random() < 0.8 else rng.randbytes(rng.randint(1, 80))
-            with contextlib.suppress(OSError):
-                s.sendall(bad)
-                s.shutdown(socket.SHUT_WR)
-            assert closed_by_router(s), "router kept a fuzzed handshake open"
-            s.close()
-            wait_for(lambda: 1 not in r2.peers, what="fuzzed link gone")
+            send_last(r2, s, bad)
         # still alive: a genuine dialer gets a link that delivers
-        s = dial(r2)
-        handshake(
-            s, own_id=1, vm_id="vm1", secret=SECRET, features=0,
-            is_peer=lambda x: x == 2, timeout=5.0, dialed=True,
-        )  # fmt: skip
+        s = dial_authenticated(r2)
         s.sendall(p.encode_frame(p.Gsi(2, 1), src=1, dst=2))
         f = c2.recv(5.0)
         while f is not None and not isinstance(f.msg, p.Gsi):
@@ -219,25 +230,11 @@ def test_fuzz_after_auth(tmp_path: Path, caplog: pytest.LogCaptureFixture, seed:
         c2.on(p.MSG_GSI, got.append)
         c2.on(p.MSG_PIO_REQ, lambda f: p.PioReply(5, 0))
         for _ in range(30):
-            s = dial(r2)
-            handshake(
-                s, own_id=1, vm_id="vm1", secret=SECRET, features=0,
-                is_peer=lambda x: x == 2, timeout=5.0, dialed=True,
-            )  # fmt: skip
+            s = dial_authenticated(r2)
             good = rng.choice(VALID)
-            bad = mutate(rng, rng.choice(VALID))
-            with contextlib.suppress(OSError):
-                s.sendall(good + bad + good)
-                s.shutdown(socket.SHUT_WR)
-            assert closed_by_router(s), "router kept a fuzzed link open"
-            s.close()
-            wait_for(lambda: 1 not in r2.peers, what="fuzzed link gone")
+            send_last(r2, s, good + mutate(rng, rng.choice(VALID)) + good)
         # still alive and routing: a request over a fresh authenticated link is answered
-        s = dial(r2)
-        handshake(
-            s, own_id=1, vm_id="vm1", secret=SECRET, features=0,
-            is_peer=lambda x: x == 2, timeout=5.0, dialed=True,
-        )  # fmt: skip
+        s = dial_authenticated(r2)
         s.sendall(
             p.encode_frame(
                 p.PioReq(1, 1, 0, 0, 0), src=1, dst=2, flags=p.FLAG_WANT_REPLY, request_id=77

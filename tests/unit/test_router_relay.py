@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from pathlib import Path
 
 from cluster.router import protocol as p
@@ -78,6 +79,7 @@ def test_connection_flood_is_bounded(tmp_path: Path) -> None:
         log_before = len(r2.log().splitlines())
         conns: list[socket.socket] = []
         peak = base
+        t0 = time.monotonic()
         try:
             for k in range(n):
                 with contextlib.suppress(OSError):
@@ -106,9 +108,11 @@ def test_connection_flood_is_bounded(tmp_path: Path) -> None:
         wait_for(lambda: "not logged in the last" in r2.log(), timeout=20.0, what="summary")
         for c in clients.values():
             c.close()
+        # at most 5 refusal lines and one summary per 10 s period that the flood touched
+        periods = int((time.monotonic() - t0) / 10.0) + 2
         lines = r2.log().splitlines()[log_before:]
         refusals = [ln for ln in lines if "refused peer" in ln or "dropped connection" in ln]
-        assert len(refusals) <= 20, len(refusals)
-        assert len(lines) <= 60, lines[:80]
+        assert len(refusals) <= 5 * periods, (len(refusals), periods)
+        assert len(lines) <= 6 * periods + 20, lines[:80]
         assert "Traceback" not in r2.log()
         assert r2.proc.poll() is None
