@@ -198,10 +198,11 @@ def test_unknown_shard_duplicate_and_wrong_direction(
         _s, e = dial_as(1)
         assert isinstance(e, HandshakeRefused) and e.by_peer and e.code == p.ERR_DUPLICATE
         assert "shard 1 already has a working link" in e.reason
-        assert "a second link is refused, not swapped in" in caplog.text
+        # the router logs and counts the refusal after it has sent the ERROR
+        wait_for(lambda: "a second link is refused, not swapped in" in caplog.text, what="log")
+        wait_for(lambda: r2.stats()["handshakes"]["duplicate_links_refused"] == 1, what="count")
         with r2._lock:
             assert r2.peers[1] is working and not working.closed
-        assert r2.stats()["handshakes"]["duplicate_links_refused"] == 1
         m.client(1).send(2, p.Gsi(5, 1))
         f = c2.recv(2.0)
         assert f is not None and f.msg == p.Gsi(5, 1)
