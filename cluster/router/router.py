@@ -546,11 +546,14 @@ class Router:
             line, args = "peer %s refused us: %s", (who, e.reason.removeprefix("peer refused us: "))
         else:
             line, args = "refused peer %s: %s", (who, e.reason)
-        if dialed is not None:  # one per dial attempt, and dials back off: not limited
+        # a dial fails once per attempt, and dials back off; a duplicate comes from a peer
+        # that proved it has the secret: neither can flood, so neither is rate-limited
+        if dialed is not None or (e.code == p.ERR_DUPLICATE and not e.by_peer):
             log.error(line, *args)
-            self._dial_failed(dialed, e.reason)
         else:
             self._refusal_log.log(logging.ERROR, line, *args)
+        if dialed is not None:
+            self._dial_failed(dialed, e.reason)
         self.events.append({"t": time.time(), "event": "refused", "peer": who, "reason": e.reason})
 
     def _local_thread(self, sock: socket.socket) -> None:
