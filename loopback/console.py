@@ -6,6 +6,8 @@ launcher can end a panicked VM at once and callers can read results without re-p
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import threading
 import time
@@ -64,6 +66,20 @@ class ConsoleReader(threading.Thread):
         finally:
             sock.close()
             self._feed(b"\n")
+
+    def forward_input(self, fd: int) -> None:
+        """Copy what arrives on ``fd`` (the user's stdin) to the guest's serial port, as
+        ``qemu -serial stdio`` does, until its end of file."""
+        sock = self._sock
+        if sock is None:
+            return
+
+        def copy() -> None:
+            with contextlib.suppress(OSError):
+                while data := os.read(fd, 4096):
+                    sock.sendall(data)
+
+        threading.Thread(target=copy, name="console-input", daemon=True).start()
 
     def _feed(self, data: bytes) -> None:
         with self._lock:
