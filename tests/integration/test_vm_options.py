@@ -1,0 +1,125 @@
+"""The spec's machine options change what the guest sees (docs/spec.md, "Machine options").
+
+Few boots: one Linux boot checks the CPU model, machine options, SMP topology, NUMA nodes
+per shard, a VGA, the extra QEMU arguments and console input; a boot sector that prints
+through the serial port and then resets checks firmware boot from a disk and no_reboot,
+on one shard and with the reset on another shard than the BSP's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from loopback.launcher import EXIT_GUEST_RESET
+from tests.conftest import REPO, TEST_ENV, Run, dqemu_cmd, run_dqemu
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
+
+HELLO = b"hello from the boot sector"
+
+MACHINE_SPEC = """\
+[vm]
+vcpus = 4
+memory = "512M"
+cpu = "qemu64,+x2apic"
+machine_options = "hpet=off"
+sockets = 2
+cores = 2
+vga = "std"
+qemu_args = ["-smbios", "type=1,product=dqemu-hatch"]
+
+[boot]
+kernel = "guest:cloud"
+initrd = "guest:cloud"
+append = "dq.run=machine dq.input=1"
+timeout = 400
+
+[[shard]]
+id = 0
+vcpus = "0-3"
+numa_nodes = 2
+"""
+
+
+def boot_sector(reset: str) -> bytes:
+    """A 1 MiB raw disk whose boot sector writes HELLO to COM1 (0x3f8), then resets the
+    machine: "triple" by a triple fault (an empty IDT, then int3), "cf9" through the
+    reset control port."""
+    tails = {"triple": "0F011E007D CC", "cf9": "BAF90C B006 EE"}  # lidt [0x7d00] / out 0xcf9
+    tail = bytes.fromhex(tails[reset])
+
+    def code(msg: int) -> bytes:
+        # cli; ds = 0; si = msg; dx = 0x3f8; next: lodsb; test al,al; jz +3; out dx,al;
+        # jmp next; <tail>; hlt; jmp hlt
+        head = bytes.fromhex("FA 31C0 8ED8 BE") + msg.to_bytes(2, "little")
+        return head + bytes.fromhex("BAF803 AC 84C0 7403 EE EBF8") + tail + bytes.fromhex("F4 EBFD")
+
+    text = code(0x7C00 + len(code(0)))
+    sector = bytearray(512)
+    sector[: len(text)] = text
+    sector[len(text) : len(text) + len(HELLO) + 3] = HELLO + b"\r\n\0"
+    sector[510:] = b"\x55\xaa"  # 0x7d00, the empty IDT descriptor, stays zero
+    return bytes(sector) + bytes(2047 * 512)
+
+
+def disk_boot(disk: Path, shard: int, *flags: str) -> Run:
+    """Boot ``disk`` from the firmware, on a virtio-blk disk owned by ``shard``."""
+    return run_dqemu(
+        "loopback", "--drive", f"file={disk},if=none,id=d0,format=raw@{shard}",
+        "--device", f"virtio-blk-pci,drive=d0@{shard}", "--timeout", "240", *flags,
+    )  # fmt: skip
+
+
+def test_machine_options_reach_the_guest(tmp_path: Path) -> None:
+    spec = tmp_path / "machine.toml"
+    spec.write_text(MACHINE_SPEC)
+    proc = subprocess.Popen(
+        dqemu_cmd("loopback", "--spec", str(spec), "--console-input"),
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=TEST_ENV,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    out = []
+    try:
+        for line in proc.stdout:  # ends when the launcher exits (timeout: 400 s)
+            out.append(line.decode(errors="replace"))
+            if line.startswith(b"DQ KV ready_for_input=1"):
+                proc.stdin.write(b"typed into stdin\n")
+                proc.stdin.flush()
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = Run(proc.returncode, "".join(out), err)
+    assert r.returncode == 0 and r.passed("machine"), r.stderr + r.stdout[-3000:]
+    kv = r.kv()
+    assert kv["x2apic"] == "1"  # vm.cpu (qemu64 has no x2apic by itself)
+    assert kv["online_cpus"] == "4" and kv["packages"] == "2"  # vm.sockets, vm.cores
+    assert kv["cpu0_package_cpus"] == "0-1"
+    assert kv["numa_nodes"] == "2" and kv["node0_cpus"] == "0-1" and kv["node1_cpus"] == "2-3"
+    assert "hpet" not in kv["clocksources"]  # vm.machine_options
+    assert kv["pci_vga"] == "1" and kv["crtc"] == "90"  # vm.vga: 0x5a read back, not 0xff
+    assert kv["product"] == "dqemu-hatch"  # vm.qemu_args
+    assert kv["input"] == "typed into stdin"  # --console-input
+
+
+def test_disk_boot_and_no_reboot(tmp_path: Path) -> None:
+    disk = tmp_path / "triple.img"
+    disk.write_bytes(boot_sector("triple"))
+    r = disk_boot(disk, 0, "--no-reboot")
+    assert r.returncode == EXIT_GUEST_RESET, r.stderr + r.stdout[-2000:]
+    assert r.stdout.count(HELLO.decode()) == 1, r.stdout[-2000:]  # booted once, not again
+    assert "guest reset the machine (no_reboot: the VM ended" in r.stderr
+
+
+def test_no_reboot_reset_on_another_shard(tmp_path: Path) -> None:
+    # The reset port belongs to the I/O shard, 1: the reset starts there, not on the BSP's.
+    disk = tmp_path / "cf9.img"
+    disk.write_bytes(boot_sector("cf9"))
+    r = disk_boot(disk, 1, "--vcpus", "2", "--shards", "2", "--io-shard", "1", "--no-reboot")
+    assert r.returncode == EXIT_GUEST_RESET, r.stderr + r.stdout[-2000:]
+    assert r.stdout.count(HELLO.decode()) == 1, r.stdout[-2000:]
