@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cluster.spec import (
     load_spec,
     spec_from_data,
 )
-from loopback.terminal import console_terminal
+from loopback.terminal import console_terminal, interactive
 
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
@@ -164,7 +163,7 @@ def _run(ns: argparse.Namespace) -> int:
     for flag, d in (("--qmp-dir", ns.qmp_dir), ("--log-dir", ns.log_dir)):
         if d is not None and not d.is_dir():
             raise DqemuError(f"{flag}: {d} is not a directory")
-    forward = ns.console_input if ns.console_input is not None else os.isatty(0)
+    forward = ns.console_input if ns.console_input is not None else interactive(0)
     with console_terminal(0 if forward else None):
         result = run_loopback(
             spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir, console_input=0 if forward else None
@@ -217,7 +216,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--vga", metavar="MODEL[@SHARD]", help="add a VGA: std, cirrus, vmware, isa")
     p.add_argument(
         "--console-input", action=argparse.BooleanOptionalAction, default=None,
-        help="copy stdin to the guest's serial port (default: when stdin is a terminal)",
+        help="copy stdin to the guest's serial port (default: when run in the foreground "
+        "of a terminal)",
     )  # fmt: skip
     p.add_argument("--shards", type=int, help="number of shards (vCPUs split evenly)")
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")

@@ -10,10 +10,11 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from loopback.unix_socket import connect_when_ready
 
 PANIC_MARKER = b"Kernel panic - not syncing"
 
@@ -34,19 +35,11 @@ class ConsoleReader(threading.Thread):
 
     def connect(self, timeout: float) -> bool:
         """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.alive():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.path))
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                time.sleep(0.02)
-                continue
-            self._sock = s
-            self.connected.set()
-            return True
-        return False
+        self._sock = connect_when_ready(self.path, timeout, self.alive)
+        if self._sock is None:
+            return False
+        self.connected.set()
+        return True
 
     def run(self) -> None:
         sock = self._sock

@@ -13,6 +13,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from cluster.errors import DqemuError
+from loopback.unix_socket import connect_when_ready
 
 
 class ShardMonitor:
@@ -72,26 +73,17 @@ class EventLog:
         self._buf = b""
 
     def connect(self, timeout: float, alive: Any) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and alive():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.path))
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                time.sleep(0.05)
-                continue
-            s.settimeout(max(1.0, deadline - time.monotonic()))
-            self._sock = s
-            try:
-                self._message()  # the greeting
-                s.sendall(b'{"execute": "qmp_capabilities"}\n')
-                while "return" not in self._message():
-                    pass
-            except (OSError, ValueError) as exc:
-                raise DqemuError(f"{self.name}: QMP event socket: {exc}") from None
-            return
-        raise DqemuError(f"{self.name}: QMP event socket did not answer within {timeout:g} s")
+        s = self._sock = connect_when_ready(self.path, timeout, alive)
+        if s is None:
+            raise DqemuError(f"{self.name}: QMP event socket did not answer within {timeout:g} s")
+        s.settimeout(timeout)
+        try:
+            self._message()  # the greeting
+            s.sendall(b'{"execute": "qmp_capabilities"}\n')
+            while "return" not in self._message():
+                pass
+        except (OSError, ValueError) as exc:
+            raise DqemuError(f"{self.name}: QMP event socket: {exc}") from None
 
     def _message(self) -> dict[str, Any]:
         assert self._sock is not None

@@ -13,9 +13,19 @@ import termios
 from collections.abc import Iterator
 
 
+def interactive(fd: int) -> bool:
+    """Is ``fd`` the terminal this process runs in the foreground of? (A background job
+    that read it or set its mode would be stopped by SIGTTIN / SIGTTOU.)"""
+    try:
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def console_terminal(fd: int | None) -> Iterator[None]:
-    if fd is None or not os.isatty(fd):
+    """The terminal mode for copying keys to the guest, restored on the way out."""
+    if fd is None or not interactive(fd):
         yield
         return
     saved = termios.tcgetattr(fd)

@@ -44,6 +44,37 @@ numa_nodes = 2
 """
 
 
+# Two shards, the disk and the platform devices on shard 1; shard 0 traces the run-state
+# commands it receives (through the unsupported qemu_args).
+CF9_SPEC = """\
+[vm]
+vcpus = 2
+memory = "256M"
+io_shard = 1
+no_reboot = true
+
+[boot]
+timeout = 240
+
+[[shard]]
+id = 0
+vcpus = "0"
+qemu_args = ["-trace", "dqemu_command_recv"]
+
+[[shard]]
+id = 1
+vcpus = "1"
+
+[[device]]
+drive = "file={disk},if=none,id=d0,format=raw"
+shard = 1
+
+[[device]]
+device = "virtio-blk-pci,drive=d0"
+shard = 1
+"""
+
+
 def boot_sector(reset: str) -> bytes:
     """A 1 MiB raw disk whose boot sector writes HELLO to COM1 (0x3f8), then resets the
     machine: "triple" by a triple fault (an empty IDT, then int3), "cf9" through the
@@ -63,14 +94,6 @@ def boot_sector(reset: str) -> bytes:
     sector[len(text) : len(text) + len(HELLO) + 3] = HELLO + b"\r\n\0"
     sector[510:] = b"\x55\xaa"  # 0x7d00, the empty IDT descriptor, stays zero
     return bytes(sector) + bytes(2047 * 512)
-
-
-def disk_boot(disk: Path, shard: int, *flags: str) -> Run:
-    """Boot ``disk`` from the firmware, on a virtio-blk disk owned by ``shard``."""
-    return run_dqemu(
-        "loopback", "--drive", f"file={disk},if=none,id=d0,format=raw@{shard}",
-        "--device", f"virtio-blk-pci,drive=d0@{shard}", "--timeout", "240", *flags,
-    )  # fmt: skip
 
 
 def test_machine_options_reach_the_guest(tmp_path: Path) -> None:
@@ -110,7 +133,10 @@ def test_machine_options_reach_the_guest(tmp_path: Path) -> None:
 def test_disk_boot_and_no_reboot(tmp_path: Path) -> None:
     disk = tmp_path / "triple.img"
     disk.write_bytes(boot_sector("triple"))
-    r = disk_boot(disk, 0, "--no-reboot")
+    r = run_dqemu(
+        "loopback", "--drive", f"file={disk},if=none,id=d0,format=raw",
+        "--device", "virtio-blk-pci,drive=d0", "--no-reboot", "--timeout", "240",
+    )  # fmt: skip
     assert r.returncode == EXIT_GUEST_RESET, r.stderr + r.stdout[-2000:]
     assert r.stdout.count(HELLO.decode()) == 1, r.stdout[-2000:]  # booted once, not again
     assert "guest reset the machine (no_reboot: the VM ended" in r.stderr
@@ -120,6 +146,16 @@ def test_no_reboot_reset_on_another_shard(tmp_path: Path) -> None:
     # The reset port belongs to the I/O shard, 1: the reset starts there, not on the BSP's.
     disk = tmp_path / "cf9.img"
     disk.write_bytes(boot_sector("cf9"))
-    r = disk_boot(disk, 1, "--vcpus", "2", "--shards", "2", "--io-shard", "1", "--no-reboot")
+    spec = tmp_path / "cf9.toml"
+    spec.write_text(CF9_SPEC.format(disk=disk))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    r = run_dqemu("loopback", "--spec", str(spec), "--log-dir", str(logs))
     assert r.returncode == EXIT_GUEST_RESET, r.stderr + r.stdout[-2000:]
     assert r.stdout.count(HELLO.decode()) == 1, r.stdout[-2000:]
+    # Shard 0 quit for the reset (cause 7, guest-reset), as every shard does: it was not
+    # told to reset, which would leave it to take shard 1's exit for a lost peer.
+    received = [ln for ln in (logs / "shard0.log").read_text().splitlines()
+                if "dqemu_command_recv from shard 1" in ln]  # fmt: skip
+    assert any(ln.endswith(": quit reason 7 arg 0") for ln in received), received
+    assert not any("system_reset" in ln for ln in received), received
