@@ -197,9 +197,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and exit with the guest.",
     )
     p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
-    p.add_argument("--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR")
+    p.add_argument(
+        "--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR (none: boot a --drive)"
+    )
     p.add_argument("--initrd", help="initrd file, or guest:FLAVOUR")
-    p.add_argument("--append", help="kernel command line (console=ttyS0 is added)")
+    p.add_argument(
+        "--append", help="kernel command line (a Linux bzImage gets console=ttyS0 panic=-1 first)"
+    )
     p.add_argument("--vcpus", type=int, help="number of vCPUs (default 1)")
     p.add_argument("--memory", help="guest RAM, e.g. 512M or 2G (default 512M)")
     p.add_argument(

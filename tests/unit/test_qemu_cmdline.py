@@ -160,3 +160,14 @@ def test_linux_prefix_only_for_bzimage(tmp_path: Path) -> None:
 def test_firmware_boot_has_no_kernel() -> None:
     args = one_shard_argv("", BootFiles(None, None, "", linux=False))
     assert "-kernel" not in args and "-append" not in args and "-initrd" not in args
+
+
+def test_machine_options_same_on_every_shard() -> None:
+    vm = 'cpu = "max"\nmachine_options = "pit=off"\nno_reboot = true\nqemu_args = ["-S"]'
+    spec = parse_spec(SPEC.replace('memory = "1000M"', f'memory = "1000M"\n{vm}'))
+    a, b = (shard_argv(Path("/q"), spec, i, ShardPaths(Path("/q.qmp"), None, (Path("/r0"),
+            Path("/r1")), Path("/r/s.sock")), BOOT) for i in (0, 1))  # fmt: skip
+    for name in ("-cpu", "-machine", "-smp", "-numa"):
+        assert opt(a, name) == opt(b, name), name
+    assert opt(a, "-machine") == ["q35,pit=off"]
+    assert "-no-reboot" in a and "-no-reboot" in b and a[-1] == b[-1] == "-S"
