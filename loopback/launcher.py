@@ -446,16 +446,19 @@ class LoopbackVM:
         return VMResult(0, "guest powered off (every shard exited 0)", self._lines())
 
     def _guest_reset(self) -> VMResult | None:
-        """With vm.no_reboot, a shard whose QEMU shut down for a guest reset (QMP event
-        SHUTDOWN, reason guest-reset) ended the VM: EXIT_GUEST_RESET."""
+        """With vm.no_reboot, a shard whose QEMU shut down for a reset (QMP event SHUTDOWN,
+        reason guest-reset, or host-qmp-system-reset from a user's QMP) ended the VM:
+        EXIT_GUEST_RESET."""
+        who = {"guest-reset": "guest", "host-qmp-system-reset": "QMP system_reset"}
         for s in self.shards:
             if s.events is None:
                 continue
             for e in s.events.events():
                 reason = e.get("data", {}).get("reason")
-                if e.get("event") == "SHUTDOWN" and reason == "guest-reset":
-                    return VMResult(EXIT_GUEST_RESET, f"guest reset the machine (no_reboot: the "
-                                    f"VM ended; seen by shard {s.id})", self._lines())  # fmt: skip
+                if e.get("event") == "SHUTDOWN" and reason in who:
+                    return VMResult(EXIT_GUEST_RESET, f"{who[reason]} reset the machine "
+                                    f"(no_reboot: the VM ended; seen by shard {s.id})",
+                                    self._lines())  # fmt: skip
         return None
 
     def _failed(self, dead: Child) -> VMResult:

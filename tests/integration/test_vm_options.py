@@ -8,10 +8,12 @@ on one shard and with the reset on another shard than the BSP's.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
 import pytest
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from loopback.launcher import EXIT_GUEST_RESET
 from tests.conftest import REPO, TEST_ENV, Run, dqemu_cmd, run_dqemu
@@ -78,8 +80,8 @@ shard = 1
 def boot_sector(reset: str) -> bytes:
     """A 1 MiB raw disk whose boot sector writes HELLO to COM1 (0x3f8), then resets the
     machine: "triple" by a triple fault (an empty IDT, then int3), "cf9" through the
-    reset control port."""
-    tails = {"triple": "0F011E007D CC", "cf9": "BAF90C B006 EE"}  # lidt [0x7d00] / out 0xcf9
+    reset control port, "none": it halts."""
+    tails = {"triple": "0F011E007D CC", "cf9": "BAF90C B006 EE", "none": ""}
     tail = bytes.fromhex(tails[reset])
 
     def code(msg: int) -> bytes:
@@ -159,3 +161,39 @@ def test_no_reboot_reset_on_another_shard(tmp_path: Path) -> None:
                 if "dqemu_command_recv from shard 1" in ln]  # fmt: skip
     assert any(ln.endswith(": quit reason 7 arg 0") for ln in received), received
     assert not any("system_reset" in ln for ln in received), received
+
+
+def test_no_reboot_qmp_system_reset(tmp_path: Path) -> None:
+    # A reset asked for on shard 1's QMP (the disk and the platform are on shard 0).
+    disk = tmp_path / "halt.img"
+    disk.write_bytes(boot_sector("none"))
+    qmp_dir = tmp_path / "qmp"
+    qmp_dir.mkdir()
+    proc = subprocess.Popen(
+        dqemu_cmd("loopback", "--vcpus", "2", "--shards", "2", "--no-reboot",
+                  "--drive", f"file={disk},if=none,id=d0,format=raw",
+                  "--device", "virtio-blk-pci,drive=d0", "--timeout", "240",
+                  "--qmp-dir", str(qmp_dir)),
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=TEST_ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # ends when the launcher exits (timeout: 240 s)
+            if HELLO in line:
+                qmp = QEMUMonitorProtocol(str(qmp_dir / "shard1.qmp"))
+                qmp.connect()
+                try:
+                    qmp.cmd("system_reset")
+                finally:
+                    with contextlib.suppress(EOFError, OSError):
+                        qmp.close()  # the shard may have exited already
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_GUEST_RESET, err.decode(errors="replace")
+    assert HELLO not in out  # the firmware did not boot the disk again
+    assert b"QMP system_reset reset the machine (no_reboot: the VM ended" in err
