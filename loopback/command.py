@@ -133,7 +133,8 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
         },
         "boot": boot,
         "shard": [
-            {"id": i, "vcpus": cpus, **({"numa_nodes": ns.numa_nodes} if ns.numa_nodes else {})}
+            {"id": i, "vcpus": cpus}
+            | ({"numa_nodes": ns.numa_nodes} if ns.numa_nodes is not None else {})
             for i, cpus in enumerate(placement)
         ],
         "device": [_device_arg(k, v) for k in DEVICE_KINDS for v in getattr(ns, k) or []],

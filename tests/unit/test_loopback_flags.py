@@ -57,6 +57,8 @@ def test_firmware_boot_from_a_drive() -> None:
         (["--vga", "fancy"], "--vga: 'fancy' is not one of std"),
         (["--vga", "std@5"], "--vga (the @SHARD suffix): shard 5 does not exist"),
         (["--numa-nodes", "5"], "--numa-nodes: 5 is outside 1..4"),
+        (["--numa-nodes", "0"], "--numa-nodes: 0 is outside 1..4"),
+        (["--sockets", "0"], "--sockets: sockets = 0 is outside 1..4"),
     ],
 )  # fmt: skip
 def test_flag_errors(args: list[str], expected: str) -> None:
