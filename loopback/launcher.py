@@ -27,17 +27,20 @@ from cluster.errors import DqemuError
 from cluster.forwarding_stats import forwarded
 from cluster.guest_images import ensure_guest
 from cluster.qemu_build import ensure_qemu
-from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.qemu_cmdline import BootFiles, ShardPaths, is_linux_kernel, numa_nodes, shard_argv
 from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
 from loopback.console import ConsoleReader
 from loopback.netns import NetnsError, Topology
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
-from loopback.qmp import ShardMonitor
+from loopback.qmp import EventLog, ShardMonitor
 
 EXIT_PANIC = 3
 EXIT_SHARD_FAILED = 4
 EXIT_TIMEOUT = 124
+# vm.no_reboot: the guest reset the machine, which ended the VM (even: never a guest's
+# isa-debug-exit status, which is odd).
+EXIT_GUEST_RESET = 8
 # A shard QEMU exits with this status when it stopped the VM because another shard, or its
 # router, was lost (hw/dqemu/liveness.c); its log names the lost shard and the cause.
 SHARD_EXIT_PEER_LOST = 4
@@ -68,6 +71,7 @@ class _Shard:
     router_dir: Path | None = None
     netns: str | None = None
     monitor: ShardMonitor | None = None
+    events: EventLog | None = None  # vm.no_reboot: how the shard's VM ended
 
 
 def resolve_boot(spec: VMSpec) -> BootFiles:
@@ -79,11 +83,15 @@ def resolve_boot(spec: VMSpec) -> BootFiles:
         img = ensure_guest(value[len(GUEST_PREFIX) :])
         return img.kernel if part == "kernel" else img.initrd
 
+    if spec.boot.kernel is None:
+        return BootFiles(None, None, "", linux=False)  # the firmware boots from a disk
+    kernel = one(spec.boot.kernel, "kernel")
     initrd = spec.boot.initrd
     return BootFiles(
-        one(spec.boot.kernel, "kernel"),
+        kernel,
         one(initrd, "initrd") if initrd is not None else None,
         spec.boot.append,
+        linux=is_linux_kernel(kernel),
     )
 
 
@@ -108,8 +116,10 @@ class LoopbackVM:
         console: BinaryIO | None = None,
         qmp_dir: Path | None = None,
         log_dir: Path | None = None,
+        console_input: int | None = None,
     ) -> None:
         self.spec = spec
+        self.console_input = console_input  # a file descriptor copied to the guest's serial
         self.qmp_dir = qmp_dir
         self.keep_logs = log_dir
         self.qemu = qemu
@@ -153,6 +163,8 @@ class LoopbackVM:
                 if not self.console.connect(timeout=START_TIMEOUT):
                     raise self._start_failure()
                 self.console.start()
+                if self.console_input is not None:
+                    self.console.forward_input(self.console_input)
                 self._connect_monitors()
                 if self.sharded:
                     self._wait_mesh()
@@ -180,6 +192,8 @@ class LoopbackVM:
             for s in self.shards:
                 if s.monitor is not None:
                     s.monitor.close()
+                if s.events is not None:
+                    s.events.close()
             self._wake_stopped()
             self.sup.stop_all()
             if self.console is not None and self.console.ident is not None:
@@ -276,9 +290,10 @@ class LoopbackVM:
         serial = rundir / "console.sock" if s.id == self.spec.io_shard else None
         router = s.router_dir / "shard.sock" if s.router_dir is not None else None
         user_qmp = self.qmp_dir / f"shard{s.id}.qmp" if self.qmp_dir is not None else None
+        events = rundir / f"shard{s.id}-events.qmp" if self.spec.no_reboot else None
         paths = ShardPaths(
             qmp=rundir / f"shard{s.id}.qmp", serial=serial, ram=ram, router=router,
-            user_qmp=user_qmp,
+            user_qmp=user_qmp, events=events,
         )  # fmt: skip
         argv = shard_argv(qemu, self.spec, s.id, paths, boot)
         s.qemu = self.sup.spawn(
@@ -292,6 +307,9 @@ class LoopbackVM:
             s.monitor = ShardMonitor(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
             try:
                 s.monitor.connect(START_TIMEOUT, alive=lambda q=qemu: q.poll() is None)
+                if self.spec.no_reboot:
+                    s.events = EventLog(f"shard {s.id}", self.rundir / f"shard{s.id}-events.qmp")
+                    s.events.connect(START_TIMEOUT, alive=lambda q=qemu: q.poll() is None)
             except DqemuError:
                 raise self._start_failure() from None
 
@@ -392,7 +410,7 @@ class LoopbackVM:
             if self.console.panic:
                 return VMResult(EXIT_PANIC, f"guest panic: {self.console.panic}", self._lines())
             if code == 0:
-                return VMResult(0, "guest powered off", self._lines())
+                return self._guest_reset() or VMResult(0, "guest powered off", self._lines())
             tail = dead.log_tail(2)
             why = f"{dead.name} (QEMU) exited with status {code}" + (f": {tail}" if tail else "")
             return VMResult(code, why, self._lines())
@@ -417,12 +435,31 @@ class LoopbackVM:
         if bad:
             return VMResult(EXIT_SHARD_FAILED, f"{first.name} ended the VM, but "
                             + "; ".join(bad), self._lines())  # fmt: skip
+        reset = self._guest_reset()
+        if reset is not None:
+            return reset
         stuck = [c.name for c in shards if c.poll() is None]
         if stuck:
             # A QEMU without the run-state patch (0019) does not follow: stopped here.
             why = f"{', '.join(stuck)} did not exit by itself within {FOLLOW_TIMEOUT:g} s"
             return VMResult(0, f"guest powered off; {why} (stopped)", self._lines())
         return VMResult(0, "guest powered off (every shard exited 0)", self._lines())
+
+    def _guest_reset(self) -> VMResult | None:
+        """With vm.no_reboot, a shard whose QEMU shut down for a reset (QMP event SHUTDOWN,
+        reason guest-reset, or host-qmp-system-reset from a user's QMP) ended the VM:
+        EXIT_GUEST_RESET."""
+        who = {"guest-reset": "guest", "host-qmp-system-reset": "QMP system_reset"}
+        for s in self.shards:
+            if s.events is None:
+                continue
+            for e in s.events.events():
+                reason = e.get("data", {}).get("reason")
+                if e.get("event") == "SHUTDOWN" and reason in who:
+                    return VMResult(EXIT_GUEST_RESET, f"{who[reason]} reset the machine "
+                                    f"(no_reboot: the VM ended; seen by shard {s.id})",
+                                    self._lines())  # fmt: skip
+        return None
 
     def _failed(self, dead: Child) -> VMResult:
         """A shard or router died or failed: it is the VM's end, exit 4."""
@@ -468,6 +505,9 @@ def run_loopback(
     console: BinaryIO | None = None,
     qmp_dir: Path | None = None,
     log_dir: Path | None = None,
+    console_input: int | None = None,
 ) -> VMResult:
     sink = console if console is not None else sys.stdout.buffer
-    return LoopbackVM(spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir).run()
+    return LoopbackVM(
+        spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir, console_input=console_input
+    ).run()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPMessage
 
 from cluster.errors import DqemuError
+from loopback.unix_socket import connect_when_ready
 
 CMD_TIMEOUT = 10.0
 CLOSE_WAIT = 0.5
@@ -99,3 +102,62 @@ class ShardMonitor:
                     qmp.close()
         finally:
             self._loop_lock.release()
+
+
+class EventLog:
+    """A QMP connection of its own that only collects the shard's events.
+
+    Negotiated before the guest runs, never read while it runs (QEMU queues the few
+    events in the socket), and read to its end once the shard has exited: which events
+    the shard sent is then known exactly, e.g. a SHUTDOWN caused by a guest reset.
+    """
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def connect(self, timeout: float, alive: Any) -> None:
+        s = self._sock = connect_when_ready(self.path, timeout, alive)
+        if s is None:
+            raise DqemuError(f"{self.name}: QMP event socket did not answer within {timeout:g} s")
+        s.settimeout(timeout)
+        try:
+            self._message()  # the greeting
+            s.sendall(b'{"execute": "qmp_capabilities"}\n')
+            while "return" not in self._message():
+                pass
+        except (OSError, ValueError) as exc:
+            raise DqemuError(f"{self.name}: QMP event socket: {exc}") from None
+
+    def _message(self) -> dict[str, Any]:
+        assert self._sock is not None
+        while b"\n" not in self._buf:
+            data = self._sock.recv(65536)
+            if not data:
+                raise ValueError("closed")
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        msg = json.loads(line)
+        if not isinstance(msg, dict):
+            raise ValueError(f"not a QMP message: {line[:80]!r}")
+        return msg
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event the shard sent, read to the end (call once it has exited)."""
+        out: list[dict[str, Any]] = []
+        if self._sock is None:
+            return out
+        self._sock.settimeout(2.0)
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                msg = self._message()
+                if "event" in msg:
+                    out.append(msg)
+        return out
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
