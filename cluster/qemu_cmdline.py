@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.spec import DeviceSpec, VMSpec
+from cluster.vm_options import smp_arg
 
-# Added to every guest's kernel command line: serial console, and a panic that reboots at
-# once instead of hanging (the launcher reads the panic from the console and ends the VM).
+# Added to a Linux (bzImage) kernel's command line: serial console, and a panic that
+# reboots at once instead of hanging (the launcher reads the panic from the console and
+# ends the VM). A multiboot kernel gets only what the spec says.
 BASE_APPEND = "console=ttyS0 panic=-1"
 # Request/reply timeout of the shard's forwarding: expiry is a loud, fatal error.
 FORWARD_TIMEOUT_MS = 10000
@@ -35,9 +37,24 @@ class ShardPaths:
 
 @dataclass(frozen=True)
 class BootFiles:
-    kernel: Path
+    kernel: Path | None  # None: the firmware boots from a disk, CD or network
     initrd: Path | None
     append: str
+    linux: bool = True  # a Linux bzImage: its command line gets BASE_APPEND
+
+
+def is_linux_kernel(path: Path) -> bool:
+    """A Linux bzImage carries the boot protocol magic "HdrS" at offset 0x202."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0x202)
+            return f.read(4) == b"HdrS"
+    except OSError:
+        return False
+
+
+def kernel_append(boot: BootFiles) -> str:
+    return f"{BASE_APPEND} {boot.append}".strip() if boot.linux else boot.append
 
 
 def device_id(dev: DeviceSpec, index: int) -> str:
@@ -71,27 +88,14 @@ def _device_args(dev: DeviceSpec, index: int, shard: int) -> list[str]:
 
 
 def numa_nodes(spec: VMSpec) -> list[int]:
-    """RAM per NUMA node in MiB: one node per shard when sharded with NUMA on, else one."""
-    if len(spec.shards) == 1 or not spec.numa:
-        return [spec.memory_mib]
-    n = len(spec.shards)
-    base = (spec.memory_mib // n) // 2 * 2  # 2 MiB aligned slices
-    sizes = [base] * n
-    sizes[-1] = spec.memory_mib - base * (n - 1)
-    return sizes
+    """RAM per NUMA node in MiB (one RAM file each): by default one node per shard when
+    sharded with NUMA on, else one (``cluster.vm_options.numa_layout``)."""
+    return [node.mib for node in spec.nodes]
 
 
 def _cpulist(cpus: tuple[int, ...]) -> str:
     """QEMU's -numa cpus= syntax: ranges joined by ':' continuation (cpus=0-1,cpus=4)."""
     return ",".join(f"cpus={c}" for c in cpus)
-
-
-def _smp(spec: VMSpec) -> str:
-    """With a NUMA node per shard, each vCPU is its own socket: vCPUs of one socket in two
-    nodes make Linux warn (topology_sane) and build wrong scheduling domains."""
-    if len(numa_nodes(spec)) > 1:
-        return f"{spec.vcpus},sockets={spec.vcpus},cores=1,threads=1"
-    return str(spec.vcpus)
 
 
 def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
@@ -113,30 +117,16 @@ def shard_argv(
         str(qemu),
         "-name", f"{spec.name}-shard{shard},debug-threads=on",
         "-accel", "tcg,thread=multi",
-        "-smp", _smp(spec),
+        "-smp", smp_arg(spec.vcpus, spec.topology, len(spec.nodes)),
         "-m", f"{spec.memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
         "-msg", "timestamp=on",  # logs say when a shard noticed a failure
         "-S",
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
-        "-kernel", str(boot.kernel),
-        "-append", f"{BASE_APPEND} {boot.append}".strip(),
     ]  # fmt: skip
-    sizes = numa_nodes(spec)
-    if len(sizes) == 1:
-        argv += [
-            "-machine", f"{spec.machine},memory-backend=ram0",
-            "-object", f"memory-backend-file,id=ram0,size={sizes[0]}M,"
-                       f"mem-path={paths.ram[0]},share=on",
-        ]  # fmt: skip
-    else:
-        argv += ["-machine", spec.machine]
-        for node, (mib, s) in enumerate(zip(sizes, spec.shards, strict=True)):
-            argv += [
-                "-object", f"memory-backend-file,id=ram{node},size={mib}M,"
-                           f"mem-path={paths.ram[node]},share=on",
-                "-numa", f"node,nodeid={node},{_cpulist(s.vcpus)},memdev=ram{node}",
-            ]  # fmt: skip
+    if boot.kernel is not None:
+        argv += ["-kernel", str(boot.kernel), "-append", kernel_append(boot)]
+    argv += _machine_args(spec, paths)
     if paths.user_qmp is not None:
         argv += ["-qmp", f"unix:{paths.user_qmp},server=on,wait=off"]
     if boot.initrd is not None:
@@ -152,4 +142,28 @@ def shard_argv(
         argv += _device_args(dev, i, shard)
     if paths.router is not None:
         argv += ["-object", shard_object(spec, shard, paths.router)]
+    # The unsupported escape hatch: last, so that it can add to anything above.
+    return argv + list(spec.qemu_args) + list(spec.shards[shard].qemu_args)
+
+
+def _machine_args(spec: VMSpec, paths: ShardPaths) -> list[str]:
+    """-machine, -cpu, the RAM backends and NUMA nodes, -no-reboot: the same on every shard."""
+    machine = ",".join(x for x in (spec.machine, spec.machine_options) if x)
+    argv = ["-cpu", spec.cpu] if spec.cpu else []
+    if spec.no_reboot:
+        argv.append("-no-reboot")  # a guest reset becomes a shutdown (reason guest-reset)
+    if len(spec.nodes) == 1:
+        return [
+            *argv,
+            "-machine", f"{machine},memory-backend=ram0",
+            "-object", f"memory-backend-file,id=ram0,size={spec.nodes[0].mib}M,"
+                       f"mem-path={paths.ram[0]},share=on",
+        ]  # fmt: skip
+    argv += ["-machine", machine]
+    for i, node in enumerate(spec.nodes):
+        argv += [
+            "-object", f"memory-backend-file,id=ram{i},size={node.mib}M,"
+                       f"mem-path={paths.ram[i]},share=on",
+            "-numa", f"node,nodeid={i},{_cpulist(node.vcpus)},memdev=ram{i}",
+        ]  # fmt: skip
     return argv

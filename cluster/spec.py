@@ -14,6 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
+from cluster.vm_options import (
+    NumaNode,
+    Topology,
+    check_cpu,
+    check_machine_options,
+    check_qemu_args,
+    check_sockets_in_nodes,
+    check_topology,
+    numa_layout,
+    split_even,
+    vga_device,
+)
 
 MAX_VCPUS = 256
 MAX_SHARDS = 64
@@ -31,6 +43,8 @@ class ShardSpec:
     id: int
     vcpus: tuple[int, ...]
     host: str | None = None
+    numa_nodes: int = 1  # NUMA nodes of this shard's vCPUs and RAM slice (vm.numa on)
+    qemu_args: tuple[str, ...] = ()  # unsupported: appended to this shard's QEMU only
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,7 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class BootSpec:
-    kernel: str  # a path, or "guest:FLAVOUR" for the built Linux test guest
+    kernel: str | None  # a path, "guest:FLAVOUR" (the built Linux test guest), None: firmware
     initrd: str | None
     append: str
     timeout: float  # seconds before the launcher gives up on the guest
@@ -60,6 +74,12 @@ class VMSpec:
     shards: tuple[ShardSpec, ...]
     devices: tuple[DeviceSpec, ...] = field(default=())
     source: Path | None = None
+    cpu: str | None = None  # -cpu MODEL[,features]; None: QEMU's default
+    machine_options: str = ""  # appended to -machine TYPE
+    topology: Topology | None = None  # None: -smp N (one socket, or one per NUMA node)
+    no_reboot: bool = False  # a guest reset ends the VM
+    qemu_args: tuple[str, ...] = ()  # unsupported: appended to every shard's QEMU
+    nodes: tuple[NumaNode, ...] = ()  # the NUMA nodes the guest sees (one: no -numa)
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -110,13 +130,7 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
 
 def even_placement(vcpus: int, shards: int) -> list[list[int]]:
     """vCPUs split over shards in order, as evenly as possible (the first shards get more)."""
-    per, extra = divmod(vcpus, shards)
-    out, start = [], 0
-    for i in range(shards):
-        n = per + (1 if i < extra else 0)
-        out.append(list(range(start, start + n)))
-        start += n
-    return out
+    return [list(g) for g in split_even(range(vcpus), shards)]
 
 
 class _Locator:
@@ -248,15 +262,15 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             )
     if "vm" not in data or not isinstance(data["vm"], dict):
         raise r.fail(None, None, None, "missing table [vm]")
-    if "boot" not in data or not isinstance(data["boot"], dict):
-        raise r.fail(None, None, None, "missing table [boot]")
+    if not isinstance(data.get("boot", {}), dict):
+        raise r.fail(None, None, None, "[boot] must be a table")
 
     vm = r.table(
         data["vm"],
         "vm",
         None,
         required={"vcpus", "memory"},
-        optional={"name": str, "machine": str, "numa": bool, "io_shard": int},
+        optional={"name": str, "machine": str, "numa": bool, "io_shard": int, **VM_OPTION_KEYS},
         types={"vcpus": int, "memory": (str, int)},
     )
     vcpus = vm["vcpus"]
@@ -271,17 +285,21 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         raise r.fail("vm", None, "machine", f"{machine!r} is not one of {', '.join(MACHINES)}")
 
     boot = r.table(
-        data["boot"],
+        data.get("boot", {}),
         "boot",
         None,
-        required={"kernel"},
-        optional={"initrd": str, "append": str, "timeout": (int, float)},
-        types={"kernel": str},
+        required=set(),
+        optional={"kernel": str, "initrd": str, "append": str, "timeout": (int, float)},
+        types={},
     )
     timeout = float(boot.get("timeout", 300))
     if timeout <= 0:
         raise r.fail("boot", None, "timeout", "must be positive")
-    kernel = _boot_file(r, boot, "kernel", base)
+    # Without a kernel the firmware (SeaBIOS) boots from a disk, a CD or the network.
+    for key in ("initrd", "append"):
+        if key in boot and "kernel" not in boot:
+            raise r.fail("boot", None, key, "needs boot.kernel (firmware boot takes none)")
+    kernel = _boot_file(r, boot, "kernel", base) if "kernel" in boot else None
     initrd = _boot_file(r, boot, "initrd", base) if "initrd" in boot else None
 
     shards_raw = data.get("shard", [{"id": 0, "vcpus": f"0-{vcpus - 1}"}])
@@ -297,7 +315,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "shard",
             i,
             required={"id", "vcpus"},
-            optional={"host": str},
+            optional={"host": str, "numa_nodes": int, "qemu_args": list},
             types={"id": int, "vcpus": (str, list)},
         )
         sid = s["id"]
@@ -319,7 +337,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             placed[c] = sid
         if not cpus:
             raise r.fail("shard", i, "vcpus", "a shard must run at least one vCPU")
-        shards.append(ShardSpec(sid, tuple(sorted(cpus)), s.get("host")))
+        options = _shard_options(r, i, s, len(cpus))
+        shards.append(ShardSpec(sid, tuple(sorted(cpus)), s.get("host"), *options))
     unplaced = [c for c in range(vcpus) if c not in placed]
     if unplaced:
         raise r.fail(
@@ -363,6 +382,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         if not args.strip():
             raise r.fail("device", i, kinds[0], "is empty")
         devices.append(DeviceSpec(kinds[0], args, owner))
+    options = _vm_options(r, vm, shards, devices)
 
     return VMSpec(
         name=vm.get("name", "dqemu-vm"),
@@ -375,7 +395,80 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         shards=tuple(shards),
         devices=tuple(devices),
         source=Path(r.origin) if base is not None else None,
+        **options,
     )
+
+
+# [vm] keys of the guest-visible machine options (cluster/vm_options.py checks them).
+VM_OPTION_KEYS: dict[str, type | tuple[type, ...]] = {
+    "cpu": str,
+    "machine_options": str,
+    "sockets": int,
+    "cores": int,
+    "threads": int,
+    "no_reboot": bool,
+    "vga": str,
+    "vga_shard": int,
+    "qemu_args": list,
+}
+
+
+def _shard_options(r: _Reader, i: int, s: dict[str, Any], cpus: int) -> tuple[int, tuple[str, ...]]:
+    """A shard's NUMA node count and its (unsupported) extra QEMU arguments."""
+    nodes = s.get("numa_nodes", 1)
+    if not 1 <= nodes <= cpus:
+        why = f"{nodes} is outside 1..{cpus} (every node runs a vCPU of the shard)"
+        raise r.fail("shard", i, "numa_nodes", why)
+    try:
+        return nodes, check_qemu_args(s.get("qemu_args", []))
+    except ValueError as exc:
+        raise r.fail("shard", i, "qemu_args", str(exc)) from None
+
+
+def _vm_options(
+    r: _Reader, vm: dict[str, Any], shards: list[ShardSpec], devices: list[DeviceSpec]
+) -> dict[str, Any]:
+    """The VMSpec fields of the [vm] machine options; a VGA becomes a device of its shard."""
+
+    def checked(key: str, check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except ValueError as exc:
+            raise r.fail("vm", None, key, str(exc)) from None
+
+    vcpus, numa = vm["vcpus"], vm.get("numa", True)
+    topo_keys = [k for k in ("sockets", "cores", "threads") if k in vm]
+    topology = checked(
+        topo_keys[0] if topo_keys else "vcpus",
+        check_topology, vcpus, vm.get("sockets"), vm.get("cores"), vm.get("threads"),
+    )  # fmt: skip
+    many = [s for s in shards if s.numa_nodes > 1]
+    if many and not numa:
+        raise r.fail("shard", many[0].id, "numa_nodes", "needs vm.numa = true")
+    layout = checked(
+        "memory", numa_layout, parse_memory(vm["memory"]), numa,
+        [(s.id, s.vcpus, s.numa_nodes) for s in shards],
+    )  # fmt: skip
+    if topology is not None:
+        checked(topo_keys[0], check_sockets_in_nodes, topology, layout)
+    if "vga" in vm:
+        owner = vm.get("vga_shard", vm.get("io_shard", 0))
+        if not 0 <= owner < len(shards):
+            raise r.fail("vm", None, "vga_shard" if "vga_shard" in vm else "io_shard",
+                         f"shard {owner} does not exist")  # fmt: skip
+        devices.append(DeviceSpec("device", checked("vga", vga_device, vm["vga"]), owner))
+    elif "vga_shard" in vm:
+        raise r.fail("vm", None, "vga_shard", "needs vm.vga (the default is no VGA)")
+    return {
+        "cpu": checked("cpu", check_cpu, vm["cpu"]) if "cpu" in vm else None,
+        "machine_options": checked(
+            "machine_options", check_machine_options, vm.get("machine_options", "")
+        ),
+        "topology": topology,
+        "no_reboot": vm.get("no_reboot", False),
+        "qemu_args": checked("qemu_args", check_qemu_args, vm.get("qemu_args", [])),
+        "nodes": tuple(layout),
+    }
 
 
 def _boot_file(r: _Reader, boot: dict[str, Any], key: str, base: Path | None) -> str:

@@ -24,12 +24,21 @@ from cluster.spec import (
     load_spec,
     spec_from_data,
 )
+from loopback.terminal import console_terminal, interactive
 
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
     ("vm", "memory"): "--memory",
     ("vm", "machine"): "--machine",
     ("vm", "io_shard"): "--io-shard",
+    ("vm", "cpu"): "--cpu",
+    ("vm", "machine_options"): "--machine",
+    ("vm", "sockets"): "--sockets",
+    ("vm", "cores"): "--cores",
+    ("vm", "threads"): "--threads",
+    ("vm", "vga"): "--vga",
+    ("vm", "vga_shard"): "--vga (the @SHARD suffix)",
+    ("shard", "numa_nodes"): "--numa-nodes",
     ("boot", "kernel"): "--kernel",
     ("boot", "initrd"): "--initrd",
     ("boot", "append"): "--append",
@@ -48,6 +57,13 @@ _SPEC_EXCLUSIVE = (
     "placement",
     "machine",
     "io_shard",
+    "cpu",
+    "sockets",
+    "cores",
+    "threads",
+    "no_reboot",
+    "vga",
+    "numa_nodes",
 )
 
 
@@ -58,9 +74,33 @@ def _device_arg(kind: str, value: str) -> dict[str, Any]:
     return {kind: args, "shard": int(shard)}
 
 
+def _vm_option_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    """The [vm] machine options given as flags (cluster/vm_options.py checks them)."""
+    vm: dict[str, Any] = {}
+    machine, _, options = (ns.machine or "q35").partition(",")
+    vm["machine"] = machine
+    if options:
+        vm["machine_options"] = options
+    for key in ("cpu", "sockets", "cores", "threads"):
+        if getattr(ns, key) is not None:
+            vm[key] = getattr(ns, key)
+    if ns.no_reboot:
+        vm["no_reboot"] = True
+    if ns.vga is not None:
+        model, sep, shard = ns.vga.rpartition("@")
+        if sep and shard.isdigit():
+            vm["vga"], vm["vga_shard"] = model, int(shard)
+        else:
+            vm["vga"] = ns.vga
+    return vm
+
+
 def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
-    if ns.kernel is None:
-        raise DqemuError("give either --spec FILE or --kernel FILE (see dqemu loopback --help)")
+    if ns.kernel is None and not ns.drive:
+        raise DqemuError(
+            "give either --spec FILE or --kernel FILE, or a disk for the firmware to boot "
+            "with --drive (see dqemu loopback --help)"
+        )
     if ns.shards is not None and ns.shards < 1:
         raise DqemuError(f"--shards: {ns.shards} is not a number of shards (1 or more)")
     shards = ns.shards or 1
@@ -77,7 +117,11 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
         if shards > ns.vcpus:
             raise DqemuError(f"--shards {shards} is more than --vcpus {ns.vcpus}")
         placement = even_placement(ns.vcpus, shards)
-    boot: dict[str, Any] = {"kernel": ns.kernel, "append": ns.append or ""}
+    boot: dict[str, Any] = {}
+    if ns.kernel is not None:
+        boot["kernel"] = ns.kernel
+    if ns.append:
+        boot["append"] = ns.append
     if ns.initrd:
         boot["initrd"] = ns.initrd
     if ns.timeout is not None:
@@ -86,11 +130,15 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
         "vm": {
             "vcpus": ns.vcpus,
             "memory": ns.memory,
-            "machine": ns.machine,
             "io_shard": ns.io_shard or 0,
+            **_vm_option_flags(ns),
         },
         "boot": boot,
-        "shard": [{"id": i, "vcpus": cpus} for i, cpus in enumerate(placement)],
+        "shard": [
+            {"id": i, "vcpus": cpus}
+            | ({"numa_nodes": ns.numa_nodes} if ns.numa_nodes is not None else {})
+            for i, cpus in enumerate(placement)
+        ],
         "device": [_device_arg(k, v) for k in DEVICE_KINDS for v in getattr(ns, k) or []],
     }
     return spec_from_data(data, flag_reader(_FLAG_KEYS), Path.cwd())
@@ -118,7 +166,11 @@ def _run(ns: argparse.Namespace) -> int:
     for flag, d in (("--qmp-dir", ns.qmp_dir), ("--log-dir", ns.log_dir)):
         if d is not None and not d.is_dir():
             raise DqemuError(f"{flag}: {d} is not a directory")
-    result = run_loopback(spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir)
+    forward = ns.console_input if ns.console_input is not None else interactive(0)
+    with console_terminal(0 if forward else None):
+        result = run_loopback(
+            spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir, console_input=0 if forward else None
+        )
     if result.router_stats:
         print(f"dqemu: forwarded: {format_counts(result.forwarded)}", file=sys.stderr)
     if ns.stats_file is not None:
@@ -155,12 +207,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(SIGTERM/SIGHUP: dqemu ends by that signal). See docs/spec.md.",
     )
     p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
-    p.add_argument("--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR")
+    p.add_argument(
+        "--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR (none: boot a --drive)"
+    )
     p.add_argument("--initrd", help="initrd file, or guest:FLAVOUR")
-    p.add_argument("--append", help="kernel command line (console=ttyS0 is added)")
+    p.add_argument(
+        "--append", help="kernel command line (a Linux bzImage gets console=ttyS0 panic=-1 first)"
+    )
     p.add_argument("--vcpus", type=int, help="number of vCPUs (default 1)")
     p.add_argument("--memory", help="guest RAM, e.g. 512M or 2G (default 512M)")
-    p.add_argument("--machine", choices=("q35", "pc"), help="machine type (default q35)")
+    p.add_argument(
+        "--machine", metavar="TYPE[,OPTS]", help="q35 (default) or pc, with options: q35,hpet=off"
+    )
+    p.add_argument("--cpu", help="CPU model and features, e.g. qemu64,+x2apic")
+    for key in ("sockets", "cores", "threads"):
+        p.add_argument(f"--{key}", type=int, help=f"SMP topology: {key} (product = --vcpus)")
+    p.add_argument("--numa-nodes", type=int, metavar="N", help="NUMA nodes per shard (default 1)")
+    p.add_argument(
+        "--no-reboot", action="store_true", default=None,
+        help="a guest reset ends the VM (exit 8) instead of rebooting it",
+    )  # fmt: skip
+    p.add_argument("--vga", metavar="MODEL[@SHARD]", help="add a VGA: std, cirrus, vmware, isa")
+    p.add_argument(
+        "--console-input", action=argparse.BooleanOptionalAction, default=None,
+        help="copy stdin to the guest's serial port (default: when run in the foreground "
+        "of a terminal)",
+    )  # fmt: skip
     p.add_argument("--shards", type=int, help="number of shards (vCPUs split evenly)")
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
     p.add_argument(

@@ -6,12 +6,15 @@ launcher can end a panicked VM at once and callers can read results without re-p
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from loopback.unix_socket import connect_when_ready
 
 PANIC_MARKER = b"Kernel panic - not syncing"
 
@@ -33,19 +36,11 @@ class ConsoleReader(threading.Thread):
 
     def connect(self, timeout: float) -> bool:
         """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.alive():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.path))
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                time.sleep(0.02)
-                continue
-            self._sock = s
-            self.connected.set()
-            return True
-        return False
+        self._sock = connect_when_ready(self.path, timeout, self.alive)
+        if self._sock is None:
+            return False
+        self.connected.set()
+        return True
 
     def run(self) -> None:
         sock = self._sock
@@ -66,6 +61,20 @@ class ConsoleReader(threading.Thread):
         finally:
             sock.close()
             self._feed(b"\n")
+
+    def forward_input(self, fd: int) -> None:
+        """Copy what arrives on ``fd`` (the user's stdin) to the guest's serial port, as
+        ``qemu -serial stdio`` does, until its end of file."""
+        sock = self._sock
+        if sock is None:
+            return
+
+        def copy() -> None:
+            with contextlib.suppress(OSError):
+                while data := os.read(fd, 4096):
+                    sock.sendall(data)
+
+        threading.Thread(target=copy, name="console-input", daemon=True).start()
 
     def _feed(self, data: bytes) -> None:
         with self._lock:

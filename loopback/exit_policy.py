@@ -13,7 +13,7 @@ odd   the guest's own status through isa-debug-exit, the same on every shard
 2     bad input: a spec or command-line error, a missing or unusable file
 4     a shard or router failed, died or was killed, or a shard lost another one
 6     the guest panicked (seen on its console)
-8     the guest reset the machine while reboot is off (QEMU's -no-reboot)
+8     the machine was reset while reboot is off (vm.no_reboot): by the guest or QMP
 124   the guest did not finish within the timeout
 130   interrupted (SIGINT); SIGTERM and SIGHUP end dqemu by the same signal
 ====  =============================================================================
@@ -36,6 +36,8 @@ EXIT_INTERRUPTED = 130
 SHARD_EXIT_PEER_LOST = 4
 # QMP SHUTDOWN reasons (QEMU's ShutdownCause) that mean the guest ended the VM itself.
 GUEST_REASONS = ("guest-shutdown", "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load")
+# SHUTDOWN reasons of a reset that ended the VM because reboot is off, and who reset it.
+RESET_REASONS = {"guest-reset": "guest", "host-qmp-system-reset": "QMP system_reset"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Ending:
     name: str  # "shard 1", "router 0"
     code: int | None  # its exit status; -N: killed by signal N; None: still running
     seen_at: float = math.inf  # wall-clock time the launcher saw it end
-    guest_reason: str | None = None  # reason of the SHUTDOWN event its QMP reported
+    shutdown_reason: str | None = None  # reason of the SHUTDOWN event its QMP reported
     said: str = ""  # its own last words: a "dqemu: ..." line, else its log's tail
     said_at: float | None = None  # wall-clock time of that line (shard logs carry it)
 
@@ -64,7 +66,7 @@ class Ending:
             self.is_shard
             and self.code is not None
             and self.code >= 0
-            and self.guest_reason in GUEST_REASONS
+            and self.shutdown_reason in GUEST_REASONS
         )
 
     @property
@@ -133,6 +135,12 @@ def decide(endings: list[Ending], panic: str | None = None) -> Verdict:
     # A QEMU without the run-state patch (0019) does not follow: it was stopped.
     note = f"; {', '.join(stuck)} did not exit by itself (stopped)" if stuck else ""
     every = "every shard" if len(shards) > 1 else "the shard"
+    reset = next((e for e in ended if e.code == 0 and e.shutdown_reason in RESET_REASONS), None)
+    if reset is not None:
+        # with reboot off, QEMU turns a reset into a shutdown that exits 0
+        who = RESET_REASONS[reset.shutdown_reason or ""]
+        return Verdict(EXIT_GUEST_RESET, f"{who} reset the machine (no_reboot: the VM ended; "
+                       f"seen by {reset.name}){note}", who == "guest")  # fmt: skip
     guest = [e for e in ended if e.by_guest]
     if not guest:
         # Every shard that ended exited 0 without the guest asking: a quit (QMP, or the
@@ -145,10 +153,6 @@ def decide(endings: list[Ending], panic: str | None = None) -> Verdict:
     if len({e.code for e in chosen}) > 1:
         told = "; ".join(f"{e.name} {how(e.code)}" for e in chosen)
         return Verdict(EXIT_SHARD_FAILED, f"the shards disagree on the guest's status: {told}")
-    if not chosen and any(e.guest_reason == "guest-reset" for e in guest):
-        # with reboot off, QEMU turns the guest's reset into a shutdown that exits 0
-        return Verdict(EXIT_GUEST_RESET, f"the guest reset the machine, and reboot is off "
-                       f"({every} exited 0){note}", True)  # fmt: skip
     if not chosen:
         return Verdict(EXIT_POWEROFF, f"guest powered off ({every} exited 0){note}", True)
     status = chosen[0].code or 0

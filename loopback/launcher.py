@@ -29,11 +29,12 @@ from cluster.errors import DqemuError
 from cluster.forwarding_stats import forwarded
 from cluster.guest_images import ensure_guest
 from cluster.qemu_build import ensure_qemu
-from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.qemu_cmdline import BootFiles, ShardPaths, is_linux_kernel, numa_nodes, shard_argv
 from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
 from loopback.console import ConsoleReader
 from loopback.exit_policy import (
+    EXIT_GUEST_RESET,
     EXIT_INTERRUPTED,
     EXIT_PANIC,
     EXIT_SHARD_FAILED,
@@ -48,7 +49,14 @@ from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
 from loopback.qmp import ShutdownWatch
 from loopback.stale import RUNDIR_PREFIX, reap_stale
 
-__all__ = ["EXIT_PANIC", "EXIT_SHARD_FAILED", "EXIT_TIMEOUT", "LoopbackVM", "VMResult"]
+__all__ = [
+    "EXIT_GUEST_RESET",
+    "EXIT_PANIC",
+    "EXIT_SHARD_FAILED",
+    "EXIT_TIMEOUT",
+    "LoopbackVM",
+    "VMResult",
+]
 
 ROUTER_PORT = 7100
 START_TIMEOUT = 30.0
@@ -91,11 +99,15 @@ def resolve_boot(spec: VMSpec) -> BootFiles:
         img = ensure_guest(value[len(GUEST_PREFIX) :])
         return img.kernel if part == "kernel" else img.initrd
 
+    if spec.boot.kernel is None:
+        return BootFiles(None, None, "", linux=False)  # the firmware boots from a disk
+    kernel = one(spec.boot.kernel, "kernel")
     initrd = spec.boot.initrd
     return BootFiles(
-        one(spec.boot.kernel, "kernel"),
+        kernel,
         one(initrd, "initrd") if initrd is not None else None,
         spec.boot.append,
+        linux=is_linux_kernel(kernel),
     )
 
 
@@ -120,8 +132,10 @@ class LoopbackVM:
         console: BinaryIO | None = None,
         qmp_dir: Path | None = None,
         log_dir: Path | None = None,
+        console_input: int | None = None,
     ) -> None:
         self.spec = spec
+        self.console_input = console_input  # a file descriptor copied to the guest's serial
         self.qmp_dir = qmp_dir
         self.keep_logs = log_dir
         self.qemu = qemu
@@ -139,7 +153,8 @@ class LoopbackVM:
 
     def run(self) -> VMResult:
         boot = resolve_boot(self.spec)
-        self.kernel_kind = kernel_kind(boot.kernel)
+        # the firmware boots a disk when there is no kernel
+        self.kernel_kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
         check_memory(self.spec.memory_mib)
         qemu = self.qemu or ensure_qemu()
         if self.sharded:
@@ -172,6 +187,8 @@ class LoopbackVM:
                 if not self.console.connect(timeout=START_TIMEOUT):
                     raise self._start_failure()
                 self.console.start()
+                if self.console_input is not None:
+                    self.console.forward_input(self.console_input)
                 self._connect_monitors()
                 if self.sharded:
                     self._wait_mesh()
@@ -437,7 +454,7 @@ class LoopbackVM:
             said, said_at = _last_words(c, code) if code is not None else ("", None)
             endings.append(Ending(
                 c.name, code, seen.get(c.name, float("inf")),
-                w.guest_reason if w is not None else None, said, said_at,
+                w.reason if w is not None else None, said, said_at,
             ))  # fmt: skip
         verdict = decide(endings, self.console.panic)
         return VMResult(verdict.status, verdict.reason, self._lines(), by_guest=verdict.by_guest)
@@ -502,6 +519,9 @@ def run_loopback(
     console: BinaryIO | None = None,
     qmp_dir: Path | None = None,
     log_dir: Path | None = None,
+    console_input: int | None = None,
 ) -> VMResult:
     sink = console if console is not None else sys.stdout.buffer
-    return LoopbackVM(spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir).run()
+    return LoopbackVM(
+        spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir, console_input=console_input
+    ).run()

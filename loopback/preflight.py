@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cluster.errors import DqemuError
+from cluster.qemu_cmdline import is_linux_kernel
 
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_SEARCH = 8192  # the multiboot header lies in the first 8 KiB, 4-byte aligned
@@ -24,7 +25,7 @@ def kernel_kind(path: Path) -> str:
             head = f.read(MULTIBOOT_SEARCH)
     except OSError as exc:
         raise DqemuError(f"kernel {path}: cannot read it: {exc.strerror}") from None
-    if head[0x202:0x206] == b"HdrS":
+    if is_linux_kernel(path):
         return "linux"
     for off in range(0, len(head) - 11, 4):
         magic, flags, checksum = struct.unpack_from("<III", head, off)

@@ -1,4 +1,4 @@
-"""A small synchronous QMP client for the launcher (qemu.qmp's legacy API)."""
+"""A small synchronous QMP client for the launcher and tests (qemu.qmp's legacy API)."""
 
 from __future__ import annotations
 
@@ -12,54 +12,97 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp.legacy import QEMUMonitorProtocol, QMPMessage
 
 from cluster.errors import DqemuError
 from loopback.exit_policy import EXIT_SHARD_FAILED
 
+CMD_TIMEOUT = 10.0
+CLOSE_WAIT = 0.5
+
+
+class Monitor(QEMUMonitorProtocol):
+    """qemu.qmp's legacy client, with a capabilities negotiation that tolerates events.
+
+    QEMU runs ``qmp_capabilities`` in a bottom half: the monitor leaves negotiation mode
+    there, and the reply is sent only when the dispatcher coroutine resumes. An event
+    emitted in between (a STOP or RESUME that another shard caused, say) reaches the client
+    *before* the reply. qemu.qmp's own negotiation takes the first message after its
+    request for the reply and fails with ``NegotiationError`` (an ``AssertionError`` on
+    ``'return' in reply``). Here the greeting is awaited as usual, but ``qmp_capabilities``
+    goes out as an ordinary command once the reader runs: its reply is matched by id, and
+    an early event lands in the event queue like any other.
+    """
+
+    def connect(self, negotiate: bool = True) -> QMPMessage | None:
+        # the legacy API keeps its asyncio client in _qmp and its address in _address
+        self._qmp.await_greeting = True
+        self._qmp.negotiate = False
+        self._sync(self._qmp.connect(self._address))
+        if negotiate:
+            self.cmd("qmp_capabilities")
+        return self._get_greeting()
+
 
 class ShardMonitor:
-    """QMP connection to one shard."""
+    """QMP connection to one shard, usable from any thread.
+
+    qemu.qmp's legacy clients run on the asyncio loop of the thread that made them, one
+    loop for all of them, so every call on any monitor takes one lock: the launcher's
+    main thread and the control API's threads take turns.
+    """
+
+    _loop_lock = threading.Lock()
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
         self.path = path
-        self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp: Monitor | None = None
 
     def connect(self, timeout: float, alive: Any) -> None:
         """Connect, retrying until the socket answers, ``alive()`` turns false, or timeout."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline and alive():
-            qmp = QEMUMonitorProtocol(str(self.path), nickname=self.name)
+            qmp = Monitor(str(self.path), nickname=self.name)
             try:
-                qmp.connect()
-            # a QEMU that exits during the greeting: EOFError, or qemu.qmp's own assertion
-            except (OSError, EOFError, AssertionError, QMPError) as exc:
+                with self._loop_lock:
+                    qmp.connect()
+            except (OSError, EOFError, QMPError) as exc:  # EOF: QEMU exited meanwhile
                 last = exc
-                with contextlib.suppress(OSError, EOFError, AssertionError, QMPError):
+                with self._loop_lock, contextlib.suppress(OSError, EOFError, QMPError):
                     qmp.close()
                 time.sleep(0.05)
                 continue
+            qmp.settimeout(CMD_TIMEOUT)  # a hung shard fails a call, never blocks the VM
             self._qmp = qmp
             return
         why = f": {last}" if last else ""
         raise DqemuError(f"{self.name}: QMP did not answer within {timeout:g} s{why}")
 
     def cmd(self, name: str, **args: Any) -> Any:
-        if self._qmp is None:
-            raise DqemuError(f"{self.name}: QMP not connected")
-        try:
-            return self._qmp.cmd(name, **args)
-        except (OSError, QMPError) as exc:
-            raise DqemuError(f"{self.name}: QMP {name} failed: {exc}") from exc
+        with self._loop_lock:
+            qmp = self._qmp
+            if qmp is None:
+                raise DqemuError(f"{self.name}: QMP not connected")
+            try:
+                return qmp.cmd(name, **args)
+            except (OSError, EOFError, QMPError, TimeoutError) as exc:
+                raise DqemuError(f"{self.name}: QMP {name} failed: {exc}") from exc
 
     def close(self) -> None:
-        """Close the connection; a QEMU that already exited is not an error here."""
-        qmp, self._qmp = self._qmp, None
-        if qmp is not None:
-            with contextlib.suppress(OSError, EOFError, AssertionError, QMPError):
-                qmp.close()
+        """Close the connection; a QEMU that already exited is not an error here. While
+        another thread waits on a hung shard, leave the socket to the process's exit."""
+        if not self._loop_lock.acquire(timeout=CLOSE_WAIT):
+            self._qmp = None
+            return
+        try:
+            qmp, self._qmp = self._qmp, None
+            if qmp is not None:
+                with contextlib.suppress(OSError, EOFError, QMPError, TimeoutError):
+                    qmp.close()
+        finally:
+            self._loop_lock.release()
 
 
 class ShutdownWatch(threading.Thread):
@@ -93,8 +136,10 @@ class ShutdownWatch(threading.Thread):
                     raise OSError("no QMP greeting")
                 f.write(b'{"execute": "qmp_capabilities"}\n')
                 f.flush()
-                if "return" not in json.loads(f.readline() or b"{}"):
-                    raise OSError("qmp_capabilities refused")
+                # an event may come before the reply (see Monitor): wait for the reply
+                while "return" not in (reply := json.loads(f.readline() or b'{"error": 0}')):
+                    if "error" in reply:
+                        raise OSError(f"qmp_capabilities refused: {reply['error']}")
             except (OSError, ValueError) as exc:
                 sock.close()
                 if time.monotonic() > deadline or not alive():
@@ -142,11 +187,9 @@ class ShutdownWatch(threading.Thread):
             done.set()
 
     @property
-    def guest_reason(self) -> str | None:
-        """The SHUTDOWN reason if the guest caused it, else None."""
-        if self.shutdown and self.shutdown.get("guest"):
-            return str(self.shutdown.get("reason", "guest-shutdown"))
-        return None
+    def reason(self) -> str | None:
+        """The reason of the shard's SHUTDOWN event (QEMU's ShutdownCause), if it came."""
+        return str(self.shutdown.get("reason", "")) if self.shutdown is not None else None
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

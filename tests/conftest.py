@@ -48,7 +48,7 @@ def dqemu_cmd(*args: str) -> list[str]:
 def run_dqemu(*args: str, timeout: float = 600) -> Run:
     proc = subprocess.run(
         dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-        check=False, env=TEST_ENV,
+        check=False, env=TEST_ENV, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     return Run(proc.returncode, proc.stdout, proc.stderr)
 

@@ -15,6 +15,7 @@ import secrets
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from cluster.router import protocol as p
 from cluster.router.transport import LinkClosed, read_frame
 
 MIN_SECRET_BYTES = 16
-_MAC_LABEL = b"DQMU-AUTH-1"
+_MAC_LABEL = b"DQMU-AUTH-2"
 
 
 class SecretError(ValueError):
@@ -93,20 +94,40 @@ def vm_id_bytes(vm_id: str) -> bytes:
     return b.ljust(p.VM_ID_SIZE, b"\0")
 
 
+ROLE_DIALER = 1  # the router that connected (the lower shard id)
+ROLE_LISTENER = 2  # the router that accepted
+_ROLE_NAMES = {ROLE_DIALER: "dialer", ROLE_LISTENER: "listener"}
+
+
+def dialer_of(a: int, b: int) -> int:
+    """Which of two peer shards' routers dials the other: the lower shard id."""
+    return min(a, b)
+
+
 def compute_mac(
     secret: bytes,
     vm_id: str,
-    prover: int,
-    verifier: int,
-    verifier_nonce: bytes,
-    prover_nonce: bytes,
+    prover_role: int,
+    dialer: int,
+    listener: int,
+    dialer_nonce: bytes,
+    listener_nonce: bytes,
 ) -> bytes:
+    """The AUTH MAC of the side with ``prover_role`` on the link ``dialer`` -> ``listener``.
+
+    Both nonces, both shard ids (in their roles), the prover's role and the VM id are bound,
+    so an AUTH is valid only on the one connection, in the one direction, it was made for:
+    a reflected AUTH (wrong role) or one relayed from another connection (other nonces,
+    or the two routers in the wrong roles) never verifies.
+    """
+    if prover_role not in _ROLE_NAMES:
+        raise ValueError(f"prover role {prover_role} is neither dialer nor listener")
     msg = (
         _MAC_LABEL
         + vm_id_bytes(vm_id)
-        + struct.pack("<HH", prover, verifier)
-        + verifier_nonce
-        + prover_nonce
+        + struct.pack("<BHH", prover_role, dialer, listener)
+        + dialer_nonce
+        + listener_nonce
     )
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
@@ -114,13 +135,14 @@ def compute_mac(
 def verify_mac(
     secret: bytes,
     vm_id: str,
-    prover: int,
-    verifier: int,
-    verifier_nonce: bytes,
-    prover_nonce: bytes,
+    prover_role: int,
+    dialer: int,
+    listener: int,
+    dialer_nonce: bytes,
+    listener_nonce: bytes,
     mac: bytes,
 ) -> bool:
-    want = compute_mac(secret, vm_id, prover, verifier, verifier_nonce, prover_nonce)
+    want = compute_mac(secret, vm_id, prover_role, dialer, listener, dialer_nonce, listener_nonce)
     return hmac.compare_digest(want, mac)
 
 
@@ -150,16 +172,24 @@ def _refuse(
     return HandshakeRefused(reason, code, peer)
 
 
-def _expect(sock: socket.socket, own_id: int, mtype: int, peer: int | None) -> p.Frame:
+def _expect(
+    sock: socket.socket, own_id: int, mtype: int, peer: int | None, deadline: float
+) -> p.Frame:
     try:
-        f = read_frame(sock)
+        f = read_frame(sock, deadline)
     except p.ProtocolError as e:
         raise _refuse(sock, own_id, e.code, str(e), peer) from None
     except TimeoutError:
-        raise HandshakeRefused("handshake timed out", p.ERR_TIMEOUT, peer) from None
+        raise HandshakeRefused(
+            f"handshake timed out (waiting for {p.type_name(mtype)})", p.ERR_TIMEOUT, peer
+        ) from None
     except LinkClosed:
         raise HandshakeRefused(
             "connection closed during handshake", p.ERR_LINK_DOWN, peer
+        ) from None
+    except OSError as e:
+        raise HandshakeRefused(
+            f"connection failed during handshake: {e.strerror or e}", p.ERR_LINK_DOWN, peer
         ) from None
     if f.is_error and isinstance(f.msg, p.Error):
         err = HandshakeRefused(f"peer refused us: {f.msg.message}", f.msg.code, peer)
@@ -178,6 +208,15 @@ def _expect(sock: socket.socket, own_id: int, mtype: int, peer: int | None) -> p
     return f
 
 
+def _send(sock: socket.socket, frame: bytes, what: str, peer: int | None) -> None:
+    try:
+        sock.sendall(frame)
+    except OSError as e:
+        raise HandshakeRefused(
+            f"cannot send {what}: {e.strerror or e}", p.ERR_LINK_DOWN, peer
+        ) from None
+
+
 def handshake(
     sock: socket.socket,
     *,
@@ -187,25 +226,29 @@ def handshake(
     features: int,
     is_peer: Callable[[int], bool],
     timeout: float,
+    dialed: bool,
+    admit: Callable[[int], str | None] = lambda _peer: None,
 ) -> PeerIdentity:
     """Run the mutual HELLO/AUTH/AUTH_OK exchange on a fresh connection (either side).
+
+    ``dialed`` says which end we are: True if we connected (the dialer), False if we
+    accepted (the listener). A listener accepts only a peer that is supposed to dial it
+    (`dialer_of`); a dialer only a peer it is supposed to dial. The whole exchange must end
+    within ``timeout`` seconds, however slowly the peer sends. Once the peer has proved
+    itself, ``admit(peer)`` may still refuse it (ERR_DUPLICATE) with a reason: a second
+    link to a peer that has a working one.
 
     Raises HandshakeRefused with a one-line reason. On success the socket is left
     blocking with no timeout and nothing beyond the handshake has been read.
     """
+    deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     nonce = secrets.token_bytes(p.NONCE_SIZE)
-    try:
-        sock.sendall(
-            p.encode_frame(
-                p.Hello(own_id, p.ROLE_ROUTER, features, nonce, vm_id),
-                src=own_id,
-                dst=p.DST_ROUTER,
-            )
-        )
-    except OSError as e:
-        raise HandshakeRefused(f"cannot send HELLO: {e.strerror or e}", p.ERR_LINK_DOWN) from None
-    f = _expect(sock, own_id, p.MSG_HELLO, None)
+    hello_out = p.encode_frame(
+        p.Hello(own_id, p.ROLE_ROUTER, features, nonce, vm_id), src=own_id, dst=p.DST_ROUTER
+    )
+    _send(sock, hello_out, "HELLO", None)
+    f = _expect(sock, own_id, p.MSG_HELLO, None, deadline)
     hello = f.msg
     assert isinstance(hello, p.Hello)
     peer = hello.shard_id
@@ -229,27 +272,40 @@ def handshake(
         raise _refuse(
             sock, own_id, p.ERR_PROTOCOL, f"HELLO role {hello.role} is not a router", peer
         )
-    mac = compute_mac(secret, vm_id, own_id, peer, hello.nonce, nonce)
-    try:
-        sock.sendall(p.encode_frame(p.Auth(mac), src=own_id, dst=p.DST_ROUTER))
-    except OSError as e:
-        raise HandshakeRefused(
-            f"cannot send AUTH: {e.strerror or e}", p.ERR_LINK_DOWN, peer
-        ) from None
-    f = _expect(sock, own_id, p.MSG_AUTH, peer)
+    # the lower shard id dials: a connection in the other direction is never genuine
+    if dialed and dialer_of(own_id, peer) != own_id:
+        raise _refuse(
+            sock, own_id, p.ERR_VM_MISMATCH,
+            f"shard {peer} answered a dial from shard {own_id}, but shard {peer} is the "
+            f"one that dials (the lower shard id dials)", peer,
+        )  # fmt: skip
+    if not dialed and dialer_of(own_id, peer) != peer:
+        raise _refuse(
+            sock, own_id, p.ERR_VM_MISMATCH,
+            f"shard {peer} dialed shard {own_id}, but shard {own_id} is the one that dials "
+            f"(the lower shard id dials)", peer,
+        )  # fmt: skip
+    if dialed:
+        role, peer_role = ROLE_DIALER, ROLE_LISTENER
+        link = (own_id, peer, nonce, hello.nonce)
+    else:
+        role, peer_role = ROLE_LISTENER, ROLE_DIALER
+        link = (peer, own_id, hello.nonce, nonce)
+    mac = compute_mac(secret, vm_id, role, *link)
+    _send(sock, p.encode_frame(p.Auth(mac), src=own_id, dst=p.DST_ROUTER), "AUTH", peer)
+    f = _expect(sock, own_id, p.MSG_AUTH, peer, deadline)
     auth = f.msg
     assert isinstance(auth, p.Auth)
-    if not verify_mac(secret, vm_id, peer, own_id, nonce, hello.nonce, auth.mac):
+    if not verify_mac(secret, vm_id, peer_role, *link, auth.mac):
         raise _refuse(
-            sock, own_id, p.ERR_AUTH_FAILED, "authentication failed (wrong secret?)", peer
-        )
+            sock, own_id, p.ERR_AUTH_FAILED,
+            "authentication failed (wrong secret, or a relayed or reflected handshake)", peer,
+        )  # fmt: skip
+    why = admit(peer)
+    if why is not None:
+        raise _refuse(sock, own_id, p.ERR_DUPLICATE, why, peer)
     common = features & hello.features
-    try:
-        sock.sendall(p.encode_frame(p.AuthOk(common), src=own_id, dst=p.DST_ROUTER))
-    except OSError as e:
-        raise HandshakeRefused(
-            f"cannot send AUTH_OK: {e.strerror or e}", p.ERR_LINK_DOWN, peer
-        ) from None
-    _expect(sock, own_id, p.MSG_AUTH_OK, peer)
+    _send(sock, p.encode_frame(p.AuthOk(common), src=own_id, dst=p.DST_ROUTER), "AUTH_OK", peer)
+    _expect(sock, own_id, p.MSG_AUTH_OK, peer, deadline)
     sock.settimeout(None)
     return PeerIdentity(peer, common)

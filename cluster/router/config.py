@@ -16,7 +16,8 @@ Example (TOML)::
 
 Optional tuning keys: ``ping_interval`` (s, default 0.2: heartbeat PING period),
 ``link_timeout`` (s, 1.0: liveness timeout, a link silent this long is dead),
-``handshake_timeout`` (s, 5.0), ``features`` (int, default all known),
+``handshake_timeout`` (s, 2.0: the whole link set-up, however slowly the peer sends),
+``features`` (int, default all known),
 ``shard_heartbeat`` ("auto" (default): ping the local shard once it has sent its router a
 PING or PONG; "on": from REGISTER; "off": never), ``busy_poll_us`` (us, default 200; 0 = no
 busy polling) and ``busy_poll_cpu`` (fraction of one CPU that spinning may use, default 0.5);
@@ -71,7 +72,7 @@ class RouterConfig:
     routes: dict[str, dict[Any, Any]] = field(default_factory=dict)
     ping_interval: float = 0.2
     link_timeout: float = 1.0
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = 2.0
     features: int = p.FEATURES_KNOWN
     shard_heartbeat: str = "auto"
     busy_poll_us: float = 200.0
@@ -186,7 +187,7 @@ def config_from_data(data: Any) -> RouterConfig:
         routes=routes,
         ping_interval=_positive(data, "ping_interval", 0.2),
         link_timeout=_positive(data, "link_timeout", 1.0),
-        handshake_timeout=_positive(data, "handshake_timeout", 5.0),
+        handshake_timeout=_positive(data, "handshake_timeout", 2.0),
         features=features,
         shard_heartbeat=hb,
         busy_poll_us=float(bp_us),

@@ -49,10 +49,11 @@ from cluster.router._fastpath import (
     UD_NO_LOCAL,
     UD_NO_ROUTE,
 )
-from cluster.router.auth import HandshakeRefused, handshake
+from cluster.router.auth import HandshakeRefused, dialer_of, handshake
 from cluster.router.config import RouterConfig
 from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
+from cluster.router.loglimit import LogLimiter
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.transport import (
     KIND_LOCAL,
@@ -72,6 +73,9 @@ log = logging.getLogger("dqemu.router")
 _DIAL_MIN = 0.1
 _DIAL_MAX = 2.0
 _TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness check is
+# unauthenticated TCP connections being set up at once (each has a thread until its
+# handshake ends or times out); more are closed as soon as they are accepted
+MAX_INBOUND_HANDSHAKES = 16
 
 
 class Router:
@@ -122,6 +126,15 @@ class Router:
         }
         for sid in self.routes.peers():
             self.peer_info[sid] = {"state": "down", "since": time.time(), "last_error": None}
+        # inbound TCP connections: handshakes in flight (capped), and what was refused
+        self._inbound = 0
+        self.handshakes: dict[str, int] = {
+            "inbound_accepted": 0,
+            "inbound_refused": 0,
+            "inbound_dropped_busy": 0,
+            "duplicate_links_refused": 0,
+        }
+        self._refusal_log = LogLimiter(log, "connection-refusal")
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -303,9 +316,22 @@ class Router:
             return
         conn.setblocking(True)
         if obj is self._tcp:
-            tune_tcp(conn)
             peer = f"{addr[0]}:{addr[1]}"
-            self._spawn(self._peer_thread, f"peer-in-{peer}", conn, peer, None)
+            with self._lock:
+                busy = self._inbound >= MAX_INBOUND_HANDSHAKES
+                if not busy:
+                    self._inbound += 1
+                self.handshakes["inbound_dropped_busy" if busy else "inbound_accepted"] += 1
+            if busy:
+                conn.close()
+                self._refusal_log.log(
+                    logging.ERROR,
+                    "dropped connection from %s: %d handshakes are in progress already",
+                    peer, MAX_INBOUND_HANDSHAKES,
+                )  # fmt: skip
+                return
+            tune_tcp(conn)
+            self._spawn(self._inbound_thread, f"peer-in-{peer}", conn, peer)
         elif obj is self._shard_srv:
             self._spawn(self._local_thread, "local", conn)
         elif obj is self._ctl_srv:
@@ -335,6 +361,7 @@ class Router:
             cc.sock.close()
 
     def _housekeeping(self, now: float) -> None:
+        self._refusal_log.flush()
         with self._lock:
             links = dict(self.peers)
         timeout = self.cfg.link_timeout
@@ -372,7 +399,7 @@ class Router:
         for sid, addr in self.routes.peers().items():
             if sid in links or sid in self._dialing or addr is None:
                 continue
-            if self.id > sid:
+            if dialer_of(self.id, sid) != self.id:
                 continue  # the lower shard id dials
             if now < self._dial_next.get(sid, 0.0):
                 continue
@@ -421,6 +448,28 @@ class Router:
         self._dial_backoff[sid] = backoff
         self._dial_next[sid] = time.monotonic() + backoff
 
+    def _inbound_thread(self, sock: socket.socket, addr: str) -> None:
+        try:
+            self._peer_thread(sock, addr, None)
+        finally:
+            with self._lock:
+                self._inbound -= 1
+
+    def _duplicate(self, sid: int) -> str | None:
+        """Why a new link for ``sid`` must be refused: a working one exists already."""
+        with self._lock:
+            return self._duplicate_locked(sid)
+
+    def _duplicate_locked(self, sid: int) -> str | None:
+        old = self.peers.get(sid)
+        if old is None or old.closed:
+            return None
+        return (
+            f"shard {sid} already has a working link ({old.name}, up since "
+            f"{time.strftime('%H:%M:%S', time.localtime(old.up_since))}); a second link is "
+            "refused, not swapped in"
+        )
+
     def _peer_thread(self, sock: socket.socket, addr: str, dialed: int | None) -> None:
         try:
             ident = handshake(
@@ -431,6 +480,8 @@ class Router:
                 features=self.cfg.features,
                 is_peer=lambda s: s != self.id and self.routes.has_shard(s),
                 timeout=self.cfg.handshake_timeout,
+                dialed=dialed is not None,
+                admit=self._duplicate,
             )
             if dialed is not None and ident.shard_id != dialed:
                 raise HandshakeRefused(
@@ -440,28 +491,26 @@ class Router:
                 )
         except HandshakeRefused as e:
             sock.close()
-            who = f"{addr}" + (f" (shard {e.peer_shard})" if e.peer_shard is not None else "")
-            if e.by_peer:
-                log.error("peer %s refused us: %s", who, e.reason)
-            else:
-                log.error("refused peer %s: %s", who, e.reason)
-            self.events.append(
-                {"t": time.time(), "event": "refused", "peer": who, "reason": e.reason}
-            )
-            if dialed is not None:
-                self._dial_failed(dialed, e.reason)
+            self._refused(addr, e, dialed)
             return
         sid = ident.shard_id
-        link = self._data.link(sock, KIND_PEER, f"shard {sid} ({addr})", sid)
-        link.features = ident.features
         with self._lock:
             if self._stopping.is_set():
-                link.release()
+                sock.close()
                 return
-            old = self.peers.get(sid)
-            self.peers[sid] = link
-        if old is not None:
-            old.close("replaced by a newer connection")
+            why = self._duplicate_locked(sid)
+            if why is None:
+                link = self._data.link(sock, KIND_PEER, f"shard {sid} ({addr})", sid)
+                link.features = ident.features
+                self.peers[sid] = link
+        if why is not None:  # another link for this peer came up during our handshake
+            err = p.encode_frame(p.Error(p.ERR_DUPLICATE, why), src=self.id, dst=p.DST_ROUTER)
+            with contextlib.suppress(OSError):
+                sock.settimeout(1.0)
+                sock.sendall(err)
+            sock.close()
+            self._refused(addr, HandshakeRefused(why, p.ERR_DUPLICATE, sid), dialed)
+            return
         self._dial_backoff[sid] = 0.0
         self.peer_info[sid] = {
             "state": "up",
@@ -483,6 +532,29 @@ class Router:
         local = self.local
         up = (local, self._to_local_link_state(sid, p.LINK_UP, 0)) if local else None
         self._data.add(link, self._link_down, notify=up)
+
+    def _refused(self, addr: str, e: HandshakeRefused, dialed: int | None) -> None:
+        """Log and count a failed link set-up. Inbound refusals are rate-limited: anybody
+        who can reach the port can cause them."""
+        who = f"{addr}" + (f" (shard {e.peer_shard})" if e.peer_shard is not None else "")
+        with self._lock:
+            if e.code == p.ERR_DUPLICATE and not e.by_peer:
+                self.handshakes["duplicate_links_refused"] += 1
+            if dialed is None:
+                self.handshakes["inbound_refused"] += 1
+        if e.by_peer:
+            line, args = "peer %s refused us: %s", (who, e.reason.removeprefix("peer refused us: "))
+        else:
+            line, args = "refused peer %s: %s", (who, e.reason)
+        # a dial fails once per attempt, and dials back off; a duplicate comes from a peer
+        # that proved it has the secret: neither can flood, so neither is rate-limited
+        if dialed is not None or (e.code == p.ERR_DUPLICATE and not e.by_peer):
+            log.error(line, *args)
+        else:
+            self._refusal_log.log(logging.ERROR, line, *args)
+        if dialed is not None:
+            self._dial_failed(dialed, e.reason)
+        self.events.append({"t": time.time(), "event": "refused", "peer": who, "reason": e.reason})
 
     def _local_thread(self, sock: socket.socket) -> None:
         sock.settimeout(self.cfg.handshake_timeout)
@@ -906,8 +978,13 @@ class Router:
             "links": out,
             "closed_links": dict(self.closed_link_stats),
             "liveness": dict(self.liveness),
+            "handshakes": self._handshake_counts(),
             "data_loop": self._data.stats(),
         }
+
+    def _handshake_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {**self.handshakes, "inbound_in_progress": self._inbound}
 
     def health(self) -> dict[str, Any]:
         with self._lock:

@@ -153,11 +153,18 @@ class Link:
 # --- blocking frame I/O for handshakes and simple clients --------------------------------------
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
+def recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """Read exactly ``n`` bytes. With a ``deadline`` (`time.monotonic()`), the whole read
+    must end by then (TimeoutError), however slowly the peer trickles bytes in."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
             if got == 0:
@@ -167,11 +174,12 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_frame(sock: socket.socket) -> p.Frame:
-    """Read and decode exactly one frame (blocking; honours the socket's timeout)."""
-    head = recv_exact(sock, p.HEADER_SIZE)
+def read_frame(sock: socket.socket, deadline: float | None = None) -> p.Frame:
+    """Read and decode exactly one frame (blocking; honours the socket's timeout, or
+    ``deadline`` as in `recv_exact`)."""
+    head = recv_exact(sock, p.HEADER_SIZE, deadline)
     h = p.decode_header(head)
-    payload = recv_exact(sock, h.length) if h.length else b""
+    payload = recv_exact(sock, h.length, deadline) if h.length else b""
     return p.Frame(h, p.decode_body(h, payload))
 
 

@@ -94,6 +94,10 @@ def test_only_option_selects_groups(qemu: Path, kernel: Path) -> None:
     assert groups <= {"tsc", "acpi", "cpu"}, groups
     assert r.info["tsc"]["bound_ns"] == "123456"
     assert r.info["options"]["only"] == "tsc"
+    # A multiboot kernel gets only the spec's command line, not Linux's console=/panic=.
+    cmdline = [ln for ln in run.output.splitlines() if "# cmdline:" in ln]
+    assert cmdline and cmdline[0].endswith(" only=tsc tsc_bound_ns=123456"), cmdline
+    assert "console=" not in cmdline[0] and "panic=" not in cmdline[0], cmdline
 
 
 def test_build_is_cached(kernel: Path) -> None:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from loopback.qmp import Monitor
 from tests.conftest import REPO, TEST_ENV, dqemu_cmd, run_dqemu
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
@@ -75,8 +75,8 @@ class VM:
             assert time.monotonic() < deadline, f"no {line!r} #{n}: {self.out[-20:]}"
             time.sleep(0.2)
 
-    def qmp(self, shard: int) -> QEMUMonitorProtocol:
-        m = QEMUMonitorProtocol(str(self.qmp_dir / f"shard{shard}.qmp"))
+    def qmp(self, shard: int) -> Monitor:
+        m = Monitor(str(self.qmp_dir / f"shard{shard}.qmp"))
         m.connect()
         return m
 

@@ -33,7 +33,7 @@ def test_dqemu_statuses_are_even_so_no_guest_status_is_one_of_them() -> None:
 @pytest.mark.parametrize("first", [0, 1])
 def test_guest_status_comes_back_whichever_shard_ends_first(first: int) -> None:
     # every shard followed the guest's isa-debug-exit with its status (0019)
-    shards = [Ending(f"shard {i}", 33, seen_at=1.0 + (i != first), guest_reason=GUEST)
+    shards = [Ending(f"shard {i}", 33, seen_at=1.0 + (i != first), shutdown_reason=GUEST)
               for i in (0, 1)]  # fmt: skip
     v = decide(routers() + shards)
     assert (v.status, v.by_guest) == (33, True), v
@@ -44,15 +44,15 @@ def test_guest_status_comes_back_whichever_shard_ends_first(first: int) -> None:
 
 def test_guest_status_wins_over_a_shard_that_followed_with_0() -> None:
     # the symptom of issue 12.10 / 13§2.7: shard 1 exited 0 first, the owner 33
-    shards = [Ending("shard 1", 0, seen_at=1.0, guest_reason=GUEST),
-              Ending("shard 0", 33, seen_at=1.1, guest_reason=GUEST)]  # fmt: skip
+    shards = [Ending("shard 1", 0, seen_at=1.0, shutdown_reason=GUEST),
+              Ending("shard 0", 33, seen_at=1.1, shutdown_reason=GUEST)]  # fmt: skip
     v = decide(routers() + shards)
     assert (v.status, v.by_guest) == (33, True), v
     assert v.reason.endswith("; shard 1 exited with status 0"), v.reason
 
 
 def test_guest_status_1_is_the_guests_not_an_error() -> None:
-    v = decide([Ending("shard 0", 1, seen_at=1.0, guest_reason=GUEST)])
+    v = decide([Ending("shard 0", 1, seen_at=1.0, shutdown_reason=GUEST)])
     assert (v.status, v.by_guest) == (1, True), v
     assert "QEMU" not in v.reason
 
@@ -64,7 +64,7 @@ def test_qemu_exiting_1_by_itself_is_a_failure() -> None:
 
 
 def test_poweroff_and_quit() -> None:
-    off = decide(routers() + [Ending(f"shard {i}", 0, guest_reason=GUEST) for i in (0, 1)])
+    off = decide(routers() + [Ending(f"shard {i}", 0, shutdown_reason=GUEST) for i in (0, 1)])
     assert (off.status, off.by_guest) == (0, True)
     assert "guest powered off (every shard exited 0)" in off.reason
     quit_ = decide(routers() + [Ending(f"shard {i}", 0) for i in (0, 1)])
@@ -72,12 +72,15 @@ def test_poweroff_and_quit() -> None:
 
 
 def test_shards_that_disagree_on_the_guest_status_fail() -> None:
-    shards = [Ending("shard 0", 33, guest_reason=GUEST), Ending("shard 1", 35, guest_reason=GUEST)]
+    shards = [
+        Ending("shard 0", 33, shutdown_reason=GUEST),
+        Ending("shard 1", 35, shutdown_reason=GUEST),
+    ]
     assert decide(shards).status == EXIT_SHARD_FAILED
 
 
 def test_a_router_gone_before_the_teardown_is_a_failure() -> None:
-    shards = [Ending(f"shard {i}", 0, guest_reason=GUEST) for i in (0, 1)]
+    shards = [Ending(f"shard {i}", 0, shutdown_reason=GUEST) for i in (0, 1)]
     v = decide([Ending("router 0", None), Ending("router 1", -9, seen_at=1.0), *shards])
     assert v.status == EXIT_SHARD_FAILED
     assert v.reason.startswith("router 1 was killed by signal 9")
@@ -113,11 +116,15 @@ def test_panic_wins() -> None:
 
 
 def test_a_shard_that_did_not_follow_is_named() -> None:
-    v = decide([Ending("shard 0", 0, guest_reason=GUEST), Ending("shard 1", None)])
+    v = decide([Ending("shard 0", 0, shutdown_reason=GUEST), Ending("shard 1", None)])
     assert v.status == 0 and "shard 1 did not exit by itself (stopped)" in v.reason
 
 
-def test_a_guest_reset_with_reboot_off_is_not_a_poweroff() -> None:
-    v = decide([Ending(f"shard {i}", 0, guest_reason="guest-reset") for i in (0, 1)])
+def test_a_reset_with_reboot_off_is_not_a_poweroff() -> None:
+    v = decide([Ending(f"shard {i}", 0, shutdown_reason="guest-reset") for i in (0, 1)])
     assert (v.status, v.by_guest) == (EXIT_GUEST_RESET, True)
-    assert v.reason == "the guest reset the machine, and reboot is off (every shard exited 0)"
+    assert v.reason == "guest reset the machine (no_reboot: the VM ended; seen by shard 0)"
+    qmp = [Ending("shard 0", 0, shutdown_reason="host-qmp-system-reset"), Ending("shard 1", 0)]
+    v = decide(qmp)
+    assert (v.status, v.by_guest) == (EXIT_GUEST_RESET, False)
+    assert v.reason.startswith("QMP system_reset reset the machine (no_reboot: the VM ended")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.qemu_cmdline import BootFiles, ShardPaths, is_linux_kernel, numa_nodes, shard_argv
 from cluster.spec import parse_spec
 
 SPEC = """\
@@ -98,3 +98,75 @@ def test_unsharded_has_no_shard_object() -> None:
     assert "-numa" not in args
     assert opt(args, "-smp") == ["2"]
     assert opt(args, "-machine") == ["q35,memory-backend=ram0"]
+
+
+def one_shard_argv(vm: str, boot: BootFiles = BOOT, shard: str = "") -> list[str]:
+    spec = parse_spec(f'[vm]\nvcpus = 4\nmemory = 256\n{vm}\n[[shard]]\nid = 0\nvcpus = "0-3"\n'
+                      f"{shard}\n")  # fmt: skip
+    ram = tuple(Path(f"/dev/shm/r{i}") for i in range(len(spec.nodes)))
+    paths = ShardPaths(Path("/q.qmp"), Path("/c.sock"), ram, None)
+    return shard_argv(Path("/q"), spec, 0, paths, boot)
+
+
+def test_machine_options_in_argv() -> None:
+    args = one_shard_argv('cpu = "qemu64,+x2apic"\nmachine = "pc"\nmachine_options = "hpet=off"\n'
+                          "sockets = 2\ncores = 2\nno_reboot = true")  # fmt: skip
+    assert opt(args, "-cpu") == ["qemu64,+x2apic"]
+    assert opt(args, "-machine") == ["pc,hpet=off,memory-backend=ram0"]
+    assert opt(args, "-smp") == ["4,sockets=2,cores=2,threads=1"]
+    assert "-no-reboot" in args
+
+
+def test_several_numa_nodes_on_one_shard() -> None:
+    args = one_shard_argv("", shard="numa_nodes = 2")
+    assert opt(args, "-machine") == ["q35"]
+    assert opt(args, "-numa") == [
+        "node,nodeid=0,cpus=0,cpus=1,memdev=ram0",
+        "node,nodeid=1,cpus=2,cpus=3,memdev=ram1",
+    ]
+    assert opt(args, "-smp") == ["4,sockets=4,cores=1,threads=1"]
+
+
+def test_vga_on_its_shard() -> None:
+    spec = parse_spec(
+        SPEC.replace('memory = "1000M"', 'memory = "1000M"\nvga = "std"\nvga_shard = 1')
+    )
+    paths = ShardPaths(Path("/q.qmp"), None, (Path("/r0"), Path("/r1")), Path("/r/s.sock"))
+    args = shard_argv(Path("/q"), spec, 0, paths, BOOT)
+    assert "VGA,id=dqvga" in opt(args, "-device")
+    assert "dqvga@1" in next(o for o in opt(args, "-object") if o.startswith("dqemu-shard"))
+    assert opt(args, "-vga") == ["none"]  # no default VGA besides
+
+
+def test_qemu_args_come_last_global_then_shard() -> None:
+    args = one_shard_argv('qemu_args = ["-smbios", "type=1,product=x"]',
+                          shard='qemu_args = ["-d", "guest_errors"]')  # fmt: skip
+    assert args[-4:] == ["-smbios", "type=1,product=x", "-d", "guest_errors"]
+
+
+def test_linux_prefix_only_for_bzimage(tmp_path: Path) -> None:
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(bytes(0x202) + b"HdrS" + bytes(100))
+    mb = tmp_path / "multiboot.elf"
+    mb.write_bytes(b"\x7fELF" + bytes(0x300))
+    assert is_linux_kernel(bz) and not is_linux_kernel(mb) and not is_linux_kernel(tmp_path)
+    linux = one_shard_argv("", BootFiles(bz, None, "quiet", linux=True))
+    assert opt(linux, "-append") == ["console=ttyS0 panic=-1 quiet"]
+    multiboot = one_shard_argv("", BootFiles(mb, None, "only=tsc", linux=False))
+    assert opt(multiboot, "-append") == ["only=tsc"]
+
+
+def test_firmware_boot_has_no_kernel() -> None:
+    args = one_shard_argv("", BootFiles(None, None, "", linux=False))
+    assert "-kernel" not in args and "-append" not in args and "-initrd" not in args
+
+
+def test_machine_options_same_on_every_shard() -> None:
+    vm = 'cpu = "max"\nmachine_options = "pit=off"\nno_reboot = true\nqemu_args = ["-S"]'
+    spec = parse_spec(SPEC.replace('memory = "1000M"', f'memory = "1000M"\n{vm}'))
+    a, b = (shard_argv(Path("/q"), spec, i, ShardPaths(Path("/q.qmp"), None, (Path("/r0"),
+            Path("/r1")), Path("/r/s.sock")), BOOT) for i in (0, 1))  # fmt: skip
+    for name in ("-cpu", "-machine", "-smp", "-numa"):
+        assert opt(a, name) == opt(b, name), name
+    assert opt(a, "-machine") == ["q35,pit=off"]
+    assert "-no-reboot" in a and "-no-reboot" in b and a[-1] == b[-1] == "-S"

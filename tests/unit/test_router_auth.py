@@ -11,6 +11,8 @@ import pytest
 
 from cluster.router import protocol as p
 from cluster.router.auth import (
+    ROLE_DIALER,
+    ROLE_LISTENER,
     HandshakeRefused,
     SecretError,
     compute_mac,
@@ -24,14 +26,17 @@ from cluster.router.transport import LinkClosed, read_frame
 from tests.unit._router_support import SECRET, InProcessMesh, wait_for
 
 
-def test_mac_binds_direction_and_nonces() -> None:
+def test_mac_binds_roles_ids_and_nonces() -> None:
     a, b = b"a" * 32, b"b" * 32
-    mac = compute_mac(SECRET, "vm1", 1, 2, a, b)
-    assert verify_mac(SECRET, "vm1", 1, 2, a, b, mac)
-    assert not verify_mac(SECRET, "vm1", 2, 1, a, b, mac)  # reflected
-    assert not verify_mac(SECRET, "vm1", 1, 2, b, a, mac)
-    assert not verify_mac(SECRET, "vm2", 1, 2, a, b, mac)
-    assert not verify_mac(b"x" * 32, "vm1", 1, 2, a, b, mac)
+    mac = compute_mac(SECRET, "vm1", ROLE_DIALER, 1, 2, a, b)
+    assert verify_mac(SECRET, "vm1", ROLE_DIALER, 1, 2, a, b, mac)
+    assert not verify_mac(SECRET, "vm1", ROLE_LISTENER, 1, 2, a, b, mac)  # reflected
+    assert not verify_mac(SECRET, "vm1", ROLE_DIALER, 2, 1, a, b, mac)  # ids swapped
+    assert not verify_mac(SECRET, "vm1", ROLE_DIALER, 1, 3, a, b, mac)  # another listener
+    assert not verify_mac(SECRET, "vm1", ROLE_DIALER, 1, 2, b, a, mac)  # nonces swapped
+    assert not verify_mac(SECRET, "vm1", ROLE_DIALER, 1, 2, a, a, mac)  # another nonce
+    assert not verify_mac(SECRET, "vm2", ROLE_DIALER, 1, 2, a, b, mac)
+    assert not verify_mac(b"x" * 32, "vm1", ROLE_DIALER, 1, 2, a, b, mac)
 
 
 def test_secret_loading(tmp_path: Path) -> None:
@@ -151,30 +156,65 @@ def test_impostor_frames_never_delivered(tmp_path: Path, caplog: pytest.LogCaptu
         _received_nothing(m, 2)
 
 
-def test_unknown_shard_and_good_impostor(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_shard_duplicate_and_wrong_direction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="dqemu.router")
-    with InProcessMesh([1, 2], tmp_path) as m:
+    with InProcessMesh([1, 2, 3], tmp_path) as m:
         m.wait_links()
         c2 = m.client(2)
-        port = m.routers[2].listen_addr.port
+        r2 = m.routers[2]
+        port = r2.listen_addr.port
+
+        def dial_as(shard: int, features: int = 0) -> tuple[socket.socket, object]:
+            s = _fake_peer(port)
+            try:
+                return s, handshake(
+                    s, own_id=shard, vm_id="vm1", secret=SECRET, features=features,
+                    is_peer=lambda _s: True, timeout=5.0, dialed=True,
+                )  # fmt: skip
+            except HandshakeRefused as e:
+                s.close()
+                return s, e
+
         # a shard id that is not in the VM
+        _s, e = dial_as(0)
+        assert isinstance(e, HandshakeRefused) and e.by_peer
+        assert "shard 0 is not a peer of shard 2" in e.reason
+        # shard 3 never dials shard 2 (the lower shard id dials): refused before any AUTH
         s = _fake_peer(port)
-        with pytest.raises(HandshakeRefused) as ei:
-            handshake(
-                s, own_id=9, vm_id="vm1", secret=SECRET, features=0,
-                is_peer=lambda _s: True, timeout=5.0,
-            )  # fmt: skip
+        s.sendall(
+            p.encode_frame(p.Hello(3, p.ROLE_ROUTER, 0, b"n" * 32, "vm1"), src=3, dst=p.DST_ROUTER)
+        )
+        frames = _read_until_close(s)
         s.close()
-        assert ei.value.by_peer and "shard 9 is not a peer of shard 2" in ei.value.reason
-        # with the secret, a replacement link for shard 1 is accepted and delivers
-        s = _fake_peer(port)
-        ident = handshake(
-            s, own_id=1, vm_id="vm1", secret=SECRET, features=p.FEATURES_KNOWN,
-            is_peer=lambda _s: True, timeout=5.0,
-        )  # fmt: skip
-        assert ident.shard_id == 2 and ident.features == p.FEATURES_KNOWN
-        s.sendall(p.encode_frame(p.Gsi(4, 1), src=1, dst=2))
+        assert [f.type for f in frames] == [p.MSG_HELLO, p.MSG_ERROR], frames
+        err = frames[1].msg
+        assert isinstance(err, p.Error) and err.code == p.ERR_VM_MISMATCH
+        assert "shard 3 dialed shard 2, but shard 2 is the one that dials" in err.message
+        # with the secret, a second link for shard 1 is refused: the working one stays
+        with r2._lock:
+            working = r2.peers[1]
+        _s, e = dial_as(1)
+        assert isinstance(e, HandshakeRefused) and e.by_peer and e.code == p.ERR_DUPLICATE
+        assert "shard 1 already has a working link" in e.reason
+        # the router logs and counts the refusal after it has sent the ERROR
+        wait_for(lambda: "a second link is refused, not swapped in" in caplog.text, what="log")
+        wait_for(lambda: r2.stats()["handshakes"]["duplicate_links_refused"] == 1, what="count")
+        with r2._lock:
+            assert r2.peers[1] is working and not working.closed
+        m.client(1).send(2, p.Gsi(5, 1))
         f = c2.recv(2.0)
+        assert f is not None and f.msg == p.Gsi(5, 1)
+        # once shard 1's router is gone, a dialer with the secret gets the link and delivers
+        m.routers[1].close()
+        wait_for(lambda: 1 not in r2.peers, what="router 1's link gone")
+        s, ident = dial_as(1, p.FEATURES_KNOWN)
+        assert not isinstance(ident, HandshakeRefused), ident
+        assert ident.shard_id == 2 and ident.features == p.FEATURES_KNOWN  # type: ignore[attr-defined]
+        s.sendall(p.encode_frame(p.Gsi(4, 1), src=1, dst=2))
+        while (f := c2.recv(2.0)) is not None and not isinstance(f.msg, p.Gsi):
+            pass
         assert f is not None and f.msg == p.Gsi(4, 1)
         s.close()
         time.sleep(0.05)

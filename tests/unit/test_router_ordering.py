@@ -21,40 +21,41 @@ from tests.unit._router_support import SECRET, register_raw, router_config, wait
 
 
 def test_link_state_does_not_overtake_earlier_frames(tmp_path: Path) -> None:
-    # router 1 alone; the test plays shard 2's router on a raw, authenticated TCP link
-    r1 = Router(config_from_data(router_config(1, [1, 2], tmp_path, {1: 0, 2: 0})), SECRET)
-    r1.start()
-    t = threading.Thread(target=r1.serve_forever, name="router-1", daemon=True)
+    # router 2 alone; the test plays shard 1's router (the dialer) on a raw, authenticated
+    # TCP link
+    r2 = Router(config_from_data(router_config(2, [1, 2], tmp_path, {1: 0, 2: 0})), SECRET)
+    r2.start()
+    t = threading.Thread(target=r2.serve_forever, name="router-2", daemon=True)
     t.start()
-    shard1 = peer = None
+    shard2 = peer = None
     try:
-        shard1 = register_raw(r1.cfg.shard_socket, 1)
-        peer = socket.create_connection(("127.0.0.1", r1.listen_addr.port), 5.0)
+        shard2 = register_raw(r2.cfg.shard_socket, 2)
+        peer = socket.create_connection(("127.0.0.1", r2.listen_addr.port), 5.0)
         handshake(
-            peer, own_id=2, vm_id="vm1", secret=SECRET, features=0,
-            is_peer=lambda s: s == 1, timeout=5.0,
+            peer, own_id=1, vm_id="vm1", secret=SECRET, features=0,
+            is_peer=lambda s: s == 2, timeout=5.0, dialed=True,
         )  # fmt: skip
-        wait_for(lambda: r1.health()["peers"]["2"]["state"] == "up", what="link from shard 2")
+        wait_for(lambda: r2.health()["peers"]["1"]["state"] == "up", what="link from shard 1")
         quits = [
-            p.encode_frame(p.Command(p.CMD_QUIT, 0, i), src=2, dst=p.DST_BROADCAST)
+            p.encode_frame(p.Command(p.CMD_QUIT, 0, i), src=1, dst=p.DST_BROADCAST)
             for i in range(8)
         ]
         down = p.encode_frame(
-            p.LinkState(2, p.LINK_DOWN, p.ERR_SHARD_EXITED), src=2, dst=p.DST_ROUTER
+            p.LinkState(1, p.LINK_DOWN, p.ERR_SHARD_EXITED), src=1, dst=p.DST_ROUTER
         )
         peer.sendall(b"".join([*quits, down]))  # one write: the router reads them at once
-        shard1.settimeout(5.0)
+        shard2.settimeout(5.0)
         got = []
         while len(got) < 9:
-            f = read_frame(shard1)
+            f = read_frame(shard2)
             if isinstance(f.msg, p.Command) or (
                 isinstance(f.msg, p.LinkState) and f.msg.state == p.LINK_DOWN
             ):
                 got.append(f.msg)
         assert got[:8] == [p.Command(p.CMD_QUIT, 0, i) for i in range(8)], got
-        assert got[8] == p.LinkState(2, p.LINK_DOWN, p.ERR_SHARD_EXITED), got
+        assert got[8] == p.LinkState(1, p.LINK_DOWN, p.ERR_SHARD_EXITED), got
     finally:
-        for s in (shard1, peer):
+        for s in (shard2, peer):
             if s is not None:
                 s.close()
-        r1.close()
+        r2.close()

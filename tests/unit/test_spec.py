@@ -106,7 +106,17 @@ def test_bad_toml_has_line() -> None:
 
 
 def test_missing_tables() -> None:
-    assert "missing table [boot]" in _err("[vm]\nvcpus = 1\nmemory = 64\n")
+    assert "missing table [vm]" in _err('[boot]\nkernel = "guest:cloud"\n')
+
+
+def test_firmware_boot_needs_no_boot_table() -> None:
+    spec = parse_spec("[vm]\nvcpus = 1\nmemory = 64\n")
+    assert spec.boot.kernel is None and spec.boot.initrd is None
+
+
+def test_append_needs_a_kernel() -> None:
+    msg = _err('[vm]\nvcpus = 1\nmemory = 64\n[boot]\nappend = "quiet"\n')
+    assert msg == "vm.toml:5: boot.append: needs boot.kernel (firmware boot takes none)"
 
 
 def test_unknown_table() -> None:
