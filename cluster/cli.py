@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "loopback.command",
     "loopback.stale",
     "cluster.router.command",
+    "cluster.vm.commands",
 ]
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for re-running detached
     try:
         code: int = args.func(args)
     except DqemuError as exc:

@@ -115,7 +115,7 @@ def shard_argv(
 ) -> list[str]:
     argv = [
         str(qemu),
-        "-name", f"{spec.name}-shard{shard},debug-threads=on",
+        "-name", f"{spec.name or 'dqemu'}-shard{shard},debug-threads=on",
         "-accel", "tcg,thread=multi",
         "-smp", smp_arg(spec.vcpus, spec.topology, len(spec.nodes)),
         "-m", f"{spec.memory_mib}M",

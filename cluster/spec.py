@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
+from cluster.vm.registry import NAME_RE, NAME_RULE
 from cluster.vm_options import (
     NumaNode,
     Topology,
@@ -64,7 +65,7 @@ class BootSpec:
 
 @dataclass(frozen=True)
 class VMSpec:
-    name: str
+    name: str | None  # None: the launcher generates one (cluster/vm/registry.py)
     vcpus: int
     memory_mib: int
     machine: str
@@ -280,6 +281,9 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         memory = parse_memory(vm["memory"])
     except ValueError as exc:
         raise r.fail("vm", None, "memory", str(exc)) from None
+    name = vm.get("name")
+    if name is not None and not NAME_RE.match(name):
+        raise r.fail("vm", None, "name", f"{name!r} is not a VM name ({NAME_RULE})")
     machine = vm.get("machine", "q35")
     if machine not in MACHINES:
         raise r.fail("vm", None, "machine", f"{machine!r} is not one of {', '.join(MACHINES)}")
@@ -385,7 +389,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     options = _vm_options(r, vm, shards, devices)
 
     return VMSpec(
-        name=vm.get("name", "dqemu-vm"),
+        name=name,
         vcpus=vcpus,
         memory_mib=memory,
         machine=machine,

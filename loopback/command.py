@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from cluster.spec import (
     load_spec,
     spec_from_data,
 )
+from cluster.vm.registry import check_name
+from loopback.detach import detach, log_to_registry
 from loopback.terminal import console_terminal, interactive
 
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
@@ -147,6 +150,8 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
 def _run(ns: argparse.Namespace) -> int:
     from loopback.launcher import run_loopback  # heavy imports only when running
 
+    if ns.name is not None:
+        check_name(ns.name)
     if ns.spec is not None:
         mixed = [
             f"--{k.replace('_', '-')}" for k in _SPEC_EXCLUSIVE if getattr(ns, k) not in (None, [])
@@ -166,11 +171,20 @@ def _run(ns: argparse.Namespace) -> int:
     for flag, d in (("--qmp-dir", ns.qmp_dir), ("--log-dir", ns.log_dir)):
         if d is not None and not d.is_dir():
             raise DqemuError(f"{flag}: {d} is not a directory")
-    forward = ns.console_input if ns.console_input is not None else interactive(0)
-    with console_terminal(0 if forward else None):
-        result = run_loopback(
-            spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir, console_input=0 if forward else None
-        )
+    if ns.detach:
+        return detach(ns.argv, ns.name or spec.name)
+    if ns.detached_child:
+        with open(os.devnull, "wb") as discard:  # the console goes to the control API only
+            result = run_loopback(spec, console=discard, qmp_dir=ns.qmp_dir,
+                                  log_dir=ns.log_dir, name=ns.name,
+                                  on_running=log_to_registry)  # fmt: skip
+    else:
+        forward = ns.console_input if ns.console_input is not None else interactive(0)
+        with console_terminal(0 if forward else None):
+            result = run_loopback(
+                spec, qmp_dir=ns.qmp_dir, log_dir=ns.log_dir,
+                console_input=0 if forward else None, name=ns.name,
+            )  # fmt: skip
     if result.router_stats:
         print(f"dqemu: forwarded: {format_counts(result.forwarded)}", file=sys.stderr)
     if ns.stats_file is not None:
@@ -203,10 +217,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and exit with the guest.",
         epilog="Exit status: 0 the guest powered off; odd: the guest's own isa-debug-exit "
         "status ((value << 1) | 1); dqemu's own are even: 2 bad input, 4 a shard or router "
-        "failed, 6 guest panic, 8 guest reset with reboot off, 124 timeout, 130 interrupted "
+        "failed, 6 guest panic, 8 guest reset with reboot off, 10 destroyed (dqemu destroy), "
+        "124 timeout, 130 interrupted "
         "(SIGTERM/SIGHUP: dqemu ends by that signal). See docs/spec.md.",
     )
     p.add_argument("--spec", type=Path, help="VM spec (TOML); see docs/spec.md")
+    p.add_argument("--name", help="the VM's name (default: the spec's vm.name, else generated)")
+    p.add_argument(
+        "--detach", action="store_true",
+        help="return once the VM runs, printing its name; drive it with dqemu list/info/"
+        "console/... (docs/control.md)",
+    )  # fmt: skip
+    p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--kernel", help="bzImage or multiboot kernel, or guest:FLAVOUR (none: boot a --drive)"
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from loopback.serial_hub import SerialHub
 from loopback.unix_socket import connect_when_ready
 
 PANIC_MARKER = b"Kernel panic - not syncing"
@@ -33,6 +34,7 @@ class ConsoleReader(threading.Thread):
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.received = 0  # bytes the guest printed
+        self.hub: SerialHub | None = None  # the control API's readers and writer
 
     def connect(self, timeout: float) -> bool:
         """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
@@ -53,14 +55,26 @@ class ConsoleReader(threading.Thread):
                     break
                 self.received += len(data)
                 if self.sink is not None:
-                    self.sink.write(data)
-                    self.sink.flush()
+                    with contextlib.suppress(OSError, ValueError):  # a closed terminal
+                        self.sink.write(data)
+                        self.sink.flush()
+                if self.hub is not None:
+                    self.hub.write(data)
                 self._feed(data)
         except OSError:
             pass
         finally:
             sock.close()
             self._feed(b"\n")
+            if self.hub is not None:
+                self.hub.close()
+
+    def send(self, data: bytes) -> None:
+        """Bytes for the guest's serial port (what a user types)."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.sendall(data)
 
     def forward_input(self, fd: int) -> None:
         """Copy what arrives on ``fd`` (the user's stdin) to the guest's serial port, as

@@ -29,6 +29,7 @@ EXIT_USAGE = 2
 EXIT_SHARD_FAILED = 4
 EXIT_PANIC = 6
 EXIT_GUEST_RESET = 8
+EXIT_DESTROYED = 10  # an operator destroyed the VM (dqemu destroy, the control API)
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 # A shard QEMU exits with this status when it stopped the VM because another shard, or its

@@ -10,6 +10,7 @@ path: guest poweroff, a shard's exit, timeout, panic, Ctrl-C, SIGTERM and SIGHUP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +35,11 @@ from cluster.qemu_build import ensure_qemu
 from cluster.qemu_cmdline import BootFiles, ShardPaths, is_linux_kernel, numa_nodes, shard_argv
 from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
+from cluster.vm import registry
+from cluster.vm.control import ControlServer
 from loopback.console import ConsoleReader
 from loopback.exit_policy import (
+    EXIT_DESTROYED,
     EXIT_GUEST_RESET,
     EXIT_INTERRUPTED,
     EXIT_PANIC,
@@ -46,10 +52,12 @@ from loopback.exit_policy import (
 from loopback.netns import NetnsError, Topology
 from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals
-from loopback.qmp import ShutdownWatch
+from loopback.qmp import ShardQMP
+from loopback.serial_hub import SerialHub
 from loopback.stale import RUNDIR_PREFIX, reap_stale
 
 __all__ = [
+    "EXIT_DESTROYED",
     "EXIT_GUEST_RESET",
     "EXIT_PANIC",
     "EXIT_SHARD_FAILED",
@@ -87,7 +95,7 @@ class _Shard:
     router: Child | None = None
     router_dir: Path | None = None
     netns: str | None = None
-    watch: ShutdownWatch | None = None  # the launcher's QMP connection
+    watch: ShardQMP | None = None  # the launcher's QMP connection
 
 
 def resolve_boot(spec: VMSpec) -> BootFiles:
@@ -133,8 +141,21 @@ class LoopbackVM:
         qmp_dir: Path | None = None,
         log_dir: Path | None = None,
         console_input: int | None = None,
+        name: str | None = None,
+        on_running: Callable[[LoopbackVM], None] | None = None,
     ) -> None:
         self.spec = spec
+        # what the control API shows (docs/control.md); name: --name, else the spec's,
+        # else generated when the name is claimed
+        self.name = name or spec.name
+        self.state = "starting"
+        self.ended: VMResult | None = None
+        self.started = time.time()
+        self.launcher_pid = os.getpid()
+        self.destroy_requested = threading.Event()
+        self.on_running = on_running  # called once every shard runs
+        self.hub = SerialHub()
+        self.entry: registry.Entry | None = None  # the VM's registry entry, once claimed
         self.console_input = console_input  # a file descriptor copied to the guest's serial
         self.qmp_dir = qmp_dir
         self.keep_logs = log_dir
@@ -152,6 +173,31 @@ class LoopbackVM:
     # --- the whole life of the VM ----------------------------------------------------------
 
     def run(self) -> VMResult:
+        """Claim the VM's name, serve its control API, and run it to its end."""
+        from loopback.vm_api import LoopbackControl  # it reads this module's classes
+
+        claim = registry.claim(self.name)
+        self.name = claim.name
+        self.entry = claim.entry
+        self.spec = dataclasses.replace(self.spec, name=claim.name)
+        claim.write_meta(pid=self.launcher_pid, started=self.started,
+                         spec=str(self.spec.source or ""))  # fmt: skip
+        api = LoopbackControl(self)
+        control = ControlServer(claim.entry.control, api.commands(), api.streams()).start()
+        result: VMResult | None = None
+        try:
+            result = self._run()
+            self.ended = result
+            return result
+        finally:
+            self.state = "ended"
+            control.close()
+            if result is None:
+                claim.release()
+            else:
+                claim.release(result.exit_code, result.reason)
+
+    def _run(self) -> VMResult:
         boot = resolve_boot(self.spec)
         # the firmware boots a disk when there is no kernel
         self.kernel_kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
@@ -186,6 +232,8 @@ class LoopbackVM:
                 )
                 if not self.console.connect(timeout=START_TIMEOUT):
                     raise self._start_failure()
+                self.console.hub = self.hub
+                self.hub.send = self.console.send
                 self.console.start()
                 if self.console_input is not None:
                     self.console.forward_input(self.console_input)
@@ -202,7 +250,11 @@ class LoopbackVM:
                 for s in sorted(self.shards, key=lambda s: s.id == bsp):
                     assert s.watch is not None
                     s.watch.cmd("cont")
+                self.state = "running"
+                if self.on_running is not None:
+                    self.on_running(self)
                 result = self._wait()
+                self.state = "shutting-down"
                 result.router_stats = self._collect_stats()
                 return result
         except KeyboardInterrupt:
@@ -254,7 +306,7 @@ class LoopbackVM:
             raise DqemuError(f"loopback network: {exc}") from None
         hosts = self.topo.hosts
         secret = secrets.token_bytes(32)
-        vm_id = f"{self.spec.name[:20]}-{os.getpid()}"
+        vm_id = f"{(self.spec.name or 'vm')[:20]}-{os.getpid()}"
         for s, host in zip(self.shards, hosts, strict=True):
             s.netns = host.netns
             s.router_dir = rundir / f"router{s.id}"
@@ -325,7 +377,7 @@ class LoopbackVM:
         for s in self.shards:
             assert s.qemu is not None
             qemu = s.qemu
-            s.watch = ShutdownWatch(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
+            s.watch = ShardQMP(f"shard {s.id}", self.rundir / f"shard{s.id}.qmp")
             try:
                 s.watch.connect(START_TIMEOUT, alive=qemu.running)
             except DqemuError:
@@ -413,6 +465,9 @@ class LoopbackVM:
             self._note_exits(seen)
             if seen:
                 return self._ended(seen)
+            if self.destroy_requested.is_set():
+                return VMResult(EXIT_DESTROYED, "destroyed by an operator (dqemu destroy)",
+                                self._lines())  # fmt: skip
             if console.panic_seen.is_set():
                 time.sleep(0.5)  # let the rest of the panic message arrive
                 return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", self._lines())
@@ -520,8 +575,11 @@ def run_loopback(
     qmp_dir: Path | None = None,
     log_dir: Path | None = None,
     console_input: int | None = None,
+    name: str | None = None,
+    on_running: Callable[[LoopbackVM], None] | None = None,
 ) -> VMResult:
     sink = console if console is not None else sys.stdout.buffer
     return LoopbackVM(
-        spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir, console_input=console_input
-    ).run()
+        spec, console=sink, qmp_dir=qmp_dir, log_dir=log_dir, console_input=console_input,
+        name=name, on_running=on_running,
+    ).run()  # fmt: skip

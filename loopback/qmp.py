@@ -105,11 +105,15 @@ class ShardMonitor:
             self._loop_lock.release()
 
 
-class ShutdownWatch(threading.Thread):
-    """The launcher's QMP connection to a running shard: sends ``cont`` and then listens
-    for the ``SHUTDOWN`` event, which says whether the guest ended the VM (``guest``) and
-    why. A plain JSON-lines client, because it must keep reading while the launcher
-    waits (qemu.qmp's legacy client reads only inside a call)."""
+class ShardQMP(threading.Thread):
+    """The launcher's QMP connection to a shard, kept for the VM's whole life.
+
+    A plain JSON-lines client with a reader thread, because it must keep reading while
+    the launcher waits (qemu.qmp's legacy client reads only inside a call): replies are
+    matched by id, so any thread may run commands (the launcher's ``cont``, the control
+    API's), and events are seen as they come, among them ``SHUTDOWN``, which says whether
+    the guest ended the VM (``guest``) and why.
+    """
 
     def __init__(self, name: str, path: Path) -> None:
         super().__init__(name=f"qmp-{name}", daemon=True)
@@ -119,8 +123,12 @@ class ShutdownWatch(threading.Thread):
         self._sock: socket.socket | None = None
         self._file: Any = None
         self._replies: dict[str, threading.Event] = {}
+        self._results: dict[str, Any] = {}
         self._errors: dict[str, str] = {}
         self._next = 0
+        self._write_lock = threading.Lock()
+        self._eof = False  # the reader has seen the end: no reply will come
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
 
     def connect(self, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
         """Connect and leave capability negotiation, retrying until the socket answers,
@@ -152,22 +160,45 @@ class ShutdownWatch(threading.Thread):
             self._sock, self._file = sock, f
             return
 
-    def cmd(self, name: str, timeout: float = 30.0) -> None:
-        """Run a command without arguments and wait for its (empty) return."""
-        assert self._file is not None
-        self._next += 1
-        ident = f"dq{self._next}"
-        done = self._replies[ident] = threading.Event()
-        self._file.write(json.dumps({"execute": name, "id": ident}).encode() + b"\n")
-        self._file.flush()
-        if not done.wait(timeout):
-            raise DqemuError(
-                f"{self.shard}: QMP {name} got no answer within {timeout:g} s", EXIT_SHARD_FAILED
-            )
-        if ident in self._errors:
-            raise DqemuError(
-                f"{self.shard}: QMP {name} failed: {self._errors[ident]}", EXIT_SHARD_FAILED
-            )
+    def cmd(self, name: str, timeout: float = 30.0, **args: Any) -> Any:
+        """Run a command and wait for its return value; any thread may call this."""
+        with self._write_lock:
+            f = self._file
+            if f is None:
+                raise DqemuError(f"{self.shard}: QMP is not connected", EXIT_SHARD_FAILED)
+            self._next += 1
+            ident = f"dq{self._next}"
+            done = self._replies[ident] = threading.Event()
+            if self._eof:
+                done.set()
+            msg: dict[str, Any] = {"execute": name, "id": ident}
+            if args:
+                msg["arguments"] = args
+            try:
+                f.write(json.dumps(msg).encode() + b"\n")
+                f.flush()
+            except (OSError, ValueError) as exc:
+                del self._replies[ident]
+                raise DqemuError(
+                    f"{self.shard}: QMP {name} failed: {exc}", EXIT_SHARD_FAILED
+                ) from None
+        try:
+            if not done.wait(timeout):
+                raise DqemuError(
+                    f"{self.shard}: QMP {name} got no answer within {timeout:g} s",
+                    EXIT_SHARD_FAILED,
+                )
+            if ident in self._errors:
+                raise DqemuError(
+                    f"{self.shard}: QMP {name} failed: {self._errors.pop(ident)}",
+                    EXIT_SHARD_FAILED,
+                )
+            if ident not in self._results:
+                raise DqemuError(f"{self.shard}: QMP {name}: the shard has exited",
+                                 EXIT_SHARD_FAILED)  # fmt: skip
+            return self._results.pop(ident)
+        finally:
+            self._replies.pop(ident, None)
 
     def run(self) -> None:
         f = self._file
@@ -176,15 +207,24 @@ class ShutdownWatch(threading.Thread):
         with contextlib.suppress(OSError, ValueError):
             for raw in f:
                 msg = json.loads(raw)
-                if msg.get("event") == "SHUTDOWN":
-                    self.shutdown = msg.get("data", {})
+                if "event" in msg:
+                    if msg["event"] == "SHUTDOWN":
+                        self.shutdown = msg.get("data", {})
+                    if self.on_event is not None:
+                        self.on_event(msg)
+                    continue
                 ident = msg.get("id")
-                if isinstance(ident, str) and ident in self._replies:
+                done = self._replies.get(ident) if isinstance(ident, str) else None
+                if done is not None:
                     if "error" in msg:
                         self._errors[ident] = str(msg["error"].get("desc", msg["error"]))
-                    self._replies[ident].set()
-        for done in self._replies.values():  # QEMU went away: nobody will answer
-            done.set()
+                    else:
+                        self._results[ident] = msg.get("return")
+                    done.set()
+        with self._write_lock:
+            self._eof = True
+            for done in list(self._replies.values()):  # QEMU went away: nobody will answer
+                done.set()
 
     @property
     def reason(self) -> str | None:

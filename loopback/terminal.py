@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import termios
+import tty
 from collections.abc import Iterator
 
 
@@ -34,6 +35,21 @@ def console_terminal(fd: int | None) -> Iterator[None]:
     mode[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN)  # lflag, ISIG kept
     mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
     termios.tcsetattr(fd, termios.TCSANOW, mode)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int | None) -> Iterator[None]:
+    """Every key straight to the guest, Ctrl-C included (``dqemu console``: Ctrl-]
+    detaches), restored on the way out."""
+    if fd is None or not interactive(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
     try:
         yield
     finally:

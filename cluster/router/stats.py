@@ -147,6 +147,9 @@ class LinkStats:
             "drop_reasons": dict(self.drop_reasons),
             "rates": dict(self.rates),
             "request_latency": c.latency.summary(),
+            # the raw histogram, so that a reader can take percentiles over an interval
+            "latency_buckets": {str(i): n for i, n in enumerate(c.latency.buckets) if n},
+            "latency_max_ns": c.latency.max_ns,
             "per_type": per_type,
             "age_s": round(time.monotonic() - self.created, 3),
         }

@@ -48,11 +48,12 @@ def _versioned(commands: dict[str, CommandFn]) -> dict[str, CommandFn]:
 
 
 # A stream takes the connection over. Opening it with the request either raises
-# ControlError (sent back as an error line) or returns the runner, which gets the socket
-# after the ``{"ok": true, "result": "stream"}`` line and returns when the client or the
-# VM is gone.
+# ControlError (sent back as an error line), returns None (the request is an ordinary
+# command of the same name after all, e.g. ``stats`` without ``watch``), or returns the
+# runner, which gets the socket after the ``{"ok": true, "result": "stream"}`` line and
+# returns when the client or the VM is gone.
 StreamRunner = Callable[[socket.socket], None]
-StreamFn = Callable[[dict[str, Any]], StreamRunner]
+StreamFn = Callable[[dict[str, Any]], StreamRunner | None]
 
 
 def _no_result(_req: dict[str, Any]) -> None:
@@ -127,6 +128,9 @@ class ControlServer:
                         except ControlError as e:
                             err = {"ok": False, "error": str(e)}
                             conn.sendall(json.dumps(err).encode() + b"\n")
+                            continue
+                        if runner is None:
+                            conn.sendall(handle_line(line, self.commands) + b"\n")
                             continue
                         conn.settimeout(None)
                         ok = {"ok": True, "result": "stream"}

@@ -33,6 +33,7 @@ from typing import Any
 from cluster.errors import DqemuError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RULE = "1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
 CONTROL = "control.sock"
 META = "meta.json"
 LOCK = "lock"
@@ -62,10 +63,7 @@ def _ensure_private_dir(path: Path) -> None:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise DqemuError(
-            f"bad VM name {name!r}: use 1-63 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+        raise DqemuError(f"bad VM name {name!r}: use {NAME_RULE}", 2)
     return name
 
 
@@ -135,9 +133,13 @@ class Claim:
         tmp.write_text(json.dumps({"name": self.name, **meta}, indent=1) + "\n")
         tmp.replace(self.entry.path / META)
 
-    def release(self) -> None:
+    def release(self, status: int | None = None, reason: str = "") -> None:
+        """Give the name back; with ``status``, keep a record of how the VM ended (and
+        its log) under ``.ended/``, where ``dqemu list --all`` shows it."""
         if self._fd < 0:
             return
+        if status is not None:
+            _record_end(self.entry, status, reason)
         self.entry.remove()
         os.close(self._fd)
         self._fd = -1
@@ -171,6 +173,37 @@ def claim(name: str | None) -> Claim:
         return Claim(entry, fd)
 
 
+ENDED = ".ended"
+KEEP_ENDED = 32
+
+
+def _record_end(entry: Entry, status: int, reason: str) -> None:
+    ended = entry.path.parent / ENDED
+    ended.mkdir(mode=0o700, exist_ok=True)
+    meta = entry.meta()
+    record = {"name": entry.name, "status": status, "reason": reason, "ended": time.time(),
+              "started": meta.get("started"), "pid": meta.get("pid")}  # fmt: skip
+    tmp = ended / f".{entry.name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(ended / f"{entry.name}.json")
+    with contextlib.suppress(FileNotFoundError):
+        entry.log.replace(ended / f"{entry.name}.log")
+    records = sorted(ended.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    for old in records[:-KEEP_ENDED]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".log").unlink(missing_ok=True)
+
+
+def ended_records() -> list[dict[str, Any]]:
+    """How recent VMs ended, oldest first."""
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for p in sorted((registry_dir() / ENDED).glob("*.json"), key=lambda p: p.stat().st_mtime):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(json.loads(p.read_text()))
+    return out
+
+
 def entries(reap: bool = True) -> tuple[list[Entry], list[Entry]]:
     """Every entry, split into (live, gone); with ``reap`` the gone ones are removed."""
     base = registry_dir()
@@ -195,9 +228,10 @@ def find(name: str) -> Entry:
         if e.name == name:
             return e
     running = ", ".join(e.name for e in live) or "none"
-    was = (
-        " (its launcher died; the stale entry was removed)"
-        if any(e.name == name for e in gone)
-        else ""
-    )
-    raise DqemuError(f"no VM named {name}{was} (running: {running})")
+    was = ""
+    if any(e.name == name for e in gone):
+        was = " (its launcher died; the stale entry was removed)"
+    for rec in ended_records():
+        if rec.get("name") == name:
+            was = f" (it ended with exit {rec.get('status')}: {rec.get('reason')})"
+    raise DqemuError(f"no VM named {name}{was} (running: {running})", 1)

@@ -1,0 +1,284 @@
+"""``dqemu list|info|suspend|resume|reset|shutdown|destroy|qmp``: drive running VMs by name.
+
+Each command finds the VM in the registry (``cluster/vm/registry.py``) and talks to its
+control API (``docs/control.md``); the names follow virsh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import selectors
+import socket
+import sys
+import time
+from typing import Any
+
+from cluster.errors import DqemuError
+from cluster.router.control import ControlError
+from cluster.vm import registry
+from cluster.vm.control import vm_call
+from loopback.terminal import interactive, raw_terminal
+
+VM_COMMANDS = {
+    "suspend": "pause every vCPU on every shard",
+    "resume": "resume a suspended VM",
+    "reset": "reset the machine (a hard reset, as the reset button)",
+    "shutdown": "ask the guest to power off (ACPI power button)",
+    "destroy": "stop the VM at once, as pulling the plug",
+}
+
+
+def _call(entry: registry.Entry, cmd: str, **args: Any) -> Any:
+    try:
+        return vm_call(entry.control, cmd, **args)
+    except ControlError as e:
+        raise DqemuError(f"{entry.name}: {e}", 1) from None
+    except (OSError, ValueError) as e:
+        if not entry.alive():
+            raise DqemuError(f"{entry.name}: the VM has ended", 1) from None
+        raise DqemuError(f"{entry.name}: control API did not answer: {e}", 1) from None
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _list(ns: argparse.Namespace) -> int:
+    live, gone = registry.entries(reap=not ns.all)
+    rows: list[dict[str, Any]] = []
+    for e in live:
+        try:
+            info = vm_call(e.control, "info", timeout=3.0)
+        except (ControlError, OSError, ValueError):
+            meta = e.meta()
+            info = {"name": e.name, "state": "starting", "shards": [], "vcpus": None,
+                    "started": meta.get("started")}  # fmt: skip
+        rows.append(info)
+    for e in gone if ns.all else []:
+        rows.append({"name": e.name, "state": "gone", "shards": [], "vcpus": None,
+                     "started": e.meta().get("started")})  # fmt: skip
+        e.remove()
+    for rec in registry.ended_records() if ns.all else []:
+        rows.append({"name": rec["name"], "state": f"ended ({rec['status']})", "shards": [],
+                     "vcpus": None, "started": None, "ended": rec})  # fmt: skip
+    if ns.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'NAME':<24} {'STATE':<14} {'SHARDS':>6} {'VCPUS':>5} {'UPTIME':>9}")
+    now = time.time()
+    for r in rows:
+        started = r.get("started")
+        up = _uptime(now - started) if isinstance(started, int | float) else "-"
+        vcpus = r.get("vcpus") if r.get("vcpus") is not None else "-"
+        print(f"{r['name']:<24} {r['state']:<14} {len(r['shards']):>6} {vcpus:>5} {up:>9}")
+    return 0
+
+
+def _info(ns: argparse.Namespace) -> int:
+    info = _call(registry.find(ns.name), "info")
+    if ns.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"Name:     {info['name']}")
+    print(f"State:    {info['state']}")
+    if info.get("ended"):
+        print(f"Ended:    exit {info['ended']['status']}: {info['ended']['reason']}")
+    print(f"vCPUs:    {info['vcpus']}")
+    print(f"Memory:   {info['memory_mib']} MiB")
+    print(f"Uptime:   {_uptime(time.time() - info['started'])}")
+    print(f"Launcher: pid {info['launcher_pid']}")
+    for s in info["shards"]:
+        vcpus = ",".join(str(c) for c in s["vcpus"])
+        print(
+            f"Shard {s['id']}:  {s['state']:<10} host {s['host']:<12} pid {s['pid'] or '-':<8}"
+            f" vCPUs {vcpus:<8} CPU {s['cpu_pct']:5.1f}%  RSS {s['rss_mib']:.0f} MiB"
+        )
+        for d in s["devices"]:
+            print(f"          device {d}")
+        for peer, state in sorted(s.get("links", {}).items()):
+            print(f"          link to shard {peer}: {state}")
+    return 0
+
+
+def _vm_command(ns: argparse.Namespace) -> int:
+    result = _call(registry.find(ns.name), ns.command)
+    print(f"{ns.name}: {result}")
+    return 0
+
+
+def _qmp(ns: argparse.Namespace) -> int:
+    try:
+        req = json.loads(ns.json_cmd)
+    except json.JSONDecodeError as e:
+        raise DqemuError(f"qmp: the command is not JSON: {e.msg}") from None
+    if isinstance(req, str):
+        req = {"execute": req}
+    if not isinstance(req, dict) or not isinstance(req.get("execute"), str):
+        raise DqemuError('qmp: give a JSON object like \'{"execute": "query-status"}\'')
+    args = req.get("arguments", {})
+    if not isinstance(args, dict):
+        raise DqemuError("qmp: 'arguments' must be a JSON object")
+    out = _call(registry.find(ns.name), "qmp", shard=ns.shard, execute=req["execute"],
+                arguments=args)  # fmt: skip
+    json.dump(out, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+def _print_stats(snap: dict[str, Any]) -> None:
+    mechs = "  ".join(
+        f"{m}={int(v['total'])} ({v['msgs_per_s']:g}/s)"
+        for m, v in snap["mechanisms"].items()
+        if v["total"]
+    )
+    print(f"#{snap['seq']} over {snap['interval_s']:g} s: {mechs or 'no forwarding yet'}")
+    for key, link in sorted(snap["links"].items()):
+        print(
+            f"  link {key}: {link['msgs_per_s']:g} msgs/s {link['bytes_per_s']:g} B/s, "
+            f"{link['requests']} requests p50 {link['latency_p50_us']:g} us "
+            f"p99 {link['latency_p99_us']:g} us"
+        )
+    sys.stdout.flush()
+
+
+def _stats(ns: argparse.Namespace) -> int:
+    entry = registry.find(ns.name)
+    if not ns.watch:
+        snap = _call(entry, "stats")
+        if ns.json:
+            print(json.dumps(snap, indent=1))
+        else:
+            _print_stats(snap)
+        return 0
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(entry.control))
+        req = {"cmd": "stats", "v": 1, "watch": True, "hz": ns.hz}
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            first = json.loads(f.readline() or b"{}")
+            if not first.get("ok"):
+                raise DqemuError(f"{entry.name}: {first.get('error', 'no answer')}", 1)
+            for line in f:
+                snap = json.loads(line)
+                if ns.json:
+                    print(json.dumps(snap, sort_keys=True), flush=True)
+                else:
+                    _print_stats(snap)
+    except OSError as e:
+        raise DqemuError(f"{entry.name}: stats: {e}", 1) from None
+    finally:
+        sock.close()
+    print(f"dqemu: {entry.name} has ended", file=sys.stderr)
+    return 0
+
+
+DETACH_KEY = b"\x1d"  # Ctrl-], as in virsh console
+
+
+def _open_serial(entry: registry.Entry, write: bool) -> tuple[socket.socket, str | None]:
+    """A serial stream of the VM; the error line instead, if the VM refused it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(str(entry.control))
+        sock.sendall(json.dumps({"cmd": "serial", "v": 1, "write": write}).encode() + b"\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            b = sock.recv(1)
+            if not b:
+                raise OSError("the control API closed the connection")
+            line += b
+    except OSError as e:
+        sock.close()
+        raise DqemuError(f"{entry.name}: cannot open the console: {e}", 1) from None
+    resp = json.loads(line)
+    if not resp.get("ok"):
+        sock.close()
+        return sock, str(resp.get("error"))
+    sock.settimeout(None)
+    return sock, None
+
+
+def _console(ns: argparse.Namespace) -> int:
+    entry = registry.find(ns.name)
+    sock, err = _open_serial(entry, write=not ns.read_only)
+    if err is not None and not ns.read_only:
+        print(f"dqemu: {err}: attaching read-only", file=sys.stderr)
+        sock, err = _open_serial(entry, write=False)
+    if err is not None:
+        raise DqemuError(f"{entry.name}: {err}", 1)
+    tty = interactive(0)
+    if tty:
+        print(f"dqemu: connected to {entry.name}'s console; Ctrl-] detaches", file=sys.stderr)
+    with sock, raw_terminal(0 if tty else None):
+        how = _attach(sock)
+    if how == "ended":
+        print(f"\r\ndqemu: {entry.name}'s console ended (the VM has ended)", file=sys.stderr)
+    elif tty:
+        print("\r\ndqemu: detached", file=sys.stderr)
+    return 0
+
+
+def _attach(sock: socket.socket) -> str:
+    """Copy the console to stdout and stdin to the console: "ended" when the VM's side
+    closes, "detached" on Ctrl-]. After stdin's end the console is still shown."""
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(0, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sock:
+                data = sock.recv(65536)
+                if not data:
+                    return "ended"
+                os.write(1, data)
+                continue
+            data = os.read(0, 4096)
+            if not data:  # (no half-close: the VM would take it for the client's end)
+                sel.unregister(0)
+                continue
+            cut = data.find(DETACH_KEY)
+            with contextlib.suppress(OSError):
+                sock.sendall(data if cut < 0 else data[:cut])
+            if cut >= 0:
+                return "detached"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("list", help="list the VMs running on this machine")
+    p.add_argument("--all", action="store_true", help="also VMs whose launcher died")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("info", help="a VM's state, shards, processes and links")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="JSON instead of text")
+    p.set_defaults(func=_info)
+
+    for cmd, text in VM_COMMANDS.items():
+        p = sub.add_parser(cmd, help=text)
+        p.add_argument("name")
+        p.set_defaults(func=_vm_command)
+
+    p = sub.add_parser("stats", help="forwarding counters, rates and latencies of a VM")
+    p.add_argument("name")
+    p.add_argument("--watch", action="store_true", help="a new snapshot every 1/HZ s")
+    p.add_argument("--hz", type=float, default=1.0, help="snapshots per second, up to 10")
+    p.add_argument("--json", action="store_true", help="JSON (lines, with --watch)")
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("console", help="the VM's serial console (Ctrl-] detaches)")
+    p.add_argument("name")
+    p.add_argument("--read-only", action="store_true", help="watch only, never type")
+    p.set_defaults(func=_console)
+
+    p = sub.add_parser("qmp", help="run one QMP command on one shard of a VM")
+    p.add_argument("name")
+    p.add_argument("--shard", type=int, default=0, help="the shard (default 0)")
+    p.add_argument("json_cmd", metavar="JSON", help='e.g. \'{"execute": "query-status"}\'')
+    p.set_defaults(func=_qmp)

@@ -1,0 +1,223 @@
+"""The control API commands a loopback VM serves (``docs/control.md``).
+
+The launcher owns the VM; these functions read its state and act through its QMP
+connections, which it keeps for the VM's whole life. Everything here runs on the control
+server's threads, never on the launcher's main loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from cluster.errors import DqemuError
+from cluster.router.control import CommandFn, ControlError, control_call
+from cluster.vm.control import StreamFn, StreamRunner
+from cluster.vm.stats import StatsView
+
+if TYPE_CHECKING:
+    from loopback.launcher import LoopbackVM
+
+# how long a whole-VM command waits for every shard to report the state it asked for
+SETTLE_TIMEOUT = 10.0
+MAX_HZ = 10
+STREAM_SEND_TIMEOUT = 5.0
+QMP_TIMEOUT = 10.0
+STATE_OF = {"suspend": "paused", "resume": "running"}
+QMP_OF = {"suspend": "stop", "resume": "cont", "reset": "system_reset",
+          "shutdown": "system_powerdown"}  # fmt: skip
+
+
+class ProcessMeter:
+    """CPU% and RSS of a process, CPU% over the time since the previous reading."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def read(self, pid: int | None) -> tuple[float, float]:
+        if pid is None:
+            return 0.0, 0.0
+        try:
+            p = self._procs.get(pid)
+            if p is None:
+                p = self._procs[pid] = psutil.Process(pid)
+                p.cpu_percent(None)  # the first reading only starts the interval
+            with p.oneshot():
+                return p.cpu_percent(None), p.memory_info().rss / (1 << 20)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self._procs.pop(pid, None)
+            return 0.0, 0.0
+
+
+def _shard_state(started: bool, code: int | None) -> str:
+    if not started:
+        return "starting"
+    return "up" if code is None else f"exited {code}"
+
+
+class LoopbackControl:
+    def __init__(self, vm: LoopbackVM) -> None:
+        self.vm = vm
+        self.meter = ProcessMeter()
+        self.stats_view = StatsView()  # the one-shot stats command's intervals
+
+    def streams(self) -> dict[str, StreamFn]:
+        return {"serial": self.vm.hub.open_stream, "stats": self.open_stats}
+
+    def commands(self) -> dict[str, CommandFn]:
+        cmds: dict[str, CommandFn] = {"info": self.info, "qmp": self.qmp, "stats": self.stats}
+        for name in QMP_OF:
+            cmds[name] = lambda req, n=name: self.vm_command(n)
+        cmds["destroy"] = lambda req: self.destroy()
+        return cmds
+
+    # --- info ------------------------------------------------------------------------------
+
+    def state(self) -> str:
+        vm = self.vm
+        if vm.ended is not None:
+            return "ended"
+        if vm.state != "running":
+            return vm.state
+        try:
+            status = self._qmp(vm.spec.shard_of_vcpu(0), "query-status")["status"]
+        except (DqemuError, ControlError):
+            return "running"
+        return "paused" if status in ("paused", "suspended") else "running"
+
+    def info(self, _req: dict[str, Any] | None = None) -> dict[str, Any]:
+        vm = self.vm
+        spec = vm.spec
+        shards = []
+        for s in vm.shards:
+            qemu = s.qemu
+            pid = qemu.pid if qemu is not None else None
+            code = qemu.poll() if qemu is not None else None
+            cpu, rss = self.meter.read(pid if code is None else None)
+            entry: dict[str, Any] = {
+                "id": s.id,
+                "host": s.netns or "local",
+                "pid": pid,
+                "state": _shard_state(qemu is not None, code),
+                "vcpus": list(next(x.vcpus for x in spec.shards if x.id == s.id)),
+                "devices": [f"{d.kind} {d.args}" for d in spec.devices if d.shard == s.id],
+                "cpu_pct": cpu,
+                "rss_mib": rss,
+            }
+            if s.router is not None:
+                rpid = s.router.pid if s.router.poll() is None else None
+                rcpu, rrss = self.meter.read(rpid)
+                entry["router"] = {"pid": s.router.pid, "cpu_pct": rcpu, "rss_mib": rrss}
+                entry["links"] = self._links(s)
+            shards.append(entry)
+        out: dict[str, Any] = {
+            "name": vm.name,
+            "state": self.state(),
+            "started": vm.started,
+            "launcher_pid": vm.launcher_pid,
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "shards": shards,
+        }
+        if vm.ended is not None:
+            out["ended"] = {"status": vm.ended.exit_code, "reason": vm.ended.reason}
+        return out
+
+    def _links(self, s: Any) -> dict[str, str]:
+        if s.router_dir is None or s.router is None or s.router.poll() is not None:
+            return {}
+        try:
+            health = control_call(s.router_dir / "control.sock", "health", timeout=2.0)
+        except (OSError, ControlError, ValueError):
+            return {}
+        return {k: v.get("state", "?") for k, v in health.get("peers", {}).items()}
+
+    # --- stats -----------------------------------------------------------------------------
+
+    def router_stats(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for s in self.vm.shards:
+            if s.router is None or s.router_dir is None or s.router.poll() is not None:
+                continue
+            with contextlib.suppress(OSError, ControlError, ValueError):
+                out[s.id] = control_call(s.router_dir / "control.sock", "stats", timeout=2.0)
+        return out
+
+    def stats(self, _req: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.stats_view.snapshot(self.router_stats())
+
+    def open_stats(self, req: dict[str, Any]) -> StreamRunner | None:
+        """``stats`` with ``"watch": true``: a snapshot every 1/hz s (hz up to 10), as JSON
+        lines, until the client goes or the VM ends. A client that does not take a
+        snapshot within STREAM_SEND_TIMEOUT is dropped."""
+        if not req.get("watch"):
+            return None
+        hz = req.get("hz", 1)
+        if not isinstance(hz, int | float) or isinstance(hz, bool) or not 0 < hz <= MAX_HZ:
+            raise ControlError(f"hz must be a number in (0, {MAX_HZ}]")
+        view = StatsView()
+
+        def run(conn: socket.socket) -> None:
+            conn.settimeout(STREAM_SEND_TIMEOUT)
+            with contextlib.suppress(OSError):
+                while self.vm.ended is None and self.vm.state != "ended":
+                    t0 = time.monotonic()
+                    snap = view.snapshot(self.router_stats())
+                    conn.sendall(json.dumps(snap, sort_keys=True).encode() + b"\n")
+                    time.sleep(max(0.0, 1.0 / hz - (time.monotonic() - t0)))
+
+        return run
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _qmp(self, shard: int, execute: str, **args: Any) -> Any:
+        vm = self.vm
+        if not 0 <= shard < len(vm.shards):
+            raise ControlError(f"no shard {shard} (the VM has shards 0-{len(vm.shards) - 1})")
+        qmp = vm.shards[shard].watch
+        if qmp is None or vm.state == "starting":
+            raise ControlError("the VM is still starting")
+        try:
+            return qmp.cmd(execute, timeout=QMP_TIMEOUT, **args)
+        except DqemuError as e:
+            raise ControlError(str(e)) from None
+
+    def qmp(self, req: dict[str, Any]) -> Any:
+        shard, execute, args = req.get("shard", 0), req.get("execute"), req.get("arguments", {})
+        if not isinstance(shard, int) or not isinstance(execute, str) or not isinstance(args, dict):
+            raise ControlError("qmp needs shard (int), execute (str), arguments (object)")
+        return self._qmp(shard, execute, **args)
+
+    def vm_command(self, name: str) -> str:
+        vm = self.vm
+        if vm.ended is not None:
+            raise ControlError("the VM has ended")
+        # a run-state command issued on one shard reaches every shard (0019)
+        self._qmp(vm.spec.io_shard, QMP_OF[name])
+        want = STATE_OF.get(name)
+        if want is None:
+            return "done"
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            got = {}
+            for s in vm.shards:
+                with contextlib.suppress(ControlError):
+                    got[s.id] = self._qmp(s.id, "query-status")["status"]
+            behind = [sid for sid in range(len(vm.shards)) if got.get(sid) != want]
+            if not behind:
+                return f"every shard is {want}"
+            if time.monotonic() > deadline:
+                names = ", ".join(f"shard {sid} ({got.get(sid, 'no answer')})" for sid in behind)
+                raise ControlError(f"{name}: not {want} within {SETTLE_TIMEOUT:g} s: {names}")
+            time.sleep(0.05)
+
+    def destroy(self) -> str:
+        if self.vm.ended is not None:
+            raise ControlError("the VM has ended")
+        self.vm.destroy_requested.set()
+        return "destroying"

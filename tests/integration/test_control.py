@@ -1,0 +1,205 @@
+"""Issue 15 acceptance: named VMs that outlive the terminal, driven by virsh-style commands.
+
+A 2-shard Linux guest in its shell mode is started with ``--detach``; then ``list``,
+``info``, ``console`` (two readers, one of them writing a command the guest runs),
+``stats --watch``, ``suspend``/``resume`` (every shard paused; the guest's clock does not
+jump), ``shutdown`` (the guest powers off, exit 0, the VM leaves the list). A second VM's
+launcher is SIGKILLed: no QEMU is left, and its entry is reported gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, TEST_ENV, dqemu_cmd
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
+
+GUEST = ("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2", "--shards", "2")
+BOOT_TIMEOUT = 300.0
+
+
+class Ctl:
+    """The dqemu CLI with a registry of this test's own."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.env = {**TEST_ENV, "DQEMU_RUN_DIR": str(run_dir)}
+        self.run_dir = run_dir
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
+            check=False, env=self.env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def json(self, *args: str) -> Any:
+        r = self.run(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            dqemu_cmd(*args), cwd=REPO, env=self.env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+
+class Console:
+    """``dqemu console NAME`` in the background, its output collected."""
+
+    def __init__(self, ctl: Ctl, name: str, *extra: str) -> None:
+        self.proc = ctl.popen("console", name, *extra)
+        self.out = b""
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while data := self.proc.stdout.read1(4096):  # type: ignore[attr-defined]
+            self.out += data
+
+    def wait_for(self, pattern: str, timeout: float = BOOT_TIMEOUT, after: int = 0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern.encode(), self.out[after:])
+            if m:
+                return m  # type: ignore[return-value]
+            assert self.proc.poll() is None, f"console ended: {self.out[-500:]!r}"
+            assert time.monotonic() < deadline, f"no {pattern!r} in {self.out[-800:]!r}"
+            time.sleep(0.1)
+
+    def type(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def detach(self) -> int:
+        self.type("\x1d")
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> Iterator[Ctl]:
+    c = Ctl(tmp_path / "run")
+    yield c
+    # whatever a failed test left running: destroy it by name
+    for name in (p.name for p in (tmp_path / "run" / "vms").glob("*") if p.is_dir()):
+        if not name.startswith("."):
+            c.run("destroy", name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        p.is_dir() and not p.name.startswith(".") for p in (tmp_path / "run" / "vms").glob("*")
+    ):
+        time.sleep(0.2)
+
+
+def _uptime(con: Console, tag: str) -> tuple[float, float]:
+    """The guest's /proc/uptime, read through the console, and the host's time then."""
+    mark = len(con.out)
+    con.type(f"echo {tag} $(cut -d' ' -f1 /proc/uptime)\n")
+    m = con.wait_for(rf"{tag} (\d+\.\d+)", timeout=60, after=mark)
+    return float(m.group(1)), time.monotonic()
+
+
+def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
+    name = f"ctl-{os.getpid()}"
+    r = ctl.run("loopback", *GUEST, "--append", "dq.run=shell", "--name", name, "--detach",
+                timeout=BOOT_TIMEOUT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == name
+
+    # list and info: both shards, their vCPUs
+    rows = ctl.json("list")
+    assert [(v["name"], len(v["shards"]), v["vcpus"]) for v in rows] == [(name, 2, 2)]
+    info = ctl.json("info", name)
+    assert info["state"] == "running"
+    assert [(s["id"], s["vcpus"], s["state"]) for s in info["shards"]] == [
+        (0, [0], "up"), (1, [1], "up"),
+    ]  # fmt: skip
+    assert info["shards"][0]["links"] == {"1": "up"}
+
+    # two consoles: a reader and a writer see the same output; the writer's command runs
+    reader = Console(ctl, name, "--read-only")
+    writer = Console(ctl, name)
+    for con in (reader, writer):
+        con.wait_for(r"DQ KV shell=1")  # the boot log comes from the scrollback
+    writer.wait_for(r"/ # ")
+    writer.type("echo HELLO-$((6*7))\n")
+    for con in (reader, writer):
+        con.wait_for(r"HELLO-42")
+
+    # stats --watch: the IPI counters rise while the guest moves a task between CPUs
+    watch = ctl.popen("stats", name, "--watch", "--json", "--hz", "5")
+    writer.type("for i in $(seq 40); do taskset -c $((i % 2)) true; done; echo MOVED\n")
+    writer.wait_for(r"MOVED", timeout=120)
+    time.sleep(1.0)
+    watch.terminate()
+    out, _ = watch.communicate(timeout=30)
+    snaps = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+    assert len(snaps) >= 2, out[-500:]
+    assert [s["seq"] for s in snaps] == sorted(s["seq"] for s in snaps)
+    ipis = [s["mechanisms"]["ipi"]["total"] for s in snaps]
+    assert ipis[-1] > ipis[0], ipis
+    assert any(s["mechanisms"]["ipi"]["msgs_per_s"] > 0 for s in snaps[1:])
+
+    # suspend: every shard paused; resume: the guest's clock did not run meanwhile
+    up0, t0 = _uptime(writer, "UP0")
+    r = ctl.run("suspend", name)
+    assert r.returncode == 0, r.stderr
+    for k in (0, 1):
+        r = ctl.run("qmp", name, "--shard", str(k), '{"execute": "query-status"}')
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "paused", r
+    time.sleep(6.0)
+    r = ctl.run("resume", name)
+    assert r.returncode == 0, r.stderr
+    up1, t1 = _uptime(writer, "UP1")
+    assert 0 < up1 - up0 < (t1 - t0) - 4.0, (up0, up1, t1 - t0)
+
+    assert reader.detach() == 0
+    assert writer.detach() == 0
+
+    # shutdown: the guest powers off through ACPI, exit 0, and the VM leaves the list
+    r = ctl.run("shutdown", name)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 120
+    while ctl.json("list"):
+        assert time.monotonic() < deadline, "the VM did not end after shutdown"
+        time.sleep(0.5)
+    ended = [v for v in ctl.json("list", "--all") if v["name"] == name]
+    assert ended and ended[0]["ended"]["status"] == 0, ended
+    r = ctl.run("info", name)
+    assert r.returncode == 1
+    assert f"no VM named {name} (it ended with exit 0" in r.stderr
+
+
+def test_killed_launcher_leaves_no_qemu(ctl: Ctl) -> None:
+    name = f"kill-{os.getpid()}"
+    r = ctl.run("loopback", *GUEST, "--append", "dq.run=sleep", "--name", name, "--detach",
+                timeout=BOOT_TIMEOUT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    info = ctl.json("info", name)
+    launcher = info["launcher_pid"]
+    qemus = [s["pid"] for s in info["shards"]]
+    os.kill(launcher, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in qemus):
+        assert time.monotonic() < deadline, "QEMU outlived its killed launcher"
+        time.sleep(0.2)
+    rows = ctl.json("list", "--all")
+    assert [(v["name"], v["state"]) for v in rows] == [(name, "gone")]
+    assert ctl.json("list", "--all") == []  # the stale entry was removed
+    r = ctl.run("info", name)
+    assert r.returncode == 1 and f"no VM named {name} (running: none)" in r.stderr
+    ctl.run("cleanup")  # the namespaces of the killed launcher
