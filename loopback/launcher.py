@@ -37,6 +37,7 @@ from cluster.router.control import ControlError, control_call
 from cluster.spec import GUEST_PREFIX, VMSpec
 from cluster.vm import registry
 from cluster.vm.control import ControlServer
+from cluster.vm.events import VMEvents
 from loopback.console import ConsoleReader
 from loopback.exit_policy import (
     EXIT_DESTROYED,
@@ -155,6 +156,7 @@ class LoopbackVM:
         self.destroy_requested = threading.Event()
         self.on_running = on_running  # called once every shard runs
         self.hub = SerialHub()
+        self.events = VMEvents()
         self.entry: registry.Entry | None = None  # the VM's registry entry, once claimed
         self.console_input = console_input  # a file descriptor copied to the guest's serial
         self.qmp_dir = qmp_dir
@@ -182,15 +184,23 @@ class LoopbackVM:
         self.spec = dataclasses.replace(self.spec, name=claim.name)
         claim.write_meta(pid=self.launcher_pid, started=self.started,
                          spec=str(self.spec.source or ""))  # fmt: skip
+        self.events.state_is("starting", name=claim.name)
         api = LoopbackControl(self)
         control = ControlServer(claim.entry.control, api.commands(), api.streams()).start()
         result: VMResult | None = None
+        links = threading.Thread(target=self._watch_links, name="links", daemon=True)
         try:
+            links.start()
             result = self._run()
             self.ended = result
             return result
         finally:
             self.state = "ended"
+            if result is not None:
+                self.events.emit("ended", status=result.exit_code, reason=result.reason)
+            self.events.state_is("ended")
+            self.events.close()
+            links.join(timeout=3)
             control.close()
             if result is None:
                 claim.release()
@@ -251,6 +261,7 @@ class LoopbackVM:
                     assert s.watch is not None
                     s.watch.cmd("cont")
                 self.state = "running"
+                self.events.state_is("running")
                 if self.on_running is not None:
                     self.on_running(self)
                 result = self._wait()
@@ -355,6 +366,7 @@ class LoopbackVM:
                     raise DqemuError(f"router {s.id} did not start within {START_TIMEOUT:g} s",
                                      EXIT_SHARD_FAILED)  # fmt: skip
                 time.sleep(0.02)
+            self.events.emit("router", shard=s.id, state="up", pid=s.router.pid, host=s.netns)
 
     def _start_shard(
         self, qemu: Path, s: _Shard, rundir: Path, ram: tuple[Path, ...], boot: BootFiles
@@ -370,6 +382,7 @@ class LoopbackVM:
         s.qemu = self.sup.spawn(
             f"shard {s.id}", argv, netns=s.netns, log=self.log_dir / f"shard{s.id}.log"
         )
+        self.events.emit("shard", shard=s.id, state="up", pid=s.qemu.pid, host=s.netns)
 
     def _connect_monitors(self) -> None:
         """One QMP connection per shard, kept to the end: it sends ``cont``, then
@@ -382,6 +395,7 @@ class LoopbackVM:
                 s.watch.connect(START_TIMEOUT, alive=qemu.running)
             except DqemuError:
                 raise self._start_failure() from None
+            s.watch.on_event = lambda msg, k=s.id: self._qmp_event(k, msg)
             s.watch.start()
 
     def _wait_mesh(self) -> None:
@@ -469,6 +483,7 @@ class LoopbackVM:
                 return VMResult(EXIT_DESTROYED, "destroyed by an operator (dqemu destroy)",
                                 self._lines())  # fmt: skip
             if console.panic_seen.is_set():
+                self.events.emit("guest", event="panic", message=console.panic)
                 time.sleep(0.5)  # let the rest of the panic message arrive
                 return VMResult(EXIT_PANIC, f"guest panic: {console.panic}", self._lines())
             now = time.monotonic()
@@ -488,6 +503,44 @@ class LoopbackVM:
         for c in self.sup.children:
             if c.name not in seen and c.poll() is not None:
                 seen[c.name] = time.time()
+                kind, _, sid = c.name.partition(" ")
+                self.events.emit(kind, shard=int(sid), state="down", status=c.poll())
+
+    def _qmp_event(self, shard: int, msg: dict[str, Any]) -> None:
+        """A shard's QMP event, on its reader thread: the ones operators care about."""
+        name = msg.get("event")
+        data = msg.get("data", {})
+        if name == "STOP":
+            self.events.state_is("paused")
+        elif name == "RESUME":
+            self.events.state_is("running")
+        elif name in ("RESET", "SHUTDOWN", "GUEST_PANICKED") and shard == self.spec.io_shard:
+            # every shard reports the VM-wide ones: the I/O shard's report stands for all
+            self.events.emit("guest", event=name.lower(), shard=shard,
+                             reason=data.get("reason"), by_guest=data.get("guest"))  # fmt: skip
+
+    def _watch_links(self) -> None:
+        """Link up/down events, from every router's health, once a second."""
+        known: dict[tuple[int, int], str] = {}
+        while self.state != "ended":
+            for s in self.shards:
+                if s.router_dir is None or s.router is None or s.router.poll() is not None:
+                    continue
+                try:
+                    health = control_call(s.router_dir / "control.sock", "health", timeout=1.0)
+                except (OSError, ControlError, ValueError):
+                    continue
+                for peer, info in health.get("peers", {}).items():
+                    key = (s.id, int(peer))
+                    state = info.get("state", "down")
+                    if known.get(key, "down") != state:
+                        known[key] = state
+                        self.events.emit("link", shard=s.id, peer=int(peer), state=state,
+                                         cause=info.get("last_error"))  # fmt: skip
+            for _ in range(10):
+                if self.state == "ended":
+                    return
+                time.sleep(0.1)
 
     def _ended(self, seen: dict[str, float]) -> VMResult:
         """A child ended: wait for every shard to follow (FOLLOW_TIMEOUT), then decide."""

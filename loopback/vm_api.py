@@ -67,7 +67,11 @@ class LoopbackControl:
         self.stats_view = StatsView()  # the one-shot stats command's intervals
 
     def streams(self) -> dict[str, StreamFn]:
-        return {"serial": self.vm.hub.open_stream, "stats": self.open_stats}
+        return {
+            "serial": self.vm.hub.open_stream,
+            "stats": self.open_stats,
+            "events": self.vm.events.open_stream,
+        }
 
     def commands(self) -> dict[str, CommandFn]:
         cmds: dict[str, CommandFn] = {"info": self.info, "qmp": self.qmp, "stats": self.stats}

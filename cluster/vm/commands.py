@@ -14,6 +14,7 @@ import selectors
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from cluster.errors import DqemuError
@@ -154,26 +155,43 @@ def _stats(ns: argparse.Namespace) -> int:
         else:
             _print_stats(snap)
         return 0
+    for snap in _stream_lines(entry, {"cmd": "stats", "watch": True, "hz": ns.hz}):
+        if ns.json:
+            print(json.dumps(snap, sort_keys=True), flush=True)
+        else:
+            _print_stats(snap)
+    print(f"dqemu: {entry.name} has ended", file=sys.stderr)
+    return 0
+
+
+def _stream_lines(entry: registry.Entry, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The JSON lines of a stream request, until the VM ends it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(entry.control))
-        req = {"cmd": "stats", "v": 1, "watch": True, "hz": ns.hz}
-        sock.sendall(json.dumps(req).encode() + b"\n")
+        sock.sendall(json.dumps({"v": 1, **req}).encode() + b"\n")
         with sock.makefile("rb") as f:
             first = json.loads(f.readline() or b"{}")
             if not first.get("ok"):
                 raise DqemuError(f"{entry.name}: {first.get('error', 'no answer')}", 1)
             for line in f:
-                snap = json.loads(line)
-                if ns.json:
-                    print(json.dumps(snap, sort_keys=True), flush=True)
-                else:
-                    _print_stats(snap)
+                yield json.loads(line)
     except OSError as e:
-        raise DqemuError(f"{entry.name}: stats: {e}", 1) from None
+        raise DqemuError(f"{entry.name}: {req['cmd']}: {e}", 1) from None
     finally:
         sock.close()
-    print(f"dqemu: {entry.name} has ended", file=sys.stderr)
+
+
+def _events(ns: argparse.Namespace) -> int:
+    entry = registry.find(ns.name)
+    for ev in _stream_lines(entry, {"cmd": "events", "since": ns.since}):
+        if ns.json:
+            print(json.dumps(ev, sort_keys=True), flush=True)
+            continue
+        when = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
+        rest = " ".join(f"{k}={v}" for k, v in ev.items()
+                        if k not in ("seq", "time", "type") and v is not None)  # fmt: skip
+        print(f"#{ev['seq']} {when} {ev['type']}: {rest}", flush=True)
     return 0
 
 
@@ -271,6 +289,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--hz", type=float, default=1.0, help="snapshots per second, up to 10")
     p.add_argument("--json", action="store_true", help="JSON (lines, with --watch)")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("events", help="a VM's events, from the start, until it ends")
+    p.add_argument("name")
+    p.add_argument("--since", type=int, default=0, help="only events after this seq")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.set_defaults(func=_events)
 
     p = sub.add_parser("console", help="the VM's serial console (Ctrl-] detaches)")
     p.add_argument("name")

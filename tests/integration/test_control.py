@@ -170,13 +170,23 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
     assert reader.detach() == 0
     assert writer.detach() == 0
 
-    # shutdown: the guest powers off through ACPI, exit 0, and the VM leaves the list
+    # shutdown: the guest powers off through ACPI, exit 0, and the VM leaves the list;
+    # an events client that joins now still gets every event from the start
+    ev_proc = ctl.popen("events", name, "--json")
     r = ctl.run("shutdown", name)
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 120
     while ctl.json("list"):
         assert time.monotonic() < deadline, "the VM did not end after shutdown"
         time.sleep(0.5)
+    events = [json.loads(ln) for ln in ev_proc.communicate(timeout=60)[0].splitlines()]
+    kinds = [(e["type"], e.get("state") or e.get("event")) for e in events]
+    for want in [("state", "starting"), ("router", "up"), ("shard", "up"), ("link", "up"),
+                 ("state", "running"), ("state", "paused"), ("guest", "shutdown"),
+                 ("shard", "down"), ("ended", None), ("state", "ended")]:  # fmt: skip
+        assert want in kinds, (want, kinds)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert next(e for e in events if e["type"] == "ended")["status"] == 0
     ended = [v for v in ctl.json("list", "--all") if v["name"] == name]
     assert ended and ended[0]["ended"]["status"] == 0, ended
     r = ctl.run("info", name)
