@@ -43,6 +43,11 @@ def test_dqtest_tsc_across_shards(shards: int) -> None:
     assert r.info["cpu"]["invariant_tsc"] == "1"
 
 
+BENIGN_WATCHDOG = re.compile(
+    r"retried \d+ times before success$|wd-wd read-back delay of \d+ns$|clock-skew test skipped!$"
+)
+
+
 @pytest.mark.parametrize("shards", [2, 4])
 def test_linux_keeps_tsc_clocksource(shards: int) -> None:
     r = run_dqemu(
@@ -57,9 +62,12 @@ def test_linux_keeps_tsc_clocksource(shards: int) -> None:
     assert kv["cpu_constant_tsc"] == kv["cpu_nonstop_tsc"] == "1"
     assert kv["dmesg_clock_complaints"] == "0"
     assert kv["time_backwards"] == "0"
-    # the same verdicts straight from the kernel log on the console
+    # the same verdicts straight from the kernel log on the console, less the watchdog's
+    # notes that a read was slow on a busy host and it read again or skipped a check (the
+    # guest's own filter, guests/linux/tests/clock, passes over the same three)
+    log = "\n".join(ln for ln in r.stdout.splitlines() if not BENIGN_WATCHDOG.search(ln))
     for bad in ("TSC warp", "Marking TSC unstable", "timekeeping watchdog", "unsynchronized"):
-        assert bad not in r.stdout, bad
+        assert bad not in log, bad
     assert "tsc=reliable" not in r.stdout
     assert r.returncode == 0, r.stderr[-2000:]
 
