@@ -21,6 +21,7 @@
 #define VEC_PONG 0x41     /* IPI ping-pong: reply */
 #define VEC_PIT 0x50      /* PIT via IOAPIC */
 #define VEC_MSI 0x51      /* PCI MSI */
+#define VEC_ISA 0x53      /* ISA IRQ of pc-testdev */
 #define VEC_SPURIOUS 0xff
 
 /* ---- lib.c ---- */
@@ -212,6 +213,7 @@ void test_mmio(void);
 void test_irq(void);
 void test_msi(void);
 void test_intx(void);
+void test_isairq(void);
 void test_mem(void);
 void test_litmus(void);
 void test_xmc(void);

@@ -78,7 +78,7 @@ void kmain(void)
     static const struct { const char *group; void (*fn)(void); } suite[] = {
         {"ipi", test_ipi},     {"pingpong", test_pingpong}, {"pio", test_pio},
         {"mmio", test_mmio},   {"irq", test_irq},           {"msi", test_msi},
-        {"intx", test_intx},
+        {"intx", test_intx},   {"isairq", test_isairq},
         {"mem", test_mem},     {"litmus", test_litmus},     {"xmc", test_xmc},
         {"tsc", test_tsc},
     };
