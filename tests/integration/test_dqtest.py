@@ -68,6 +68,9 @@ def assert_full_pass(r: DqtestResult, output: str) -> None:
     for source in ("pit", "hpet"):
         steered = [c for c in r.checks if c.description.startswith(f"irq {source} via ioapic")]
         assert len(steered) == VCPUS, source
+    # APIC state changes in effect on every shard before the next IPI (issue 13 §2.3, §2.4)
+    assert count_checks(r, "apic ldr change") == 2 * VCPUS
+    assert count_checks(r, "apic aliased xapic id") == VCPUS
     # pc-testdev on the last shard: its ISA line reaches the IOAPIC (issue 13 §2.1)
     assert count_checks(r, "isairq ") == 3 * VCPUS
     assert not r.skips, r.skips  # edu and pc-testdev are there: nothing is skipped
