@@ -39,6 +39,8 @@ EXIT_FAIL = 35  # (0x11 << 1) | 1
 DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
 # ISA device whose interrupt lines the guest drives by port writes (dqtest's isairq group)
 ISA_IRQ_DEVICE = "pc-testdev"
+# VGA for the CRTC index/data check (vga group); no option ROM: the firmware leaves it alone
+VGA_DEVICE = "VGA,romfile="
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,13 +311,14 @@ def dqtest_spec(
     msi_device: bool = True,
     timeout: float = 300,
 ) -> VMSpec:
-    """dqtest's VM: debug-exit and edu (MSI/INTx) on shard 0; pc-testdev (ISA IRQ lines) on
-    the last shard, which is not the platform shard when there are several."""
+    """dqtest's VM: debug-exit and edu (MSI/INTx) on shard 0; pc-testdev (ISA IRQ lines) and
+    a VGA on the last shard, which is not the platform shard when there are several."""
     placement = [{"id": i, "vcpus": c} for i, c in enumerate(even_placement(vcpus, shards))]
     devices = [{"device": DEBUG_EXIT_DEVICE, "shard": 0}]
     if msi_device:
         devices.append({"device": "edu", "shard": 0})
     devices.append({"device": ISA_IRQ_DEVICE, "shard": shards - 1})
+    devices.append({"device": VGA_DEVICE, "shard": shards - 1})
     data = {
         "vm": {"name": "dqtest", "vcpus": vcpus, "memory": memory_mib, "machine": machine},
         "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},

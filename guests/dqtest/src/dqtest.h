@@ -218,6 +218,7 @@ void test_msi(void);
 void test_intx(void);
 void test_isairq(void);
 void test_apic_state(void);
+void test_vga(void);
 void test_mem(void);
 void test_litmus(void);
 void test_xmc(void);
