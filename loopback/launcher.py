@@ -319,10 +319,12 @@ class LoopbackVM:
                 time.sleep(0.02)
 
     def _start_failure(self) -> DqemuError:
-        """The first child that died during start-up, with the last words of its log."""
-        for c in self.sup.children:
-            if c.poll() is None:
-                continue
+        """The child that died during start-up, with the last words of its log. A shard
+        that lost a peer exits EXIT_SHARD_FAILED itself, so a child that exited otherwise
+        is the one that failed first and is named."""
+        dead = [c for c in self.sup.children if c.poll() is not None]
+        dead.sort(key=lambda c: c.poll() == EXIT_SHARD_FAILED)
+        for c in dead:
             tail = c.log_tail(3) or "no message"
             return DqemuError(f"{c.name} failed to start (exit {c.poll()}): {tail}",
                               EXIT_SHARD_FAILED)  # fmt: skip
