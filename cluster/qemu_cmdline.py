@@ -77,14 +77,33 @@ def _device_args(dev: DeviceSpec, index: int, shard: int) -> list[str]:
         return [f"-{dev.kind}", dev.args]
     oid = _option_id(dev.args)
     if dev.kind == "drive":
-        # Same image, same size, but never written and never locked here: the shadow device
-        # on this shard performs no I/O (its MMIO goes to the owner).
-        return ["-drive", f"{dev.args},read-only=on,file.locking=off"]
+        return ["-drive", shadow_drive(dev.args)]
     if dev.kind == "netdev" and oid:
         return ["-netdev", f"hubport,id={oid},hubid=0"]
     if dev.kind == "chardev" and oid:
         return ["-chardev", f"null,id={oid}"]
     return [f"-{dev.kind}", dev.args]
+
+
+_ON = ("on", "yes", "true")
+
+
+def _option_value(args: str, key: str) -> str | None:
+    m = re.search(rf"(?:^|,){re.escape(key)}=([^,]*)", args)
+    return m.group(1) if m else None
+
+
+def shadow_drive(args: str) -> str:
+    """The -drive of a shard that does not own the drive: the same image (same size and
+    contents for the shadow front end), never locked here, and never written. The shadow
+    device performs no I/O (its accesses go to the owner), but it must accept the node as
+    its owner does: IDE and AHCI disks refuse a read-only node, so a writable drive gets a
+    temporary overlay (snapshot=on: the image itself is opened read-only, any write would
+    land in an unlinked temporary file). A read-only drive stays read-only."""
+    extra = ["file.locking=off"]
+    if _option_value(args, "read-only") not in _ON and _option_value(args, "snapshot") not in _ON:
+        extra.insert(0, "snapshot=on")
+    return ",".join([args, *extra])
 
 
 def numa_nodes(spec: VMSpec) -> list[int]:

@@ -32,6 +32,10 @@ MAX_VCPUS = 256
 MAX_SHARDS = 64
 DEVICE_KINDS = ("device", "drive", "netdev", "chardev", "object")
 MACHINES = ("q35", "pc")
+# Devices that translate other devices' DMA and remap their interrupts. Their state (root
+# and interrupt-remapping table pointers, enables, caches) lives in the device, i.e. only
+# on its owner shard: another shard's copy would pass DMA untranslated and drop MSIs.
+IOMMU_DEVICES = ("intel-iommu", "amd-iommu", "virtio-iommu-pci")
 GUEST_PREFIX = "guest:"
 
 
@@ -388,6 +392,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         devices.append(DeviceSpec(kinds[0], args, owner))
     options = _vm_options(r, vm, shards, devices)
 
+    _check_iommu(r, devices, io_shard)
+
     return VMSpec(
         name=name,
         vcpus=vcpus,
@@ -473,6 +479,32 @@ def _vm_options(
         "qemu_args": checked("qemu_args", check_qemu_args, vm.get("qemu_args", [])),
         "nodes": tuple(layout),
     }
+
+
+def _check_iommu(r: _Reader, devices: list[DeviceSpec], io_shard: int) -> None:
+    """An IOMMU and every device must be on the I/O shard: its translation and remapping
+    state exists only on its owner, and the IOAPIC's interrupts pass through it too."""
+    drivers = [d.args.split(",", 1)[0].strip() if d.kind == "device" else "" for d in devices]
+    iommus = [i for i, name in enumerate(drivers) if name in IOMMU_DEVICES]
+    if not iommus:
+        return
+    first = iommus[0]
+    name = drivers[first]
+    why = "an IOMMU's DMA-translation and interrupt-remapping state exists only on its own shard"
+    if devices[first].shard != io_shard:
+        raise r.fail(
+            "device", first, "shard",
+            f"{name} must be on the I/O shard ({io_shard}, vm.io_shard): {why}, and the "
+            "IOAPIC's interrupts pass through it",
+        )  # fmt: skip
+    for i, d in enumerate(devices):
+        if d.kind == "device" and d.shard != io_shard:
+            raise r.fail(
+                "device", i, "shard",
+                f"with {name} (device[{first}]) every device must be on the I/O shard "
+                f"({io_shard}): {why}, so a device on shard {d.shard} could neither remap "
+                "its MSIs nor translate its DMA",
+            )  # fmt: skip
 
 
 def _boot_file(r: _Reader, boot: dict[str, Any], key: str, base: Path | None) -> str:

@@ -37,6 +37,10 @@ KERNEL_NAME = "dqtest.elf"
 EXIT_PASS = 33  # (0x10 << 1) | 1
 EXIT_FAIL = 35  # (0x11 << 1) | 1
 DEBUG_EXIT_DEVICE = "isa-debug-exit,iobase=0xf4,iosize=4"
+# ISA device whose interrupt lines the guest drives by port writes (dqtest's isairq group)
+ISA_IRQ_DEVICE = "pc-testdev"
+# VGA for the CRTC index/data check (vga group); no option ROM: the firmware leaves it alone
+VGA_DEVICE = "VGA,romfile="
 
 
 # ---------------------------------------------------------------------------------------
@@ -305,13 +309,21 @@ def dqtest_spec(
     memory_mib: int = 256,
     machine: str = "q35",
     msi_device: bool = True,
+    disk: Path | None = None,
     timeout: float = 300,
 ) -> VMSpec:
-    """dqtest's VM: its devices (debug-exit, and edu for MSI/INTx) on shard 0."""
+    """dqtest's VM: debug-exit, edu (MSI/INTx) and an IDE disk on ``disk`` (if given) on
+    shard 0; pc-testdev (ISA IRQ lines) and a VGA on the last shard, which is not the
+    platform shard when there are several."""
     placement = [{"id": i, "vcpus": c} for i, c in enumerate(even_placement(vcpus, shards))]
     devices = [{"device": DEBUG_EXIT_DEVICE, "shard": 0}]
     if msi_device:
         devices.append({"device": "edu", "shard": 0})
+    devices.append({"device": ISA_IRQ_DEVICE, "shard": shards - 1})
+    devices.append({"device": VGA_DEVICE, "shard": shards - 1})
+    if disk is not None:
+        devices.append({"drive": f"file={disk},if=none,id=dqdisk,format=raw", "shard": 0})
+        devices.append({"device": "ide-hd,drive=dqdisk,bus=ide.0", "shard": 0})
     data = {
         "vm": {"name": "dqtest", "vcpus": vcpus, "memory": memory_mib, "machine": machine},
         "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},
@@ -332,14 +344,22 @@ def run_dqtest(
     memory_mib: int = 256,
     machine: str = "q35",
     msi_device: bool = True,
+    ide_disk: bool = True,
 ) -> DqtestRun:
-    """Boot dqtest with the loopback launcher and parse its output; nothing outlives it."""
-    spec = dqtest_spec(
-        kernel, shards=shards, append=append, vcpus=vcpus, memory_mib=memory_mib,
-        machine=machine, msi_device=msi_device, timeout=timeout,
-    )  # fmt: skip
+    """Boot dqtest with the loopback launcher and parse its output; nothing outlives it.
+    With ``ide_disk`` the VM has a scratch IDE disk (1 MiB, deleted afterwards)."""
     console = io.BytesIO()
-    vm = LoopbackVM(spec, qemu=qemu, console=console).run()
+    with tempfile.TemporaryDirectory(prefix="dqtest-") as tmp:
+        disk = None
+        if ide_disk:
+            disk = Path(tmp) / "disk.img"
+            with disk.open("wb") as f:
+                f.truncate(1 << 20)
+        spec = dqtest_spec(
+            kernel, shards=shards, append=append, vcpus=vcpus, memory_mib=memory_mib,
+            machine=machine, msi_device=msi_device, disk=disk, timeout=timeout,
+        )  # fmt: skip
+        vm = LoopbackVM(spec, qemu=qemu, console=console).run()
     text = console.getvalue().decode(errors="replace")
     return DqtestRun(
         returncode=None if vm.exit_code == EXIT_TIMEOUT else vm.exit_code,

@@ -428,6 +428,7 @@ class LoopbackVM:
         the one to report, whichever shard failed first."""
         time.sleep(0.2)  # let the others that fail with it finish saying why
         dead = [c for c in self.sup.children if c.poll() is not None]
+        dead.sort(key=lambda c: c.poll() == EXIT_SHARD_FAILED)  # a lost peer's exit 4 comes after
         for c in dead:
             tail = c.log_tail(3) or "no message"
             owner = device_owner(self.spec, tail)

@@ -780,7 +780,8 @@ REPLY_TYPE: dict[int, int] = {
     MSG_MMIO_REQ: MSG_MMIO_REPLY,
     MSG_CLOCK_REQ: MSG_CLOCK_REPLY,
     MSG_PCI_CFG_READ: MSG_PCI_CFG_READ_REPLY,
-    MSG_TB_INVALIDATE: MSG_TB_INVALIDATE,  # the acknowledged forms echo the body
+    MSG_APIC_STATE: MSG_APIC_STATE,  # the acknowledged forms echo the body
+    MSG_TB_INVALIDATE: MSG_TB_INVALIDATE,
     MSG_MEMMAP_SYNC: MSG_MEMMAP_SYNC,
     MSG_RUNSTATE: MSG_RUNSTATE,  # a run-state query; the reply carries the state
     MSG_PAGE_REQ: MSG_PAGE_REPLY,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.qemu_cmdline import BootFiles, ShardPaths, is_linux_kernel, numa_nodes, shard_argv
+from cluster.qemu_cmdline import (
+    BootFiles,
+    ShardPaths,
+    is_linux_kernel,
+    numa_nodes,
+    shadow_drive,
+    shard_argv,
+)
 from cluster.spec import parse_spec
 
 SPEC = """\
@@ -71,7 +78,7 @@ def test_backends_only_on_owner() -> None:
     owner, other = argv(1), argv(0)
     assert opt(owner, "-drive") == ["file=/d.img,if=none,id=d0,format=raw"]
     assert opt(other, "-drive") == [
-        "file=/d.img,if=none,id=d0,format=raw,read-only=on,file.locking=off"
+        "file=/d.img,if=none,id=d0,format=raw,snapshot=on,file.locking=off"
     ]
     assert opt(owner, "-netdev") == ["user,id=n0"]
     assert opt(other, "-netdev") == ["hubport,id=n0,hubid=0"]
@@ -170,3 +177,14 @@ def test_machine_options_same_on_every_shard() -> None:
         assert opt(a, name) == opt(b, name), name
     assert opt(a, "-machine") == ["q35,pit=off"]
     assert "-no-reboot" in a and "-no-reboot" in b and a[-1] == b[-1] == "-S"
+
+
+def test_shadow_drive_is_acceptable_to_every_front_end() -> None:
+    # IDE/AHCI disks refuse a read-only node: a writable drive's shadow is a snapshot.
+    assert shadow_drive("file=/d.img,if=none,id=d0") == (
+        "file=/d.img,if=none,id=d0,snapshot=on,file.locking=off"
+    )
+    # A drive that is read-only on its owner stays read-only (every front end then accepts it
+    # on the owner too); one that already is a snapshot is not made one twice.
+    for args in ("file=/c.iso,if=none,id=c,read-only=on", "file=/d.img,id=d,snapshot=on"):
+        assert shadow_drive(args) == f"{args},file.locking=off"

@@ -156,3 +156,24 @@ def test_example_specs_load() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     for path in root.glob("*.toml"):
         load_spec(path)
+
+
+IOMMU = GOOD.replace(
+    'device = "isa-debug-exit,iobase=0xf4,iosize=4"\nshard = 1',
+    'device = "intel-iommu,intremap=on"\nshard = 0\n\n'
+    '[[device]]\ndevice = "virtio-blk-pci,drive=d0"\nshard = 1',
+)
+
+
+def test_iommu_devices_must_share_its_shard() -> None:
+    # A PCI device on another shard than the IOMMU would hang at its first remapped MSI.
+    msg = _err(IOMMU)
+    assert msg.startswith("vm.toml:25: device[1].shard: with intel-iommu (device[0]) every")
+    assert "on shard 1 could neither remap its MSIs nor translate its DMA" in msg
+    spec = parse_spec(IOMMU.replace("shard = 1\n", "shard = 0\n", 1))
+    assert [d.shard for d in spec.devices] == [0, 0]
+
+
+def test_iommu_must_be_on_io_shard() -> None:
+    msg = _err(IOMMU.replace('intremap=on"\nshard = 0', 'intremap=on"\nshard = 1'))
+    assert msg.startswith("vm.toml:21: device[0].shard: intel-iommu must be on the I/O shard (0")

@@ -32,6 +32,8 @@ uint32_t lapic_read(uint32_t reg) { return mmio_read32(lapic_base + reg); }
 static void lapic_write(uint32_t reg, uint32_t v) { mmio_write32(lapic_base + reg, v); }
 
 uint32_t lapic_id(void) { return lapic_read(LAPIC_ID) >> 24; }
+void lapic_set_id(uint32_t apic_id) { lapic_write(LAPIC_ID, apic_id << 24); }
+void lapic_set_ldr(uint32_t bits) { lapic_write(LAPIC_LDR, bits << 24); }
 void lapic_eoi(void) { lapic_write(LAPIC_EOI, 0); }
 
 void lapic_init_cpu(unsigned index)

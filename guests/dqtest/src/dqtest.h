@@ -17,10 +17,12 @@
 #define VEC_KICK 0x20     /* wakes an idle AP (mailbox) or the waiting BSP (done) */
 #define VEC_TIMER 0x21    /* LAPIC timer: bounds the BSP's HLT while it waits */
 #define VEC_TEST 0x30     /* IPI conformance cases */
+#define VEC_ALIAS 0x31    /* IPIs to an aliased xAPIC id: the handler restores the id */
 #define VEC_PING 0x40     /* IPI ping-pong: request */
 #define VEC_PONG 0x41     /* IPI ping-pong: reply */
 #define VEC_PIT 0x50      /* PIT via IOAPIC */
 #define VEC_MSI 0x51      /* PCI MSI */
+#define VEC_ISA 0x53      /* ISA IRQ of pc-testdev */
 #define VEC_SPURIOUS 0xff
 
 /* ---- lib.c ---- */
@@ -143,6 +145,8 @@ void lapic_init_cpu(unsigned index);
 void lapic_timer_calibrate(void);
 void lapic_timer_oneshot_us(uint64_t us);
 uint32_t lapic_id(void);
+void lapic_set_id(uint32_t apic_id);     /* xAPIC ID register (bits 31:24) */
+void lapic_set_ldr(uint32_t bits);       /* flat-model logical id (bits 31:24) */
 void lapic_eoi(void);
 void lapic_send_ipi(uint32_t dest_field, uint32_t icr_lo);
 uint32_t lapic_read(uint32_t reg);
@@ -212,6 +216,10 @@ void test_mmio(void);
 void test_irq(void);
 void test_msi(void);
 void test_intx(void);
+void test_isairq(void);
+void test_apic_state(void);
+void test_vga(void);
+void test_disk(void);
 void test_mem(void);
 void test_litmus(void);
 void test_xmc(void);

@@ -76,9 +76,10 @@ void kmain(void)
     smp_boot_aps();
 
     static const struct { const char *group; void (*fn)(void); } suite[] = {
-        {"ipi", test_ipi},     {"pingpong", test_pingpong}, {"pio", test_pio},
-        {"mmio", test_mmio},   {"irq", test_irq},           {"msi", test_msi},
-        {"intx", test_intx},
+        {"ipi", test_ipi},     {"apic", test_apic_state},   {"pingpong", test_pingpong},
+        {"pio", test_pio},     {"mmio", test_mmio},         {"irq", test_irq},
+        {"msi", test_msi},     {"intx", test_intx},         {"isairq", test_isairq},
+        {"vga", test_vga},     {"disk", test_disk},
         {"mem", test_mem},     {"litmus", test_litmus},     {"xmc", test_xmc},
         {"tsc", test_tsc},
     };

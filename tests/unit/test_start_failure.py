@@ -1,0 +1,29 @@
+"""A VM that fails to start names the shard that failed, not one that stopped for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from loopback.launcher import EXIT_SHARD_FAILED, LoopbackVM
+from loopback.procs import Child, Supervisor
+
+
+def _dead(name: str, status: int, log: Path, words: str) -> Child:
+    log.write_text(words + "\n")
+    proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({status})"])
+    proc.wait()
+    return Child(name, proc, log)
+
+
+def test_start_failure_names_the_shard_that_failed(tmp_path: Path) -> None:
+    vm = LoopbackVM.__new__(LoopbackVM)
+    vm.sup = Supervisor()
+    # shard 0 stopped because it lost shard 1 (exit 4) and is listed first
+    vm.sup.children = [
+        _dead("shard 0", EXIT_SHARD_FAILED, tmp_path / "0.log", "dqemu: shard 1 lost"),
+        _dead("shard 1", 1, tmp_path / "1.log", "Block node is read-only"),
+    ]
+    err = vm._start_failure()
+    assert str(err).startswith("shard 1 failed to start (exit 1): Block node is read-only")
