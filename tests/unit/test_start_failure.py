@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.spec import parse_spec
 from loopback.launcher import EXIT_SHARD_FAILED, LoopbackVM
 from loopback.procs import Child, Supervisor
 
@@ -19,6 +20,8 @@ def _dead(name: str, status: int, log: Path, words: str) -> Child:
 
 def test_start_failure_names_the_shard_that_failed(tmp_path: Path) -> None:
     vm = LoopbackVM.__new__(LoopbackVM)
+    vm.spec = parse_spec('[vm]\nvcpus = 2\nmemory = 64\n[[shard]]\nid = 0\nvcpus = "0"\n'
+                         '[[shard]]\nid = 1\nvcpus = "1"\n')  # fmt: skip
     vm.sup = Supervisor()
     # shard 0 stopped because it lost shard 1 (exit 4) and is listed first
     vm.sup.children = [
