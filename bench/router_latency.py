@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.router import protocol as p  # noqa: E402
 from cluster.router.auth import generate_secret, write_secret_file  # noqa: E402
-from cluster.router.client import ShardClient  # noqa: E402
 from cluster.router.control import ControlError, control_call  # noqa: E402
 from loopback.netns import Topology, available  # noqa: E402
+from tests.support.shard_client import ShardClient  # noqa: E402
 
 HDR = p.HEADER
 REQ_TYPE, REP_TYPE = p.MSG_PIO_REQ, p.MSG_PIO_REPLY

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cluster.router import protocol as p
-from cluster.router.client import ShardClient
+from tests.support.shard_client import ShardClient
 from tests.unit._router_support import ROOT, process_mesh, wait_for, wait_mesh_up
 
 BOUND = 2.0  # s: issue 6 asks every other shard to learn of a failure within 2 s
@@ -29,7 +29,7 @@ BOUND = 2.0  # s: issue 6 asks every other shard to learn of a failure within 2 
 # the router's PINGs from its reader thread, and otherwise waits to be killed or stopped.
 SHARD_CHILD = """
 import sys, time
-from cluster.router.client import ShardClient
+from tests.support.shard_client import ShardClient
 c = ShardClient.connect(sys.argv[1], int(sys.argv[2]), heartbeat=True)
 print("ready", flush=True)
 time.sleep(600)

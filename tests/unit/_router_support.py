@@ -17,11 +17,11 @@ from typing import Any
 
 from cluster.router import protocol as p
 from cluster.router.auth import write_secret_file
-from cluster.router.client import ShardClient
 from cluster.router.config import config_from_data
 from cluster.router.control import ControlError, control_call
 from cluster.router.router import Router
 from cluster.router.transport import read_frame
+from tests.support.shard_client import ShardClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"0123456789abcdef0123456789abcdef"

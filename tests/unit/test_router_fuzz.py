@@ -18,10 +18,10 @@ import pytest
 
 from cluster.router import protocol as p
 from cluster.router.auth import ROLE_DIALER, compute_mac, handshake
-from cluster.router.client import ShardClient
 from cluster.router.config import config_from_data
 from cluster.router.router import Router
 from cluster.router.transport import read_frame
+from tests.support.shard_client import ShardClient
 from tests.unit._router_support import (
     SECRET,
     InProcessMesh,

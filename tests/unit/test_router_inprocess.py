@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cluster.router import protocol as p
-from cluster.router.client import ShardClient, attach
 from cluster.router.control import ControlError, control_call
-from cluster.router.request import LinkLost, RequestError, RequestTimeout
+from tests.support.requests import LinkLost, RequestError, RequestTimeout
+from tests.support.shard_client import ShardClient, attach
 from tests.unit._router_support import InProcessMesh, wait_for
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cluster.router import protocol as p
-from cluster.router.client import ShardClient
-from cluster.router.request import Handler, LinkLost
+from tests.support.requests import Handler, LinkLost
+from tests.support.shard_client import ShardClient
 from tests.unit._router_support import (
     ROOT,
     SECRET,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from cluster.router import protocol as p
-from cluster.router.client import ShardClient
 from cluster.router.router import MAX_INBOUND_HANDSHAKES
+from tests.support.shard_client import ShardClient
 from tests.unit._router_support import RouterProcess, process_mesh, wait_for, wait_mesh_up
 from tests.unit._stranger import relay
 

@@ -30,7 +30,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from cluster.router import protocol as p
-from cluster.router.request import (
+from cluster.router.routing import RoutingTable
+from tests.support.requests import (
     Handler,
     Handlers,
     LinkLost,
@@ -39,7 +40,6 @@ from cluster.router.request import (
     RequestTracker,
     reply_result,
 )
-from cluster.router.routing import RoutingTable
 
 if TYPE_CHECKING:
     from cluster.router.router import Router

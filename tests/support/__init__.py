@@ -1,0 +1,1 @@
+"""Test stand-ins: a Python shard that speaks to a router as QEMU does."""
