@@ -12,45 +12,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
-from cluster.spec import (
-    DEVICE_KINDS,
-    MAX_VCPUS,
-    VMSpec,
-    even_placement,
-    flag_reader,
-    load_spec,
-    spec_from_data,
-)
+from cluster.spec import DEVICE_KINDS, load_spec, spec_from_flags
 from cluster.vm.registry import check_name
 from loopback.detach import detach, log_to_registry
 from loopback.terminal import console_terminal, interactive
 
-_FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
-    ("vm", "vcpus"): "--vcpus",
-    ("vm", "memory"): "--memory",
-    ("vm", "machine"): "--machine",
-    ("vm", "io_shard"): "--io-shard",
-    ("vm", "cpu"): "--cpu",
-    ("vm", "machine_options"): "--machine",
-    ("vm", "sockets"): "--sockets",
-    ("vm", "cores"): "--cores",
-    ("vm", "threads"): "--threads",
-    ("vm", "vga"): "--vga",
-    ("vm", "vga_shard"): "--vga (the @SHARD suffix)",
-    ("shard", "numa_nodes"): "--numa-nodes",
-    ("boot", "kernel"): "--kernel",
-    ("boot", "initrd"): "--initrd",
-    ("boot", "append"): "--append",
-    ("boot", "timeout"): "--timeout",
-    ("shard", "vcpus"): "--placement",
-    ("shard", None): "--placement/--shards",
-    ("device", "shard"): "--device/--drive/--netdev (the @SHARD suffix)",
-    ("device", None): "--device/--drive/--netdev",
-}
 _SPEC_EXCLUSIVE = (
     "kernel",
     "initrd",
@@ -68,83 +37,6 @@ _SPEC_EXCLUSIVE = (
     "vga",
     "numa_nodes",
 )
-
-
-def _device_arg(kind: str, value: str) -> dict[str, Any]:
-    args, sep, shard = value.rpartition("@")
-    if not sep or not shard.isdigit():
-        args, shard = value, "0"
-    return {kind: args, "shard": int(shard)}
-
-
-def _vm_option_flags(ns: argparse.Namespace) -> dict[str, Any]:
-    """The [vm] machine options given as flags (cluster/vm_options.py checks them)."""
-    vm: dict[str, Any] = {}
-    machine, _, options = (ns.machine or "q35").partition(",")
-    vm["machine"] = machine
-    if options:
-        vm["machine_options"] = options
-    for key in ("cpu", "sockets", "cores", "threads"):
-        if getattr(ns, key) is not None:
-            vm[key] = getattr(ns, key)
-    if ns.no_reboot:
-        vm["no_reboot"] = True
-    if ns.vga is not None:
-        model, sep, shard = ns.vga.rpartition("@")
-        if sep and shard.isdigit():
-            vm["vga"], vm["vga_shard"] = model, int(shard)
-        else:
-            vm["vga"] = ns.vga
-    return vm
-
-
-def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
-    if ns.kernel is None and not ns.drive:
-        raise DqemuError(
-            "give either --spec FILE or --kernel FILE, or a disk for the firmware to boot "
-            "with --drive (see dqemu loopback --help)"
-        )
-    if ns.shards is not None and ns.shards < 1:
-        raise DqemuError(f"--shards: {ns.shards} is not a number of shards (1 or more)")
-    shards = ns.shards or 1
-    if ns.placement:
-        groups = ns.placement.split(";")
-        if ns.shards and len(groups) != ns.shards:
-            raise DqemuError(
-                f"--placement names {len(groups)} shard(s) but --shards is {ns.shards}"
-            )
-        placement = groups
-    else:
-        if ns.vcpus < 1:
-            raise DqemuError(f"--vcpus: {ns.vcpus} is outside 1..{MAX_VCPUS}")
-        if shards > ns.vcpus:
-            raise DqemuError(f"--shards {shards} is more than --vcpus {ns.vcpus}")
-        placement = even_placement(ns.vcpus, shards)
-    boot: dict[str, Any] = {}
-    if ns.kernel is not None:
-        boot["kernel"] = ns.kernel
-    if ns.append:
-        boot["append"] = ns.append
-    if ns.initrd:
-        boot["initrd"] = ns.initrd
-    if ns.timeout is not None:
-        boot["timeout"] = ns.timeout
-    data: dict[str, Any] = {
-        "vm": {
-            "vcpus": ns.vcpus,
-            "memory": ns.memory,
-            "io_shard": ns.io_shard or 0,
-            **_vm_option_flags(ns),
-        },
-        "boot": boot,
-        "shard": [
-            {"id": i, "vcpus": cpus}
-            | ({"numa_nodes": ns.numa_nodes} if ns.numa_nodes is not None else {})
-            for i, cpus in enumerate(placement)
-        ],
-        "device": [_device_arg(k, v) for k in DEVICE_KINDS for v in getattr(ns, k) or []],
-    }
-    return spec_from_data(data, flag_reader(_FLAG_KEYS), Path.cwd())
 
 
 def _run(ns: argparse.Namespace) -> int:

@@ -11,8 +11,7 @@ import pytest
 
 from cluster.cli import build_parser
 from cluster.errors import DqemuError
-from cluster.spec import VMSpec
-from loopback.command import spec_from_flags
+from cluster.spec import VMSpec, spec_from_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
