@@ -325,7 +325,7 @@ def dqtest_spec(
         devices.append({"drive": f"file={disk},if=none,id=dqdisk,format=raw", "shard": 0})
         devices.append({"device": "ide-hd,drive=dqdisk,bus=ide.0", "shard": 0})
     data = {
-        "vm": {"name": "dqtest", "vcpus": vcpus, "memory": memory_mib, "machine": machine},
+        "vm": {"vcpus": vcpus, "memory": memory_mib, "machine": machine},
         "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},
         "shard": placement,
         "device": devices,
