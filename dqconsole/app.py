@@ -24,7 +24,7 @@ from dqconsole.screens.vm_list import VMListScreen
 
 
 class DQConsole(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "dqconsole"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f1", "show_help_panel", "Help"),

@@ -118,7 +118,7 @@ class VMScreen(Screen[None]):
         table = self.query_one("#vcpus", DataTable)
         table.add_columns("vCPU", "shard", "thread", "QOM path")
         self.add_console()
-        if self.client is not None and not isinstance(self.client, _Offline):
+        if self.client is not None and not isinstance(self.client, OfflineClient):
             self.poll_info()
             self.watch_stats()
             self.watch_events()
@@ -344,7 +344,7 @@ class VMScreen(Screen[None]):
     # ---- consoles
     def add_console(self) -> None:
         self.consoles += 1
-        view = SerialView(None if isinstance(self.client, _Offline) else self.client,
+        view = SerialView(None if isinstance(self.client, OfflineClient) else self.client,
                           id=f"serial-{self.consoles}", classes="serial")  # fmt: skip
         view.border_title = f"console {self.consoles}"
         self.query_one("#consoles", Horizontal).mount(view)
@@ -405,5 +405,5 @@ class VMScreen(Screen[None]):
         self.app.call_from_thread(log.write, Text(str(out), style=style))
 
 
-class _Offline(VMClient):
-    """A client that never connects: snapshot tests feed the screen themselves."""
+class OfflineClient(VMClient):
+    """No connection at all: the screen shows only what it is fed (snapshot tests)."""

@@ -23,6 +23,10 @@ class VMListScreen(Screen[None]):
         Binding("g", "refresh", "Refresh"),
     ]
 
+    def __init__(self, poll: bool = True) -> None:
+        super().__init__()
+        self.polling = poll
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("looking for VMs…", id="list-status")
@@ -32,7 +36,8 @@ class VMListScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#vms", DataTable)
         table.add_columns("NAME", "STATE", "SHARDS", "VCPUS", "UPTIME")
-        self.poll()
+        if self.polling:
+            self.poll()
 
     @work(thread=True, exclusive=True, group="list")
     def poll(self) -> None:
