@@ -1,0 +1,104 @@
+"""dqconsole: the Textual operator console of dQEMU VMs (``docs/console.md``).
+
+``dqconsole`` lists the VMs running on this machine; ``dqconsole NAME`` opens one;
+``dqconsole --spec FILE`` starts one (``dqemu loopback --spec FILE --detach``) and opens it.
+Everything the console knows comes from the VMs' control API (``dqconsole/client.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from dqconsole.client import ClientError, start_spec
+from dqconsole.screens.vm import COMMANDS, VMScreen
+from dqconsole.screens.vm_list import VMListScreen
+
+
+class DQConsole(App[int]):
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "dqconsole"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f1", "show_help_panel", "Help"),
+        Binding("ctrl+t", "toggle_dark", "Theme"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, name: str | None = None, spec: Path | None = None, hz: float = 1.0) -> None:
+        super().__init__()
+        self.vm_name = name
+        self.spec = spec
+        self.hz = hz
+
+    def on_mount(self) -> None:
+        self.push_screen(VMListScreen())
+        if self.spec is not None:
+            self.notify(f"starting {self.spec} …", timeout=30)
+            self.start_from_spec(self.spec)
+        elif self.vm_name is not None:
+            self.open_vm(self.vm_name)
+
+    @work(thread=True, exclusive=True, group="start")
+    def start_from_spec(self, spec: Path) -> None:
+        try:
+            name = start_spec(spec)
+        except (ClientError, OSError) as e:
+            self.call_from_thread(self.notify, f"{spec}: {e}", severity="error", timeout=60)
+            return
+        self.call_from_thread(self.open_vm, name)
+
+    def open_vm(self, name: str) -> None:
+        self.push_screen(VMScreen(name, hz=self.hz))
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def action_show_help_panel(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            super().action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, VMScreen):
+            for cmd, (label, help_text, _d) in COMMANDS.items():
+                yield SystemCommand(f"{label} VM", help_text,
+                                    lambda c=cmd: screen.action_vm(c))  # type: ignore[misc]  # fmt: skip
+            yield SystemCommand("New console", "open another serial console of this VM",
+                                screen.action_new_console)  # fmt: skip
+            yield SystemCommand("Search console", "find text in the serial console",
+                                screen.action_search)  # fmt: skip
+            yield SystemCommand("Stats 1 Hz / 10 Hz", "switch the traffic refresh rate",
+                                screen.action_toggle_hz)  # fmt: skip
+            yield SystemCommand("VM list", "back to every VM", screen.action_back)
+        yield SystemCommand("Light/dark theme", "switch the theme", self.action_toggle_dark)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dqconsole", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", nargs="?", help="open this VM (default: the list of VMs)")
+    p.add_argument("--spec", type=Path, help="start this spec's VM detached, then open it")
+    p.add_argument("--hz", type=float, default=1.0, choices=[1.0, 10.0],
+                   help="traffic refresh rate (1 or 10 per second)")  # fmt: skip
+    ns = p.parse_args(argv)
+    if ns.name and ns.spec:
+        p.error("give a VM name or --spec, not both")
+    if ns.spec is not None and not ns.spec.is_file():
+        print(f"dqconsole: error: no spec file {ns.spec}", file=sys.stderr)
+        return 2
+    app = DQConsole(ns.name, ns.spec, ns.hz)
+    app.run()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
