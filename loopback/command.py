@@ -8,7 +8,9 @@ device such as isa-debug-exit, and non-zero with a one-line reason otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -65,6 +67,10 @@ def _run(ns: argparse.Namespace) -> int:
             raise DqemuError(f"{flag}: {d} is not a directory")
     if ns.detach:
         return detach(ns.argv, ns.name or spec.name)
+    if ns.detached_child and ns.timeout is None:
+        # a detached VM runs until it ends or is stopped: boot.timeout is for a run in the
+        # foreground (scripts, tests); --timeout still sets one
+        spec = dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, timeout=math.inf))
     if ns.detached_child:
         with open(os.devnull, "wb") as discard:  # the console goes to the control API only
             result = run_loopback(spec, console=discard, qmp_dir=ns.qmp_dir,

@@ -247,7 +247,16 @@ def _attach(sock: socket.socket) -> str:
     closes, "detached" on Ctrl-]. After stdin's end the console is still shown."""
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
-    sel.register(0, selectors.EVENT_READ)
+    try:
+        sel.register(0, selectors.EVENT_READ)
+    except (PermissionError, ValueError, OSError):
+        # stdin is a regular file (or /dev/null): epoll cannot wait on it; send it all
+        with contextlib.suppress(OSError):
+            while data := os.read(0, 65536):
+                cut = data.find(DETACH_KEY)
+                sock.sendall(data if cut < 0 else data[:cut])
+                if cut >= 0:
+                    return "detached"
     while True:
         for key, _ in sel.select():
             if key.fileobj is sock:

@@ -192,6 +192,8 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
     r = ctl.run("info", name)
     assert r.returncode == 1
     assert f"no VM named {name} (it ended with exit 0" in r.stderr
+    # the entry goes a moment before the launcher process itself ends
+    psutil.wait_procs([psutil.Process(info["launcher_pid"])], timeout=30)
 
 
 def test_killed_launcher_leaves_no_qemu(ctl: Ctl) -> None:
