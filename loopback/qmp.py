@@ -18,7 +18,6 @@ from cluster.errors import DqemuError
 from loopback.exit_policy import EXIT_SHARD_FAILED
 
 CMD_TIMEOUT = 10.0
-CLOSE_WAIT = 0.5
 
 
 class Monitor(QEMUMonitorProtocol):
@@ -45,14 +44,8 @@ class Monitor(QEMUMonitorProtocol):
 
 
 class ShardMonitor:
-    """QMP connection to one shard, usable from any thread.
-
-    qemu.qmp's legacy clients run on the asyncio loop of the thread that made them, one
-    loop for all of them, so every call on any monitor takes one lock: the launcher's
-    main thread and the control API's threads take turns.
-    """
-
-    _loop_lock = threading.Lock()
+    """QMP connection to one shard, for single-threaded users (tests, benches); the
+    launcher's own connection is ``ShardQMP``."""
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -66,43 +59,33 @@ class ShardMonitor:
         while time.monotonic() < deadline and alive():
             qmp = Monitor(str(self.path), nickname=self.name)
             try:
-                with self._loop_lock:
-                    qmp.connect()
+                qmp.connect()
             except (OSError, EOFError, QMPError) as exc:  # EOF: QEMU exited meanwhile
                 last = exc
-                with self._loop_lock, contextlib.suppress(OSError, EOFError, QMPError):
+                with contextlib.suppress(OSError, EOFError, QMPError):
                     qmp.close()
                 time.sleep(0.05)
                 continue
-            qmp.settimeout(CMD_TIMEOUT)  # a hung shard fails a call, never blocks the VM
+            qmp.settimeout(CMD_TIMEOUT)  # a hung shard fails a call instead of blocking
             self._qmp = qmp
             return
         why = f": {last}" if last else ""
         raise DqemuError(f"{self.name}: QMP did not answer within {timeout:g} s{why}")
 
     def cmd(self, name: str, **args: Any) -> Any:
-        with self._loop_lock:
-            qmp = self._qmp
-            if qmp is None:
-                raise DqemuError(f"{self.name}: QMP not connected")
-            try:
-                return qmp.cmd(name, **args)
-            except (OSError, EOFError, QMPError, TimeoutError) as exc:
-                raise DqemuError(f"{self.name}: QMP {name} failed: {exc}") from exc
+        if self._qmp is None:
+            raise DqemuError(f"{self.name}: QMP not connected")
+        try:
+            return self._qmp.cmd(name, **args)
+        except (OSError, EOFError, QMPError, TimeoutError) as exc:
+            raise DqemuError(f"{self.name}: QMP {name} failed: {exc}") from exc
 
     def close(self) -> None:
-        """Close the connection; a QEMU that already exited is not an error here. While
-        another thread waits on a hung shard, leave the socket to the process's exit."""
-        if not self._loop_lock.acquire(timeout=CLOSE_WAIT):
-            self._qmp = None
-            return
-        try:
-            qmp, self._qmp = self._qmp, None
-            if qmp is not None:
-                with contextlib.suppress(OSError, EOFError, QMPError, TimeoutError):
-                    qmp.close()
-        finally:
-            self._loop_lock.release()
+        """Close the connection; a QEMU that already exited is not an error here."""
+        qmp, self._qmp = self._qmp, None
+        if qmp is not None:
+            with contextlib.suppress(OSError, EOFError, QMPError, TimeoutError):
+                qmp.close()
 
 
 class ShardQMP(threading.Thread):
