@@ -566,7 +566,12 @@ class LoopbackVM:
                 w.reason if w is not None else None, said, said_at,
             ))  # fmt: skip
         verdict = decide(endings, self.console.panic)
-        return VMResult(verdict.status, verdict.reason, self._lines(), by_guest=verdict.by_guest)
+        reason = verdict.reason + "".join(
+            f"; router {s.id} said: {_silent_line(self.log_dir / f'router{s.id}.log')}"
+            for s in self.shards
+            if _silent_line(self.log_dir / f"router{s.id}.log")
+        )
+        return VMResult(verdict.status, reason, self._lines(), by_guest=verdict.by_guest)
 
 
 def create_ram_file(path: Path, size: int) -> None:
@@ -589,6 +594,17 @@ def device_owner(spec: VMSpec, message: str) -> int | None:
         if f"-{d.kind} {d.args}" in message:
             return d.shard
     return None
+
+
+def _silent_line(log: Path) -> str:
+    """A router's account of a shard it declared hung: the kernel's view of each of the
+    shard's threads (cluster/router/shardproc.py), so a failed run says why."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    hit = re.search(r"local shard \d+ is silent; its threads: .*", text)
+    return hit.group(0)[:600] if hit else ""
 
 
 def _is_stopped(pid: int) -> bool:

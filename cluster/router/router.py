@@ -55,6 +55,7 @@ from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
 from cluster.router.loglimit import LogLimiter
 from cluster.router.routing import Address, RoutingTable
+from cluster.router.shardproc import Sample, describe, peer_pid, sample
 from cluster.router.transport import (
     KIND_LOCAL,
     KIND_PEER,
@@ -87,6 +88,8 @@ class Router:
         self.routes.load(cfg.routes)
         self.local: Link | None = None
         self.local_pid = 0
+        self._local_peer_pid: int | None = None  # its pid as the kernel says
+        self._silence: Sample | None = None  # its threads, once silent for half the timeout
         self.peers: dict[int, Link] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
@@ -393,9 +396,17 @@ class Router:
                     f"its QEMU (pid {self.local_pid}) did not answer the router's heartbeat "
                     f"for {silent:.2f} s (liveness timeout {timeout:g} s)"
                 )
+                # what the kernel says of each of its threads, so the log says why
+                log.error("local shard %d is silent; its threads: %s", self.id,
+                          describe(self._shard_pid(), self._silence, now))  # fmt: skip
                 local.close(why, p.ERR_SHARD_HUNG)
-            elif now - local.last_ping >= self.cfg.ping_interval:
-                self._ping(local, self.id, now)
+            else:
+                if silent <= timeout / 2:
+                    self._silence = None
+                elif self._silence is None:  # half-way: note each thread's wait for a CPU
+                    self._silence = sample(self._shard_pid(), now)
+                if now - local.last_ping >= self.cfg.ping_interval:
+                    self._ping(local, self.id, now)
         for sid, addr in self.routes.peers().items():
             if sid in links or sid in self._dialing or addr is None:
                 continue
@@ -406,6 +417,9 @@ class Router:
             self._dialing.add(sid)
             self.peer_info[sid]["state"] = "connecting"
             self._spawn(self._dial_thread, f"dial-{sid}", sid, addr)
+
+    def _shard_pid(self) -> int:
+        return self._local_peer_pid or self.local_pid
 
     def _ping(self, link: Link, dst: int, now: float) -> None:
         link.last_ping = now
@@ -602,6 +616,7 @@ class Router:
                 link.send(ok, *(self._to_local_link_state(s, p.LINK_UP, 0) for s in self.peers))
                 self.local = link
                 self.local_pid = reg.pid
+                self._local_peer_pid = peer_pid(sock)
                 was_down = self.local_down is not None
                 self.local_down = None
         if link is None:

@@ -244,4 +244,8 @@ def test_loss_stops_the_vm(vm_factory: Any, victim: str, sig: signal.Signals) ->
     assert lost == 1, losses
     assert ts - t0 < STOP_BOUND_S, f"shard 0 noticed after {ts - t0:.2f} s: {cause}"
     assert "shard 1" in reason, vm.err[-5:]
+    if victim == "shard 1" and sig == signal.SIGSTOP:
+        # the error says why the router took it for hung: its threads, as the kernel saw them
+        said = r"router 1 said: local shard 1 is silent; its threads: \S+ T"
+        assert re.search(said, reason), reason
     assert not _netns_of(vm.proc.pid)

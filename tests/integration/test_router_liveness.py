@@ -9,6 +9,7 @@ shard is down and why. Stopped processes are continued and killed on every path.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +171,10 @@ def test_local_shard_exits_or_hangs(tmp_path: Path, how: str) -> None:
             assert procs[2].control("stats")["liveness"][key] == 1
             line = "local shard 2 is hung: its QEMU" if how == "stop" else "local shard 2 is gone"
             assert line in procs[2].log()
+            if how == "stop":
+                # the log says why: the kernel's view of the shard's threads (stopped)
+                said = re.search(r"local shard 2 is silent; its threads: (.*)", procs[2].log())
+                assert said and re.match(r"\S+ T\b", said.group(1)), procs[2].log()
             for i in (1, 3):
                 assert health_down(procs[i].control("health"), 2)["cause"] == cause
                 assert f"shard 2 is down: {cause} (reported by its router)" in procs[i].log()
