@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cluster.forwarding_stats import MECHANISMS
@@ -24,13 +24,14 @@ def _buckets(link: Mapping[str, Any]) -> dict[int, int]:
 
 
 class StatsView:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._prev: dict[str, Any] | None = None
         self._prev_t = 0.0
 
     def snapshot(self, routers: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         """``routers``: shard id -> that router's ``stats`` reply (absent if it is gone)."""
-        now = time.monotonic()
+        now = self._clock()
         prev = self._prev or {}
         dt = now - self._prev_t if self._prev is not None else 0.0
         links: dict[str, Any] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,30 @@ def _router(ipis: int, pios: int, buckets: dict[str, int]) -> dict[str, Any]:
     }
 
 
+class Clock:
+    """A monotonic clock the test moves by hand: intervals are exact, not slept."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_rates_and_latency_over_the_interval() -> None:
-    view = StatsView()
+    clock = Clock()
+    view = StatsView(clock)
     first = view.snapshot({0: _router(100, 10, {"40": 1000})})
     assert first["links"]["0->1"]["mechanisms"]["ipi"]["total"] == 100
     assert first["mechanisms"]["ipi"]["msgs_per_s"] == 0.0  # no interval yet
-    time.sleep(0.2)
+    clock.now += 0.25
     second = view.snapshot({0: _router(300, 10, {"40": 1000, "80": 10})})
     assert second["seq"] > first["seq"]
+    assert second["interval_s"] == 0.25
     link = second["links"]["0->1"]
     assert link["mechanisms"]["ipi"]["total"] == 300
-    rate = link["mechanisms"]["ipi"]["msgs_per_s"]
-    assert 200 / (second["interval_s"] + 0.05) < rate <= 200 / second["interval_s"] + 1
+    assert link["mechanisms"]["ipi"]["msgs_per_s"] == 800.0  # 200 messages in 0.25 s
+    assert second["mechanisms"]["ipi"]["msgs_per_s"] == 800.0
     assert link["mechanisms"]["pio"]["msgs_per_s"] == 0.0
     # only the 10 requests of this interval count: all in bucket 80, none of the 1000 old
     assert link["requests"] == 10
@@ -53,14 +64,17 @@ def test_rates_and_latency_over_the_interval() -> None:
 
 
 def test_each_view_has_its_own_interval() -> None:
-    a, b = StatsView(), StatsView()
+    clock = Clock()
+    a, b = StatsView(clock), StatsView(clock)
     a.snapshot({0: _router(0, 0, {})})
     b.snapshot({0: _router(0, 0, {})})
-    time.sleep(0.1)
-    assert a.snapshot({0: _router(50, 0, {})})["mechanisms"]["ipi"]["msgs_per_s"] > 0
-    time.sleep(0.1)
-    # b's interval starts at its own previous reading
-    assert b.snapshot({0: _router(50, 0, {})})["links"]["0->1"]["mechanisms"]["ipi"]["total"] == 50
+    clock.now += 0.1
+    assert a.snapshot({0: _router(50, 0, {})})["mechanisms"]["ipi"]["msgs_per_s"] == 500.0
+    clock.now += 0.1
+    # b's interval starts at its own previous reading: 50 messages in 0.2 s
+    snap = b.snapshot({0: _router(50, 0, {})})
+    assert snap["links"]["0->1"]["mechanisms"]["ipi"]["total"] == 50
+    assert snap["mechanisms"]["ipi"]["msgs_per_s"] == 250.0
 
 
 def _dqemu(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
