@@ -132,6 +132,22 @@ def test_patch_shape() -> None:
 
 # --- the document -------------------------------------------------------------------------
 
+DESIGNED = re.compile(
+    r"^<!-- dsm-designed: begin -->$(.*?)^<!-- dsm-designed: end -->$", re.M | re.S
+)
+
+
+def checked_doc() -> str:
+    """The document without its "designed, not built" section, which the codec and the
+    header do not implement yet (its own consistency is checked below)."""
+    return DESIGNED.sub("", DOC.read_text())
+
+
+def designed_section() -> str:
+    m = DESIGNED.search(DOC.read_text())
+    assert m, "protocol.md lost its dsm-designed markers"
+    return m.group(1)
+
 
 def doc_constants(doc: str) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -168,7 +184,7 @@ def doc_layouts(
 
 
 def test_doc_constants_match_python() -> None:
-    doc = doc_constants(DOC.read_text())
+    doc = doc_constants(checked_doc())
     py = p.constants()
     assert doc == py, {
         "missing from doc": sorted(set(py) - set(doc)),
@@ -178,7 +194,7 @@ def test_doc_constants_match_python() -> None:
 
 
 def test_doc_layouts_match_python() -> None:
-    doc = doc_layouts(DOC.read_text())
+    doc = doc_layouts(checked_doc())
     assert set(doc) == {lay.cname for lay in ALL_LAYOUTS}
     hdr = doc["DQHeader"]
     assert hdr[2] == p.HEADER_SIZE
@@ -195,8 +211,55 @@ def test_doc_layouts_match_python() -> None:
 
 
 def test_doc_type_table_sizes() -> None:
-    text = DOC.read_text()
+    text = checked_doc()
     rows = re.findall(r"^\| `DQ_MSG_(\w+)` \| (0x[0-9A-F]{2}) \| (\d+)(?: \+ text)? \|", text, re.M)
     assert {name: int(size) for name, _, size in rows} == {
         c.NAME: c.LAYOUT.size for c in p.MESSAGES.values()
     }
+
+
+# --- the designed section (docs/dsm.md): consistent, and no clash with what is built -------
+
+_SCALAR = {"u8": 1, "u16": 2, "u32": 4, "u64": 8}
+_TYPE_ROW = re.compile(r"^\| `DQ_MSG_(\w+)` \| (0x[0-9A-F]{2}) \| (\d+) \|", re.M)
+
+
+def _decl_size(decl: str) -> tuple[int, int]:
+    """(bytes, alignment) of a table type such as u32 or u64[4]."""
+    m = re.fullmatch(r"(u8|u16|u32|u64)(?:\[(\d+)\])?", decl)
+    assert m, f"unknown field type {decl!r}"
+    unit = _SCALAR[m.group(1)]
+    return unit * int(m.group(2) or 1), unit
+
+
+def test_designed_layouts_are_packed_and_aligned() -> None:
+    layouts = doc_layouts(designed_section())
+    assert layouts, "the designed section has no message bodies"
+    for cname, (_, name, size, rows) in layouts.items():
+        offset = 0
+        for off, decl, field in rows:
+            nbytes, align = _decl_size(decl)
+            assert off == offset, f"{cname}.{field}: offset {off}, expected {offset}"
+            assert off % align == 0, f"{cname}.{field}: offset {off} is not {align}-aligned"
+            offset += nbytes
+        assert offset == size, f"{name}: fields add up to {offset} bytes, heading says {size}"
+        assert size % 8 == 0, f"{name}: {size} bytes is not a multiple of 8"
+
+
+def test_designed_types_match_their_bodies_and_clash_with_nothing() -> None:
+    section = designed_section()
+    layouts = {name: (t, size) for t, name, size, _ in doc_layouts(section).values()}
+    rows = {name: (int(v, 16), int(size)) for name, v, size in _TYPE_ROW.findall(section)}
+    assert rows == layouts, "the designed type table and the designed bodies disagree"
+    built_names = {c.NAME for c in p.MESSAGES.values()}
+    for name, (value, size) in rows.items():
+        assert 0x63 <= value <= 0x6F, f"{name} = {value:#x} is outside the DSM range"
+        assert value not in p.MESSAGES, f"{name}: type {value:#x} is taken"
+        assert name not in built_names, f"{name} exists already"
+        assert size <= p.MAX_PAYLOAD, name
+
+
+def test_designed_constants_are_new() -> None:
+    designed = doc_constants(designed_section())
+    built = p.constants()
+    assert not set(designed) & set(built), sorted(set(designed) & set(built))
