@@ -15,7 +15,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPMessage
 
 from cluster.errors import DqemuError
-from loopback.exit_policy import EXIT_SHARD_FAILED
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 
 CMD_TIMEOUT = 10.0
 
@@ -213,6 +213,12 @@ class ShardQMP(threading.Thread):
     def reason(self) -> str | None:
         """The reason of the shard's SHUTDOWN event (QEMU's ShutdownCause), if it came."""
         return str(self.shutdown.get("reason", "")) if self.shutdown is not None else None
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until QEMU has closed the connection and every event has been seen."""
+        if self.ident is not None:
+            self.join(timeout)
+        return not self.is_alive()
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
