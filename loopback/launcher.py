@@ -38,8 +38,7 @@ from cluster.spec import GUEST_PREFIX, VMSpec
 from cluster.vm import registry
 from cluster.vm.control import ControlServer
 from cluster.vm.events import VMEvents
-from loopback.console import ConsoleReader
-from loopback.exit_policy import (
+from cluster.vm.exit_policy import (
     EXIT_DESTROYED,
     EXIT_GUEST_RESET,
     EXIT_INTERRUPTED,
@@ -50,6 +49,7 @@ from loopback.exit_policy import (
     Ending,
     decide,
 )
+from loopback.console import ConsoleReader
 from loopback.netns import NetnsError, Topology
 from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
 from loopback.procs import Child, Supervisor, Terminated, terminate_on_signals

@@ -15,7 +15,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPMessage
 
 from cluster.errors import DqemuError
-from loopback.exit_policy import EXIT_SHARD_FAILED
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 
 CMD_TIMEOUT = 10.0
 

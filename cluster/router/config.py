@@ -7,7 +7,7 @@ Example (TOML)::
     listen = "10.213.0.1:7101"       # TCP address for peer routers
     socket_dir = "/run/dqemu/vm1-1"  # private dir: shard.sock + control.sock
     [peers]                          # every other shard of the VM: shard id -> host:port
-    2 = "10.213.0.2:7102"
+    2 = "10.213.0.2:7102"            # (JSON null: not known yet; set-route gives it)
     [routes.vcpus]                   # optional: vCPU index -> shard
     0 = 1
     1 = 2
@@ -68,7 +68,8 @@ class RouterConfig:
     shard_id: int
     listen: Address
     socket_dir: Path
-    peers: dict[int, Address] = field(default_factory=dict)
+    # None: a peer whose address is not known yet (``set-route shard K HOST:PORT`` gives it)
+    peers: dict[int, Address | None] = field(default_factory=dict)
     routes: dict[str, dict[Any, Any]] = field(default_factory=dict)
     ping_interval: float = 0.2
     link_timeout: float = 1.0
@@ -93,7 +94,7 @@ class RouterConfig:
             "shard_id": self.shard_id,
             "listen": str(self.listen),
             "socket_dir": str(self.socket_dir),
-            "peers": {str(k): str(v) for k, v in self.peers.items()},
+            "peers": {str(k): str(v) if v is not None else None for k, v in self.peers.items()},
             "ping_interval": self.ping_interval,
             "link_timeout": self.link_timeout,
             "handshake_timeout": self.handshake_timeout,
@@ -145,7 +146,7 @@ def config_from_data(data: Any) -> RouterConfig:
     peers_raw = data.get("peers", {})
     if not isinstance(peers_raw, dict):
         raise ConfigError("peers must be a table of shard id -> 'host:port'")
-    peers: dict[int, Address] = {}
+    peers: dict[int, Address | None] = {}
     for k, v in peers_raw.items():
         try:
             sid = check_shard_id(k, "peer shard id")
@@ -153,13 +154,18 @@ def config_from_data(data: Any) -> RouterConfig:
             raise ConfigError(f"peers: {e}") from None
         if sid == shard_id:
             raise ConfigError(f"peers: shard {sid} is this router's own shard_id")
+        if v is None:
+            peers[sid] = None  # known, its address comes later (set-route)
+            continue
         if not isinstance(v, str):
-            raise ConfigError(f"peers: shard {sid}: address must be a 'host:port' string")
+            raise ConfigError(
+                f"peers: shard {sid}: address must be a 'host:port' string (or null: not known yet)"
+            )
         try:
-            peers[sid] = Address.parse(v)
+            addr = peers[sid] = Address.parse(v)
         except ValueError as e:
             raise ConfigError(f"peers: shard {sid}: {e}") from None
-        if peers[sid].port == 0:
+        if addr.port == 0:
             raise ConfigError(f"peers: shard {sid}: port 0 is not a peer address")
     routes = data.get("routes", {})
     if not isinstance(routes, dict) or not all(isinstance(m, dict) for m in routes.values()):

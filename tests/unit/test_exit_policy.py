@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loopback.exit_policy import (
+from cluster.vm.exit_policy import (
     EXIT_GUEST_RESET,
     EXIT_PANIC,
     EXIT_POWEROFF,

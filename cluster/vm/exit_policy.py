@@ -22,7 +22,9 @@ odd   the guest's own status through isa-debug-exit, the same on every shard
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 EXIT_POWEROFF = 0
 EXIT_USAGE = 2
@@ -163,3 +165,29 @@ def decide(endings: list[Ending], panic: str | None = None) -> Verdict:
     followed = [f"{e.name} {how(e.code)}" for e in ended if e.code != status]
     text += f"; {', '.join(followed)}" if followed else f" ({every} exited {status})"
     return Verdict(status, f"{text}{note}", True)
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
+
+
+def log_tail(lines: list[str], n: int) -> str:
+    """The last ``n`` lines of a log, joined by " | "."""
+    return " | ".join(lines[-n:])
+
+
+def last_words(name: str, code: int, lines: list[str]) -> tuple[str, float | None]:
+    """What the child ``name`` said about its end, and when (shard logs are time-stamped),
+    from its log's ``lines``: for a shard that stopped the VM (status 4), its ``dqemu:
+    shard N lost (...)`` line, else its last ``dqemu:`` line; for any other end, the tail
+    of its log."""
+    if name.startswith("shard") and code == SHARD_EXIT_PEER_LOST:
+        ours = [ln for ln in lines if "dqemu:" in ln]
+        lost = [ln for ln in ours if " lost (" in ln]
+        pick = lost[0] if lost else ours[-1] if ours else ""
+        said = pick[pick.index("dqemu:") :].strip() if pick else ""
+    else:
+        pick = lines[-1] if lines else ""
+        said = log_tail(lines, 2) if code >= 0 else ""  # a killed child said nothing of it
+    m = _STAMP.match(pick)
+    when = datetime.fromisoformat(m.group(1) + "+00:00").timestamp() if m else None
+    return said, when
