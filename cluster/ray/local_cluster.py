@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ HOST_LABEL = "dqemu-host"
 TOKEN_FILE = "auth_token"
 STATE_FILE = "state.json"
 MAX_NODES = 16
+START_ATTEMPTS = 3  # see _make
 START_TIMEOUT = 240.0  # one `ray start`; the head took 8-21 s on an idle machine
 STOP_GRACE = 3.0  # gcs_server and raylets ignore SIGTERM for 6-7 s: do not wait that long
 
@@ -264,6 +265,7 @@ def up(name: str, workers: int, sizes: Sizes, say: Callable[[str], None] = print
         except BaseException:
             say(f"dqemu: cluster {name} did not come up; removing what was made")
             _teardown(st)
+            _remove_state(d)
             raise
         return st
 
@@ -291,7 +293,17 @@ def _make(st: ClusterState, sizes: Sizes, d: Path, say: Callable[[str], None]) -
         say(f"dqemu: starting Ray {node.name} at {node.ip} ({node.netns})")
         node.started = True
         save_state(st)
-        _ray_start(node, ray_start_argv(st, node, sizes), env, log)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                _ray_start(node, ray_start_argv(st, node, sizes), env, log)
+                break
+            except _StartTimedOut as exc:
+                # Ray waits a fixed 30 s for a new node to register: on a loaded machine
+                # that is not always enough. Clear what this attempt started, and retry.
+                stop_processes(_processes(netns.pids_in(node.netns)))
+                if attempt + 1 == START_ATTEMPTS:
+                    raise DqemuError(str(exc)) from None
+                say(f"dqemu: {exc}; starting it again")
     st.up = True
     save_state(st)
 
@@ -322,13 +334,21 @@ def _ray_start(node: Node, argv: list[str], env: dict[str, str], log: Path) -> N
             proc.wait()
             raise
     if code != 0:
-        raise DqemuError(f"Ray {node.name} failed to start (exit {code}): {_tail(log)}")
+        text = log.read_text(errors="replace")
+        why = f"Ray {node.name} failed to start (exit {code}): {_tail(text)}"
+        if "timed out during startup" in text:
+            raise _StartTimedOut(why)
+        raise DqemuError(why)
 
 
-def _tail(log: Path) -> str:
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "rror" in ln]
-    return (errors[-1] if errors else lines[-1] if lines else "no output")[:300] + f" ({log})"
+class _StartTimedOut(Exception):
+    """`ray start` gave up waiting for its node to register with the GCS."""
+
+
+def _tail(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "rror" in ln or "timed out" in ln]
+    return (errors[-1] if errors else lines[-1] if lines else "no output")[:300]
 
 
 # --- down --------------------------------------------------------------------------------------
@@ -345,11 +365,16 @@ def down(name: str, say: Callable[[str], None] = print) -> bool:
             stopped = _teardown(st)
             if stopped:
                 say(f"dqemu: stopped {stopped} process(es) of cluster {name}")
-        for p in d.iterdir():
-            if p.name != "lock":
-                p.unlink(missing_ok=True)
-    shutil.rmtree(state_dir(name), ignore_errors=True)
+        _remove_state(d)
     return True
+
+
+def _remove_state(d: Path) -> None:
+    """The state directory, the lock last (it is held until the caller lets it go)."""
+    for p in d.iterdir():
+        if p.name != "lock":
+            p.unlink(missing_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def cluster_processes(st: ClusterState) -> list[psutil.Process]:
@@ -364,6 +389,10 @@ def cluster_processes(st: ClusterState) -> list[psutil.Process]:
         if any(root in arg for arg in cmd):
             pids.add(proc.pid)
     pids.discard(os.getpid())
+    return _processes(pids)
+
+
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
     out = []
     for pid in pids:
         with contextlib.suppress(psutil.Error):

@@ -1,0 +1,641 @@
+"""The node actor: one per Ray node, it runs the routers and shards of the VMs placed there.
+
+:class:`NodeHost` is the :class:`~cluster.vm.host.ShardHost` of one VM on this node: its run
+directory, RAM files, router and QEMU child processes. :class:`NodeActor` (a Ray actor,
+named ``dqemu-node-<node id>`` in namespace ``dqemu``, placed on its node by node
+affinity) keeps one NodeHost per VM and serves its calls; every call returns quickly, so
+one actor serves many VMs. :class:`RemoteHost` is the ShardHost the orchestrator uses,
+wherever it runs: each method is an actor call, QMP and the serial console are relayed
+through the actor (events and console output polled in batches).
+
+Children die with the actor: each is started with ``PR_SET_PDEATHSIG=SIGKILL``
+(:mod:`loopback.procs`), from a thread that lives as long as the actor's process (the death
+signal fires when the *thread* that forked the child exits, and a Ray actor may run its
+methods on a pool thread), and in its own session, so the raylet's kill of the worker's
+process group does not reach it before the actor's own teardown. The secret reaches a
+router through a pipe, never a command line or a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cluster.errors import DqemuError
+from cluster.router.control import ControlError, control_call
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED, last_words, log_tail
+from cluster.vm.host import (
+    LastWords,
+    ProcessInfo,
+    QMPEvent,
+    QMPLink,
+    SerialLink,
+    ShardHost,
+    Started,
+)
+from cluster.vm.plan import VMPlan
+from loopback.launcher import create_ram_file
+from loopback.procs import Child, Supervisor
+from loopback.qmp import ShardQMP
+
+NAMESPACE = "dqemu"
+ACTOR_PREFIX = "dqemu-node-"
+CALL_TIMEOUT = 60.0  # one actor call (they are all short; the machine may be loaded)
+POLL = 0.1  # how often a RemoteHost polls QMP events and console output
+SERIAL_KEEP = 1 << 20  # console bytes the actor keeps for a reader that polls late
+
+
+class _Spawner:
+    """Runs every fork from one long-lived thread, so that PR_SET_PDEATHSIG fires only
+    when the process ends (it fires when the forking thread exits)."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[tuple[Callable[[], Child], Future[Child]]] = queue.Queue()
+        threading.Thread(target=self._run, name="dqemu-spawner", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fn, fut = self._q.get()
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def __call__(self, fn: Callable[[], Child]) -> Child:
+        if threading.current_thread() is threading.main_thread():
+            return fn()  # the main thread outlives every child too
+        fut: Future[Child] = Future()
+        self._q.put((fn, fut))
+        return fut.result()
+
+
+class _Serial:
+    """The I/O shard's console on the node: a reader thread keeps the last SERIAL_KEEP
+    bytes, addressed by their offset in the whole stream."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.buf = bytearray()
+        self.start = 0  # the stream offset of buf[0]
+        self.eof = False
+        self.lock = threading.Lock()
+
+    def connect(self, timeout: float) -> bool:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.path))
+            except OSError:
+                s.close()
+                time.sleep(0.05)
+                continue
+            self.sock = s
+            threading.Thread(target=self._read, name="serial", daemon=True).start()
+            return True
+        return False
+
+    def _read(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            with self.lock:
+                if not data:
+                    self.eof = True
+                    return
+                self.buf += data
+                if len(self.buf) > SERIAL_KEEP:
+                    cut = len(self.buf) - SERIAL_KEEP
+                    del self.buf[:cut]
+                    self.start += cut
+
+    def read(self, offset: int) -> tuple[bytes, int, bool]:
+        """Bytes from stream offset ``offset`` on (or from the oldest kept), the offset
+        after them, and whether the console has ended."""
+        with self.lock:
+            at = max(offset, self.start)
+            data = bytes(self.buf[at - self.start :])
+            return data, at + len(data), self.eof and not data
+
+    def send(self, data: bytes) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(data)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+
+class NodeHost(ShardHost):
+    """One VM's shards and routers on this node (the ShardHost that runs on the node)."""
+
+    def __init__(self, listen_ip: str, spawner: Callable[[Callable[[], Child]], Child]) -> None:
+        self.listen_ip = listen_ip
+        self.spawn = spawner
+        self.sup = Supervisor()
+        self.plan: VMPlan | None = None
+        self.run_dir: Path | None = None
+        self.ram: list[Path] = []  # the /dev/shm files
+        self.children: dict[str, Child] = {}
+        self.ps: dict[str, psutil.Process] = {}
+        self.qmp: dict[int, ShardQMP] = {}
+        self.serial: _Serial | None = None
+
+    def _dir(self) -> Path:
+        if self.run_dir is None or self.plan is None:
+            raise DqemuError("the node host was not prepared for this VM")
+        return self.run_dir
+
+    def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
+        self.plan = plan
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"dqemu-{os.getpid()}-"))
+        os.chmod(self.run_dir, 0o700)
+        tag = f"dqemu-{os.getpid()}-{secrets.token_hex(4)}"
+        for r in plan.ram:
+            path = Path("/dev/shm") / f"{tag}-{r.name}"
+            create_ram_file(path, r.mib << 20)
+            self.ram.append(path)
+            (self.run_dir / r.name).symlink_to(path)
+
+    def _start(self, name: str, argv: list[str], pass_fds: tuple[int, ...] = ()) -> Started:
+        run_dir = self._dir()
+        log = run_dir / f"{name.replace(' ', '')}.log"
+        child = self.spawn(
+            lambda: self.sup.spawn(name, argv, log=log, pass_fds=pass_fds, cwd=run_dir)
+        )
+        self.children[name] = child
+        with contextlib.suppress(psutil.Error):
+            self.ps[name] = psutil.Process(child.pid)
+        return Started(name, child.pid, self.listen_ip)
+
+    def start_router(self, shard: int, secret: bytes) -> Started:
+        run_dir = self._dir()
+        assert self.plan is not None
+        rp = self.plan.shard(shard).router
+        if rp is None:
+            raise DqemuError(f"shard {shard} has no router (an unsharded VM)")
+        cfg = run_dir / rp.config_file
+        cfg.write_text(json.dumps(rp.config(str(run_dir), self.listen_ip), indent=1))
+        rfd, wfd = os.pipe()
+        try:
+            argv = [sys.executable, "-m", "cluster.router", "--config", str(cfg),
+                    "--secret-fd", str(rfd)]  # fmt: skip
+            started = self._start(rp.name, argv, (rfd,))
+            os.write(wfd, secret)
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+        return started
+
+    def router_address(self, shard: int) -> str | None:
+        """The router's listen address once it serves its shard socket; None until then.
+        Raises DqemuError with its last words if it ended."""
+        assert self.plan is not None
+        rp = self.plan.shard(shard).router
+        assert rp is not None
+        child = self.children[rp.name]
+        if child.poll() is not None:
+            raise DqemuError(
+                f"{rp.name} on {self.listen_ip} failed to start (exit {child.poll()}): "
+                f"{child.log_tail(2) or 'no message'}",
+                EXIT_SHARD_FAILED,
+            )
+        if not (self._dir() / rp.shard_socket).exists():
+            return None
+        health = self.router_health(shard)
+        return str(health["listen"]) if health else None
+
+    def router_ready(self, shard: int, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (addr := self.router_address(shard)) is None:
+            if time.monotonic() > deadline:
+                raise DqemuError(f"router {shard} did not start within {timeout:g} s",
+                                 EXIT_SHARD_FAILED)  # fmt: skip
+            time.sleep(0.05)
+        return addr
+
+    def _control(self, shard: int, cmd: str, timeout: float, **args: Any) -> Any:
+        assert self.plan is not None
+        rp = self.plan.shard(shard).router
+        if rp is None or self.children.get(rp.name) is None:
+            return None
+        if self.children[rp.name].poll() is not None:
+            return None
+        return control_call(self._dir() / rp.control_socket, cmd, timeout=timeout, **args)
+
+    def set_peers(self, shard: int, peers: Mapping[int, str]) -> None:
+        for sid, addr in sorted(peers.items()):
+            try:
+                self._control(shard, "set-route", 5.0, kind="shard", key=sid, value=addr)
+            except (OSError, ControlError, ValueError) as exc:
+                raise DqemuError(f"router {shard}: set-route to shard {sid}: {exc}",
+                                 EXIT_SHARD_FAILED) from None  # fmt: skip
+
+    def start_shard(self, shard: int) -> Started:
+        assert self.plan is not None
+        sp = self.plan.shard(shard)
+        return self._start(sp.name, list(sp.argv))
+
+    def open_serial(self, shard: int) -> SerialLink:
+        raise NotImplementedError("on the node, use the actor's serial_* calls")
+
+    def serial_connect(self, shard: int, timeout: float) -> bool:
+        assert self.plan is not None
+        sp = self.plan.shard(shard)
+        if sp.serial is None:
+            raise DqemuError(f"shard {shard} is not the I/O shard: it has no console")
+        if self.serial is None:
+            self.serial = _Serial(self._dir() / sp.serial)
+        return self.serial.connect(timeout)
+
+    def open_qmp(self, shard: int, on_event: Callable[[QMPEvent], None], timeout: float) -> QMPLink:
+        assert self.plan is not None
+        sp = self.plan.shard(shard)
+        child = self.children[sp.name]
+        link = ShardQMP(sp.name, self._dir() / sp.qmp)
+        link.connect(timeout, alive=child.running)
+        link.on_event = on_event
+        link.start()
+        self.qmp[shard] = link
+        return link  # type: ignore[return-value]
+
+    def router_health(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            got = self._control(shard, "health", timeout)
+        except (OSError, ControlError, ValueError):
+            return None
+        return got if isinstance(got, dict) else None
+
+    def router_stats(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            got = self._control(shard, "stats", timeout)
+        except (OSError, ControlError, ValueError):
+            return None
+        return got if isinstance(got, dict) else None
+
+    def poll(self) -> dict[str, int | None]:
+        return {name: c.poll() for name, c in self.children.items()}
+
+    def processes(self) -> list[ProcessInfo]:
+        out = []
+        for name, c in self.children.items():
+            code = c.poll()
+            cpu = rss = 0.0
+            p = self.ps.get(name)
+            if code is None and p is not None:
+                with contextlib.suppress(psutil.Error):
+                    cpu = p.cpu_percent(None)
+                    rss = p.memory_info().rss / (1 << 20)
+            out.append(ProcessInfo(name, c.pid, code, cpu, round(rss, 1)))
+        return out
+
+    def last_words(self, name: str) -> LastWords:
+        c = self.children[name]
+        code = c.poll()
+        lines: list[str] = []
+        if c.log is not None and c.log.exists():
+            lines = c.log.read_text(errors="replace").strip().splitlines()
+        said, at = last_words(name, code, lines) if code is not None else ("", None)
+        return LastWords(code, log_tail(lines, 3), said, at)
+
+    def ram_mapped(self) -> None:
+        for path in self.ram:
+            path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for link in self.qmp.values():
+            link.close()
+        if self.serial is not None:
+            self.serial.close()
+        for c in self.sup.children:  # a SIGSTOPped child would sit on its SIGTERM
+            if c.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(c.pid).resume()
+        self.sup.stop_all()
+
+    def teardown(self) -> None:
+        self.ram_mapped()
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class NodeActor:
+    """The Ray actor of one node (wrap with ``ray.remote``; see :func:`node_actor`)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.ip = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.spawner = _Spawner()
+        self.vms: dict[str, NodeHost] = {}
+        self.events: dict[tuple[str, int], list[QMPEvent]] = {}
+
+    def _vm(self, vm: str) -> NodeHost:
+        host = self.vms.get(vm)
+        if host is None:
+            raise DqemuError(f"VM {vm} has nothing on node {self.ip}")
+        return host
+
+    def info(self) -> dict[str, Any]:
+        """Where the actor runs: its node, pid, network namespace and VMs."""
+        return {
+            "ip": self.ip,
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "netns": os.stat("/proc/self/ns/net").st_ino,
+            "main_thread": threading.current_thread() is threading.main_thread(),
+            "vms": sorted(self.vms),
+        }
+
+    def prepare(self, vm: str, plan: VMPlan, shards: Sequence[int]) -> None:
+        if vm in self.vms:
+            raise DqemuError(f"VM {vm} already runs on node {self.ip}")
+        host = NodeHost(self.ip, self.spawner)
+        self.vms[vm] = host
+        host.prepare(plan, shards)
+
+    def start_router(self, vm: str, shard: int, secret: bytes) -> Started:
+        return self._vm(vm).start_router(shard, secret)
+
+    def router_address(self, vm: str, shard: int) -> str | None:
+        return self._vm(vm).router_address(shard)
+
+    def set_peers(self, vm: str, shard: int, peers: Mapping[int, str]) -> None:
+        self._vm(vm).set_peers(shard, peers)
+
+    def start_shard(self, vm: str, shard: int) -> Started:
+        return self._vm(vm).start_shard(shard)
+
+    def serial_connect(self, vm: str, shard: int, timeout: float) -> bool:
+        return self._vm(vm).serial_connect(shard, min(timeout, 1.0))
+
+    def serial_read(self, vm: str, offset: int) -> tuple[bytes, int, bool]:
+        serial = self._vm(vm).serial
+        return serial.read(offset) if serial is not None else (b"", offset, True)
+
+    def serial_send(self, vm: str, data: bytes) -> None:
+        serial = self._vm(vm).serial
+        if serial is not None:
+            serial.send(data)
+
+    def qmp_open(self, vm: str, shard: int, timeout: float) -> None:
+        events = self.events.setdefault((vm, shard), [])
+        self._vm(vm).open_qmp(shard, events.append, timeout)
+
+    def qmp_cmd(self, vm: str, shard: int, name: str, timeout: float, args: dict[str, Any]) -> Any:
+        return self._vm(vm).qmp[shard].cmd(name, timeout=timeout, **args)
+
+    def qmp_events(self, vm: str, shard: int, since: int) -> tuple[list[QMPEvent], bool]:
+        """Events from index ``since`` on, and whether QEMU has closed the connection."""
+        link = self._vm(vm).qmp.get(shard)
+        events = self.events.get((vm, shard), [])
+        return events[since:], link is None or not link.is_alive()
+
+    def router_health(self, vm: str, shard: int, timeout: float) -> dict[str, Any] | None:
+        return self._vm(vm).router_health(shard, timeout)
+
+    def router_stats(self, vm: str, shard: int, timeout: float) -> dict[str, Any] | None:
+        return self._vm(vm).router_stats(shard, timeout)
+
+    def poll(self, vm: str) -> dict[str, int | None]:
+        return self._vm(vm).poll()
+
+    def processes(self, vm: str | None = None) -> list[ProcessInfo]:
+        """A VM's children, or every VM's when ``vm`` is None."""
+        hosts = [self._vm(vm)] if vm is not None else list(self.vms.values())
+        return [p for h in hosts for p in h.processes()]
+
+    def last_words(self, vm: str, name: str) -> LastWords:
+        return self._vm(vm).last_words(name)
+
+    def ram_mapped(self, vm: str) -> None:
+        self._vm(vm).ram_mapped()
+
+    def stop(self, vm: str) -> None:
+        self._vm(vm).stop()
+
+    def teardown(self, vm: str) -> None:
+        host = self.vms.pop(vm, None)
+        if host is not None:
+            host.stop()
+            host.teardown()
+        for key in [k for k in self.events if k[0] == vm]:
+            del self.events[key]
+
+
+def actor_name(node_id: str) -> str:
+    return f"{ACTOR_PREFIX}{node_id[:16]}"
+
+
+def node_actor(node_id: str) -> Any:
+    """The node's actor (made on first use): detached, named, pinned to the node, 0 CPU."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cls = ray.remote(NodeActor)
+    return cls.options(  # type: ignore[attr-defined]
+        name=actor_name(node_id),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote()
+
+
+def _get(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    import ray
+
+    try:
+        return ray.get(ref, timeout=timeout)
+    except DqemuError:
+        raise
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, DqemuError):
+            raise DqemuError(str(cause), cause.exit_code) from None
+        raise DqemuError(f"node actor call failed: {str(exc).splitlines()[0]}",
+                         EXIT_SHARD_FAILED) from None  # fmt: skip
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+        raise DqemuError(f"node actor lost: {str(exc).splitlines()[0]}",
+                         EXIT_SHARD_FAILED) from None  # fmt: skip
+
+
+class RemoteQMP:
+    """A QMPLink relayed through the node actor; events are polled every POLL seconds."""
+
+    def __init__(self, host: RemoteHost, shard: int, on_event: Callable[[QMPEvent], None]):
+        self.host, self.shard, self.on_event = host, shard, on_event
+        self.shutdown: dict[str, Any] | None = None
+        self.closed = threading.Event()
+        self._stop = threading.Event()
+        threading.Thread(target=self._poll, name=f"qmp-poll-{shard}", daemon=True).start()
+
+    def _poll(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            try:
+                events, closed = _get(self.host.actor.qmp_events.remote(
+                    self.host.vm, self.shard, seen))  # fmt: skip
+            except DqemuError:
+                break
+            for ev in events:
+                if ev.get("event") == "SHUTDOWN":
+                    self.shutdown = ev.get("data", {})
+                self.on_event(ev)
+            seen += len(events)
+            if closed:
+                break
+            self._stop.wait(POLL)
+        self.closed.set()
+
+    def cmd(self, name: str, timeout: float = 30.0, **args: Any) -> Any:
+        ref = self.host.actor.qmp_cmd.remote(self.host.vm, self.shard, name, timeout, args)
+        return _get(ref, timeout + CALL_TIMEOUT)
+
+    @property
+    def reason(self) -> str | None:
+        return str(self.shutdown.get("reason", "")) if self.shutdown is not None else None
+
+    def wait_closed(self, timeout: float) -> bool:
+        return self.closed.wait(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class RemoteSerial:
+    """The I/O shard's console relayed through the node actor."""
+
+    def __init__(self, host: RemoteHost, shard: int) -> None:
+        self.host, self.shard = host, shard
+        self.offset = 0
+        self.ended = False
+
+    def connect(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _get(self.host.actor.serial_connect.remote(self.host.vm, self.shard, 1.0)):
+                return True
+            if any(v is not None for v in self.host.poll().values()):
+                return False
+        return False
+
+    def recv(self) -> bytes:
+        while not self.ended:
+            try:
+                data, self.offset, eof = _get(
+                    self.host.actor.serial_read.remote(self.host.vm, self.offset)
+                )
+            except DqemuError:
+                data, eof = b"", True
+            if data:
+                return data
+            if eof:
+                self.ended = True
+                break
+            time.sleep(POLL)
+        return b""
+
+    def send(self, data: bytes) -> None:
+        with contextlib.suppress(DqemuError):
+            _get(self.host.actor.serial_send.remote(self.host.vm, data))
+
+    def close(self) -> None:
+        self.ended = True
+
+
+class RemoteHost(ShardHost):
+    """The ShardHost of one node for one VM, as the orchestrator sees it: actor calls."""
+
+    def __init__(self, actor: Any, vm: str) -> None:
+        self.actor = actor
+        self.vm = vm
+
+    def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
+        _get(self.actor.prepare.remote(self.vm, plan, list(shards)))
+
+    def start_router(self, shard: int, secret: bytes) -> Started:
+        return _get(self.actor.start_router.remote(self.vm, shard, secret))  # type: ignore[no-any-return]
+
+    def router_ready(self, shard: int, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (addr := _get(self.actor.router_address.remote(self.vm, shard))) is None:
+            if time.monotonic() > deadline:
+                raise DqemuError(f"router {shard} did not start within {timeout:g} s",
+                                 EXIT_SHARD_FAILED)  # fmt: skip
+            time.sleep(0.05)
+        return str(addr)
+
+    def set_peers(self, shard: int, peers: Mapping[int, str]) -> None:
+        _get(self.actor.set_peers.remote(self.vm, shard, dict(peers)))
+
+    def start_shard(self, shard: int) -> Started:
+        return _get(self.actor.start_shard.remote(self.vm, shard))  # type: ignore[no-any-return]
+
+    def open_serial(self, shard: int) -> SerialLink:
+        return RemoteSerial(self, shard)
+
+    def open_qmp(self, shard: int, on_event: Callable[[QMPEvent], None], timeout: float) -> QMPLink:
+        _get(self.actor.qmp_open.remote(self.vm, shard, timeout), timeout + CALL_TIMEOUT)
+        return RemoteQMP(self, shard, on_event)
+
+    def router_health(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            got = _get(self.actor.router_health.remote(self.vm, shard, timeout))
+        except DqemuError:
+            return None
+        return got if isinstance(got, dict) else None
+
+    def router_stats(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            got = _get(self.actor.router_stats.remote(self.vm, shard, timeout))
+        except DqemuError:
+            return None
+        return got if isinstance(got, dict) else None
+
+    def poll(self) -> dict[str, int | None]:
+        return _get(self.actor.poll.remote(self.vm))  # type: ignore[no-any-return]
+
+    def processes(self) -> list[ProcessInfo]:
+        return _get(self.actor.processes.remote(self.vm))  # type: ignore[no-any-return]
+
+    def last_words(self, name: str) -> LastWords:
+        return _get(self.actor.last_words.remote(self.vm, name))  # type: ignore[no-any-return]
+
+    def ram_mapped(self) -> None:
+        _get(self.actor.ram_mapped.remote(self.vm))
+
+    def stop(self) -> None:
+        with contextlib.suppress(DqemuError):
+            _get(self.actor.stop.remote(self.vm))
+
+    def teardown(self) -> None:
+        with contextlib.suppress(DqemuError):
+            _get(self.actor.teardown.remote(self.vm))
