@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1
@@ -133,28 +132,3 @@ class Supervisor:
 def _signal_group(p: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(p.pid, sig)
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the launcher receives SIGTERM or SIGHUP."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextmanager
-def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into a :class:`Terminated` exception so ``finally`` blocks run."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise Terminated(signum)
-
-    old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        old[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)

@@ -214,6 +214,12 @@ class ShardQMP(threading.Thread):
         """The reason of the shard's SHUTDOWN event (QEMU's ShutdownCause), if it came."""
         return str(self.shutdown.get("reason", "")) if self.shutdown is not None else None
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until QEMU has closed the connection and every event has been seen."""
+        if self.ident is not None:
+            self.join(timeout)
+        return not self.is_alive()
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:

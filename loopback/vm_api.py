@@ -1,7 +1,8 @@
 """The control API commands a loopback VM serves (``docs/control.md``).
 
-The launcher owns the VM; these functions read its state and act through its QMP
-connections, which it keeps for the VM's whole life. Everything here runs on the control
+The launcher owns the VM; these functions read its state, ask its host for its processes
+and routers (``cluster.vm.host.ShardHost``), and act through its QMP links, which it keeps
+for the VM's whole life. Everything here runs on the control
 server's threads, never on the launcher's main loop.
 """
 
@@ -13,10 +14,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from cluster.errors import DqemuError
-from cluster.router.control import CommandFn, ControlError, control_call
+from cluster.router.control import CommandFn, ControlError
 from cluster.vm.control import StreamFn, StreamRunner
 from cluster.vm.stats import StatsView
 
@@ -33,27 +32,6 @@ QMP_OF = {"suspend": "stop", "resume": "cont", "reset": "system_reset",
           "shutdown": "system_powerdown"}  # fmt: skip
 
 
-class ProcessMeter:
-    """CPU% and RSS of a process, CPU% over the time since the previous reading."""
-
-    def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-
-    def read(self, pid: int | None) -> tuple[float, float]:
-        if pid is None:
-            return 0.0, 0.0
-        try:
-            p = self._procs.get(pid)
-            if p is None:
-                p = self._procs[pid] = psutil.Process(pid)
-                p.cpu_percent(None)  # the first reading only starts the interval
-            with p.oneshot():
-                return p.cpu_percent(None), p.memory_info().rss / (1 << 20)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            self._procs.pop(pid, None)
-            return 0.0, 0.0
-
-
 def _shard_state(started: bool, code: int | None) -> str:
     if not started:
         return "starting"
@@ -63,7 +41,6 @@ def _shard_state(started: bool, code: int | None) -> str:
 class LoopbackControl:
     def __init__(self, vm: LoopbackVM) -> None:
         self.vm = vm
-        self.meter = ProcessMeter()
         self.stats_view = StatsView()  # the one-shot stats command's intervals
 
     def streams(self) -> dict[str, StreamFn]:
@@ -97,27 +74,26 @@ class LoopbackControl:
     def info(self, _req: dict[str, Any] | None = None) -> dict[str, Any]:
         vm = self.vm
         spec = vm.spec
+        procs = {p.name: p for h in vm.each_host() for p in h.processes()}
         shards = []
-        for s in vm.shards:
-            qemu = s.qemu
-            pid = qemu.pid if qemu is not None else None
-            code = qemu.poll() if qemu is not None else None
-            cpu, rss = self.meter.read(pid if code is None else None)
+        for s in spec.shards:
+            qemu = procs.get(f"shard {s.id}")
+            started = vm.children.get(f"shard {s.id}")
             entry: dict[str, Any] = {
                 "id": s.id,
-                "host": s.netns or "local",
-                "pid": pid,
-                "state": _shard_state(qemu is not None, code),
-                "vcpus": list(next(x.vcpus for x in spec.shards if x.id == s.id)),
+                "host": (started.where if started is not None else None) or "local",
+                "pid": qemu.pid if qemu is not None else None,
+                "state": _shard_state(qemu is not None, qemu.code if qemu else None),
+                "vcpus": list(s.vcpus),
                 "devices": [f"{d.kind} {d.args}" for d in spec.devices if d.shard == s.id],
-                "cpu_pct": cpu,
-                "rss_mib": rss,
+                "cpu_pct": qemu.cpu_pct if qemu is not None else 0.0,
+                "rss_mib": qemu.rss_mib if qemu is not None else 0.0,
             }
-            if s.router is not None:
-                rpid = s.router.pid if s.router.poll() is None else None
-                rcpu, rrss = self.meter.read(rpid)
-                entry["router"] = {"pid": s.router.pid, "cpu_pct": rcpu, "rss_mib": rrss}
-                entry["links"] = self._links(s)
+            router = procs.get(f"router {s.id}")
+            if router is not None:
+                entry["router"] = {"pid": router.pid, "cpu_pct": router.cpu_pct,
+                                   "rss_mib": router.rss_mib}  # fmt: skip
+                entry["links"] = self._links(s.id)
             shards.append(entry)
         out: dict[str, Any] = {
             "name": vm.name,
@@ -132,24 +108,18 @@ class LoopbackControl:
             out["ended"] = {"status": vm.ended.exit_code, "reason": vm.ended.reason}
         return out
 
-    def _links(self, s: Any) -> dict[str, str]:
-        if s.router_dir is None or s.router is None or s.router.poll() is not None:
-            return {}
-        try:
-            health = control_call(s.router_dir / "control.sock", "health", timeout=2.0)
-        except (OSError, ControlError, ValueError):
-            return {}
-        return {k: v.get("state", "?") for k, v in health.get("peers", {}).items()}
+    def _links(self, shard: int) -> dict[str, str]:
+        health = self.vm.host_of(shard).router_health(shard) if self.vm.hosts else None
+        return {k: v.get("state", "?") for k, v in (health or {}).get("peers", {}).items()}
 
     # --- stats -----------------------------------------------------------------------------
 
     def router_stats(self) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        for s in self.vm.shards:
-            if s.router is None or s.router_dir is None or s.router.poll() is not None:
-                continue
-            with contextlib.suppress(OSError, ControlError, ValueError):
-                out[s.id] = control_call(s.router_dir / "control.sock", "stats", timeout=2.0)
+        plan = self.vm.plan
+        for s in plan.shards if plan is not None and self.vm.hosts else ():
+            if s.router is not None and (st := self.vm.host_of(s.id).router_stats(s.id)):
+                out[s.id] = st
         return out
 
     def stats(self, _req: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,9 +151,10 @@ class LoopbackControl:
 
     def _qmp(self, shard: int, execute: str, **args: Any) -> Any:
         vm = self.vm
-        if not 0 <= shard < len(vm.shards):
-            raise ControlError(f"no shard {shard} (the VM has shards 0-{len(vm.shards) - 1})")
-        qmp = vm.shards[shard].watch
+        n = len(vm.spec.shards)
+        if not 0 <= shard < n:
+            raise ControlError(f"no shard {shard} (the VM has shards 0-{n - 1})")
+        qmp = vm.qmp_links.get(shard)
         if qmp is None or vm.state == "starting":
             raise ControlError("the VM is still starting")
         try:
@@ -209,10 +180,10 @@ class LoopbackControl:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             got = {}
-            for s in vm.shards:
+            for s in vm.spec.shards:
                 with contextlib.suppress(ControlError):
                     got[s.id] = self._qmp(s.id, "query-status")["status"]
-            behind = [sid for sid in range(len(vm.shards)) if got.get(sid) != want]
+            behind = [s.id for s in vm.spec.shards if got.get(s.id) != want]
             if not behind:
                 return f"every shard is {want}"
             if time.monotonic() > deadline:

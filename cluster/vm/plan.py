@@ -4,12 +4,15 @@
 I/O: every shard's host, its QEMU command line, its router's configuration and the names of
 its children, logs and sockets. A host (:mod:`cluster.vm.host`) carries a plan out.
 
-Every path in a plan is relative to the shard's *run directory*, which the host supplies
-(loopback: a private temporary directory; a Ray node: its own): the host starts QEMU and
-the router with that directory as their working directory, and makes the RAM file names
-there lead to its guest RAM files. So the same plan runs on any host. Only the boot files
-and the QEMU binary are given by the caller, as the host will see them, and ``qmp_dir``
-(an operator's second QMP socket per shard, loopback only) is used as given.
+Every path of a plan's own (sockets, RAM files, router configs) lies in the shard's *run
+directory*, which the host supplies (loopback: a private temporary directory; a Ray node:
+its own). A plan made with ``run_dir=""`` names them relative to it, for a host that
+starts QEMU in its run directory; loopback gives its run directory, because QEMU runs in
+the user's working directory there (relative paths in the spec's devices are the user's).
+The host makes the RAM file names in the run directory lead to its guest RAM files. So the
+same plan runs on any host. The boot files and the QEMU binary are given by the caller, as
+the host will see them, and ``qmp_dir`` (an operator's second QMP socket per shard,
+loopback only) is used as given.
 
 A router's configuration leaves out what a host only knows once routers run: the VM
 secret (given to the router over a pipe, never on a command line or in a file), its own
@@ -91,7 +94,7 @@ class ShardPlan:
     log: str  # its log file, in the host's log directory: "shard1.log"
     qmp: str  # the orchestrator's QMP socket, in the run directory: "shard1.qmp"
     serial: str | None  # the console socket, on the I/O shard only
-    argv: tuple[str, ...]  # QEMU's command line; paths relative to the run directory
+    argv: tuple[str, ...]  # QEMU's command line; its own paths in the run directory
     router: RouterPlan | None  # None: an unsharded VM has no router
     vcpus: tuple[int, ...]
     devices: tuple[str, ...]  # the devices it owns, as "KIND ARGS"
@@ -122,6 +125,14 @@ class VMPlan:
     def shards_on(self, host: str) -> tuple[ShardPlan, ...]:
         return tuple(s for s in self.shards if s.host == host)
 
+    def device_owner(self, message: str) -> int | None:
+        """The owner shard of the spec device that QEMU's error ``message`` is about: QEMU
+        names the option (``-drive ARGS: ...``), with the shadow copy's additions."""
+        for s in self.shards:
+            if any(f"-{dev}" in message for dev in s.devices):
+                return s.id
+        return None
+
     @property
     def cont_order(self) -> tuple[int, ...]:
         """The order to start the vCPUs in: the BSP's shard last, so that every other
@@ -137,10 +148,16 @@ def make_plan(
     vm_id: str,
     router_port: int = 0,
     qmp_dir: str | Path | None = None,
+    run_dir: str | Path = "",
 ) -> VMPlan:
     """The plan of ``spec``'s VM. ``qemu`` and ``boot`` are paths as the hosts see them;
     ``router_port`` is the port every router listens on (0: any free one); with
-    ``qmp_dir``, every shard also serves QMP on ``qmp_dir/shardN.qmp``."""
+    ``qmp_dir``, every shard also serves QMP on ``qmp_dir/shardN.qmp``; ``run_dir``: the
+    run directory as QEMU finds it ("": its working directory)."""
+
+    def at(name: str) -> Path:
+        return Path(run_dir) / name if str(run_dir) else Path(name)
+
     sharded = len(spec.shards) > 1
     ram = tuple(RamFile(f"ram{i}", mib) for i, mib in enumerate(numa_nodes(spec)))
     routes = tuple((c, spec.shard_of_vcpu(c)) for c in range(spec.vcpus))
@@ -162,10 +179,10 @@ def make_plan(
         serial = SERIAL_SOCKET if s.id == spec.io_shard else None
         qmp = f"shard{s.id}.qmp"
         paths = ShardPaths(
-            qmp=Path(qmp),
-            serial=Path(serial) if serial is not None else None,
-            ram=tuple(Path(r.name) for r in ram),
-            router=Path(router.shard_socket) if router is not None else None,
+            qmp=at(qmp),
+            serial=at(serial) if serial is not None else None,
+            ram=tuple(at(r.name) for r in ram),
+            router=at(router.shard_socket) if router is not None else None,
             user_qmp=Path(qmp_dir) / qmp if qmp_dir is not None else None,
         )
         shards.append(

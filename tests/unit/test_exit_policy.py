@@ -1,4 +1,4 @@
-"""loopback/exit_policy.py: how a VM ended, as dqemu's exit status and reason."""
+"""cluster/vm/exit_policy.py: how a VM ended, as dqemu's exit status and reason."""
 
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import DqemuError
+from cluster.qemu_cmdline import BootFiles
 from cluster.spec import parse_spec
+from cluster.vm.plan import make_plan
 from loopback import netns
-from loopback.launcher import create_ram_file, device_owner
+from loopback.host import create_ram_file
 from loopback.owner import maker_alive, process_start
 from loopback.preflight import (
     check_memory,
@@ -115,8 +117,9 @@ def test_device_owner_names_the_owner_of_a_shadow_drive() -> None:
     # what shard 0 (the shadow copy) says when the file cannot be opened
     msg = ("qemu-system-x86_64: -drive file=/nope.img,if=none,id=d1,format=raw,read-only=on,"
            "file.locking=off: Could not open '/nope.img': No such file or directory")  # fmt: skip
-    assert device_owner(spec, msg) == 1
-    assert device_owner(spec, "qemu-system-x86_64: something else") is None
+    plan = make_plan(spec, qemu="qemu", boot=BootFiles(None, None, ""), vm_id="t")
+    assert plan.device_owner(msg) == 1
+    assert plan.device_owner("qemu-system-x86_64: something else") is None
 
 
 def test_maker_alive_sees_pid_reuse(tmp_path: Path) -> None:

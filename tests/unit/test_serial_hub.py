@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cluster.router.control import ControlError
+from cluster.vm import serial_hub
 from cluster.vm.control import ControlServer, vm_call
-from loopback import serial_hub
-from loopback.serial_hub import SerialHub
+from cluster.vm.serial_hub import SerialHub
 
 
 def _open(path: Path, **req: object) -> tuple[socket.socket, object]:

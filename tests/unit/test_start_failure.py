@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cluster.qemu_cmdline import BootFiles
 from cluster.spec import parse_spec
-from loopback.launcher import EXIT_SHARD_FAILED, LoopbackVM
-from loopback.procs import Child, Supervisor
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED
+from cluster.vm.orchestrator import VMOrchestrator
+from cluster.vm.plan import make_plan
+from loopback.host import LoopbackHost
+from loopback.procs import Child
 
 
 def _dead(name: str, status: int, log: Path, words: str) -> Child:
@@ -19,12 +23,14 @@ def _dead(name: str, status: int, log: Path, words: str) -> Child:
 
 
 def test_start_failure_names_the_shard_that_failed(tmp_path: Path) -> None:
-    vm = LoopbackVM.__new__(LoopbackVM)
-    vm.spec = parse_spec('[vm]\nvcpus = 2\nmemory = 64\n[[shard]]\nid = 0\nvcpus = "0"\n'
-                         '[[shard]]\nid = 1\nvcpus = "1"\n')  # fmt: skip
-    vm.sup = Supervisor()
+    spec = parse_spec('[vm]\nvcpus = 2\nmemory = 64\n[[shard]]\nid = 0\nvcpus = "0"\n'
+                      '[[shard]]\nid = 1\nvcpus = "1"\n')  # fmt: skip
+    vm = VMOrchestrator()
+    vm.plan = make_plan(spec, qemu="qemu", boot=BootFiles(None, None, ""), vm_id="t")
+    host = LoopbackHost()
+    vm.hosts = dict.fromkeys(vm.plan.hosts, host)
     # shard 0 stopped because it lost shard 1 (exit 4) and is listed first
-    vm.sup.children = [
+    host.sup.children = [
         _dead("shard 0", EXIT_SHARD_FAILED, tmp_path / "0.log", "dqemu: shard 1 lost"),
         _dead("shard 1", 1, tmp_path / "1.log", "Block node is read-only"),
     ]

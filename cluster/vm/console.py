@@ -1,4 +1,4 @@
-"""The guest's serial console: copied from the shard's socket to the user, and watched.
+"""The guest's serial console: copied from the I/O shard's serial link to the user, and watched.
 
 The watcher recognises a kernel panic and the test guest's ``DQ ...`` result lines, so the
 launcher can end a panicked VM at once and callers can read results without re-parsing.
@@ -8,49 +8,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
-from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO
 
-from loopback.serial_hub import SerialHub
-from loopback.unix_socket import connect_when_ready
+from cluster.vm.host import SerialLink
+from cluster.vm.serial_hub import SerialHub
 
 PANIC_MARKER = b"Kernel panic - not syncing"
 
 
 class ConsoleReader(threading.Thread):
-    def __init__(self, path: Path, sink: BinaryIO | None, alive: Callable[[], bool]) -> None:
+    def __init__(self, link: SerialLink, sink: BinaryIO | None) -> None:
         super().__init__(name="console", daemon=True)
-        self.path = path
+        self.link = link
         self.sink = sink
-        self.alive = alive
         self.connected = threading.Event()
         self.panic: str | None = None
         self.panic_seen = threading.Event()
         self._buf = bytearray()
         self._lines: list[str] = []
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
         self.received = 0  # bytes the guest printed
         self.hub: SerialHub | None = None  # the control API's readers and writer
 
     def connect(self, timeout: float) -> bool:
-        """Connect to the serial socket (QEMU waits for us before it starts the guest)."""
-        self._sock = connect_when_ready(self.path, timeout, self.alive)
-        if self._sock is None:
+        """Connect to the serial console (QEMU waits for us before it starts the guest)."""
+        if not self.link.connect(timeout):
             return False
         self.connected.set()
         return True
 
     def run(self) -> None:
-        sock = self._sock
-        if sock is None:
+        if not self.connected.is_set():
             return
         try:
             while True:
-                data = sock.recv(65536)
+                data = self.link.recv()
                 if not data:
                     break
                 self.received += len(data)
@@ -64,29 +57,26 @@ class ConsoleReader(threading.Thread):
         except OSError:
             pass
         finally:
-            sock.close()
+            self.link.close()
             self._feed(b"\n")
             if self.hub is not None:
                 self.hub.close()
 
     def send(self, data: bytes) -> None:
         """Bytes for the guest's serial port (what a user types)."""
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.sendall(data)
+        if self.connected.is_set():
+            self.link.send(data)
 
     def forward_input(self, fd: int) -> None:
         """Copy what arrives on ``fd`` (the user's stdin) to the guest's serial port, as
         ``qemu -serial stdio`` does, until its end of file."""
-        sock = self._sock
-        if sock is None:
+        if not self.connected.is_set():
             return
 
         def copy() -> None:
             with contextlib.suppress(OSError):
                 while data := os.read(fd, 4096):
-                    sock.sendall(data)
+                    self.link.send(data)
 
         threading.Thread(target=copy, name="console-input", daemon=True).start()
 
