@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 from cluster.errors import DqemuError, end_by_signal
-from loopback.procs import Terminated, terminate_on_signals
+from cluster.vm.signals import Terminated, terminate_on_signals
 
 
 def _say(msg: str) -> None:
@@ -77,7 +79,33 @@ def _env(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _run(ns: argparse.Namespace) -> int:
+    from cluster.ray.run import run_on_ray
+    from cluster.spec import load_spec
+    from loopback.command import report_end
+
+    spec = load_spec(ns.spec)
+    if ns.timeout is not None:
+        if ns.timeout <= 0:
+            raise DqemuError(f"--timeout {ns.timeout:g}: give a positive number of seconds")
+        spec = dataclasses.replace(spec, boot=dataclasses.replace(spec.boot, timeout=ns.timeout))
+    result = run_on_ray(spec, sys.stdout.buffer, ns.address)
+    return report_end(result)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a VM on a Ray cluster (foreground; works under `ray job submit`)",
+        description="Run a VM on the Ray cluster at RAY_ADDRESS (or --address): place its "
+        "shards, stream its serial console to stdout and exit with the VM's status, as "
+        "`dqemu loopback` does (docs/cluster.md). Until the DSM issue lands, every shard "
+        "of a VM runs on one node.",
+    )
+    p.add_argument("spec", type=Path, help="VM spec (TOML); see docs/spec.md")
+    p.add_argument("--address", help="the Ray cluster (default: $RAY_ADDRESS)")
+    p.add_argument("--timeout", type=float, help="seconds before giving up (default: the spec's)")
+    p.set_defaults(func=_run)
     parser = sub.add_parser(
         "cluster",
         help="a Ray cluster of network namespaces on this machine",

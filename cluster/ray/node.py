@@ -19,13 +19,10 @@ router through a pipe, never a command line or a file.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import queue
-import secrets
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,11 +30,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from cluster.errors import DqemuError
-from cluster.router.control import ControlError, control_call
-from cluster.vm.exit_policy import EXIT_SHARD_FAILED, last_words, log_tail
+from cluster.qemu_cmdline import BootFiles
+from cluster.spec import VMSpec
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 from cluster.vm.host import (
     LastWords,
     ProcessInfo,
@@ -48,15 +44,15 @@ from cluster.vm.host import (
     Started,
 )
 from cluster.vm.plan import VMPlan
-from loopback.launcher import create_ram_file
+from loopback.host import LoopbackHost
 from loopback.procs import Child, Supervisor
-from loopback.qmp import ShardQMP
 
 NAMESPACE = "dqemu"
 ACTOR_PREFIX = "dqemu-node-"
 CALL_TIMEOUT = 60.0  # one actor call (they are all short; the machine may be loaded)
 POLL = 0.1  # how often a RemoteHost polls QMP events and console output
 SERIAL_KEEP = 1 << 20  # console bytes the actor keeps for a reader that polls late
+LEASE = 30.0  # seconds without a call from its orchestrator before a VM is stopped
 
 
 class _Spawner:
@@ -84,41 +80,27 @@ class _Spawner:
 
 
 class _Serial:
-    """The I/O shard's console on the node: a reader thread keeps the last SERIAL_KEEP
-    bytes, addressed by their offset in the whole stream."""
+    """The I/O shard's console on the node, read by a thread into a buffer of the last
+    SERIAL_KEEP bytes, addressed by their offset in the whole stream (the actor's callers
+    poll it)."""
 
-    def __init__(self, path: Path) -> None:
-        import socket
-
-        self.path = path
-        self.sock: socket.socket | None = None
+    def __init__(self, link: SerialLink) -> None:
+        self.link = link
         self.buf = bytearray()
         self.start = 0  # the stream offset of buf[0]
         self.eof = False
         self.lock = threading.Lock()
 
     def connect(self, timeout: float) -> bool:
-        import socket
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(str(self.path))
-            except OSError:
-                s.close()
-                time.sleep(0.05)
-                continue
-            self.sock = s
-            threading.Thread(target=self._read, name="serial", daemon=True).start()
-            return True
-        return False
+        if not self.link.connect(timeout):
+            return False
+        threading.Thread(target=self._read, name="serial", daemon=True).start()
+        return True
 
     def _read(self) -> None:
-        assert self.sock is not None
         while True:
             try:
-                data = self.sock.recv(65536)
+                data = self.link.recv()
             except OSError:
                 data = b""
             with self.lock:
@@ -139,208 +121,67 @@ class _Serial:
             data = bytes(self.buf[at - self.start :])
             return data, at + len(data), self.eof and not data
 
-    def send(self, data: bytes) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.sendall(data)
 
-    def close(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.close()
+class _NodeSupervisor(Supervisor):
+    """Forks through the spawner thread, in the VM's run directory."""
+
+    def __init__(self, spawner: Callable[[Callable[[], Child]], Child]) -> None:
+        super().__init__()
+        self.spawner = spawner
+        self.cwd: Path | None = None
+
+    def spawn(self, name: str, argv: Sequence[str], **kw: Any) -> Child:
+        kw.setdefault("cwd", self.cwd)
+        return self.spawner(lambda: Supervisor.spawn(self, name, argv, **kw))
 
 
-class NodeHost(ShardHost):
-    """One VM's shards and routers on this node (the ShardHost that runs on the node)."""
+class _NoNetns(dict[int, str]):
+    """A node host's children run where the actor runs: in the node's own network."""
+
+    def __missing__(self, key: int) -> Any:
+        return None
+
+
+class NodeHost(LoopbackHost):
+    """One VM's shards and routers on this node: a LoopbackHost whose network is the
+    node's own (the routers listen on the node's IP), whose children are forked by the
+    actor's spawner thread and run in the run directory (the plan's paths are relative)."""
 
     def __init__(self, listen_ip: str, spawner: Callable[[Callable[[], Child]], Child]) -> None:
+        super().__init__()
         self.listen_ip = listen_ip
-        self.spawn = spawner
-        self.sup = Supervisor()
-        self.plan: VMPlan | None = None
-        self.run_dir: Path | None = None
-        self.ram: list[Path] = []  # the /dev/shm files
-        self.children: dict[str, Child] = {}
-        self.ps: dict[str, psutil.Process] = {}
-        self.qmp: dict[int, ShardQMP] = {}
+        self.node_sup = self.sup = _NodeSupervisor(spawner)
+        self.netns = _NoNetns()
         self.serial: _Serial | None = None
-
-    def _dir(self) -> Path:
-        if self.run_dir is None or self.plan is None:
-            raise DqemuError("the node host was not prepared for this VM")
-        return self.run_dir
+        self.qmp: dict[int, QMPLink] = {}
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
+        # LoopbackHost's run directory and RAM files without its namespaces (it makes
+        # them for a sharded plan): this node is one host of the cluster's network
+        super().prepare(dataclasses.replace(plan, shards=plan.shards[:1]), shards)
         self.plan = plan
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"dqemu-{os.getpid()}-"))
-        os.chmod(self.run_dir, 0o700)
-        tag = f"dqemu-{os.getpid()}-{secrets.token_hex(4)}"
-        for r in plan.ram:
-            path = Path("/dev/shm") / f"{tag}-{r.name}"
-            create_ram_file(path, r.mib << 20)
-            self.ram.append(path)
-            (self.run_dir / r.name).symlink_to(path)
-
-    def _start(self, name: str, argv: list[str], pass_fds: tuple[int, ...] = ()) -> Started:
-        run_dir = self._dir()
-        log = run_dir / f"{name.replace(' ', '')}.log"
-        child = self.spawn(
-            lambda: self.sup.spawn(name, argv, log=log, pass_fds=pass_fds, cwd=run_dir)
-        )
-        self.children[name] = child
-        with contextlib.suppress(psutil.Error):
-            self.ps[name] = psutil.Process(child.pid)
-        return Started(name, child.pid, self.listen_ip)
-
-    def start_router(self, shard: int, secret: bytes) -> Started:
-        run_dir = self._dir()
-        assert self.plan is not None
-        rp = self.plan.shard(shard).router
-        if rp is None:
-            raise DqemuError(f"shard {shard} has no router (an unsharded VM)")
-        cfg = run_dir / rp.config_file
-        cfg.write_text(json.dumps(rp.config(str(run_dir), self.listen_ip), indent=1))
-        rfd, wfd = os.pipe()
-        try:
-            argv = [sys.executable, "-m", "cluster.router", "--config", str(cfg),
-                    "--secret-fd", str(rfd)]  # fmt: skip
-            started = self._start(rp.name, argv, (rfd,))
-            os.write(wfd, secret)
-        finally:
-            os.close(rfd)
-            os.close(wfd)
-        return started
+        self.node_sup.cwd = self.rundir
+        self.ips = {k: self.listen_ip for k in shards}
 
     def router_address(self, shard: int) -> str | None:
-        """The router's listen address once it serves its shard socket; None until then.
+        """The router's listen address once it serves its shard; None until then.
         Raises DqemuError with its last words if it ended."""
-        assert self.plan is not None
-        rp = self.plan.shard(shard).router
-        assert rp is not None
-        child = self.children[rp.name]
-        if child.poll() is not None:
-            raise DqemuError(
-                f"{rp.name} on {self.listen_ip} failed to start (exit {child.poll()}): "
-                f"{child.log_tail(2) or 'no message'}",
-                EXIT_SHARD_FAILED,
-            )
-        if not (self._dir() / rp.shard_socket).exists():
+        try:
+            return self.router_ready(shard, 0.0)
+        except DqemuError:
+            if self.routers[shard].poll() is not None:
+                raise
             return None
-        health = self.router_health(shard)
-        return str(health["listen"]) if health else None
-
-    def router_ready(self, shard: int, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while (addr := self.router_address(shard)) is None:
-            if time.monotonic() > deadline:
-                raise DqemuError(f"router {shard} did not start within {timeout:g} s",
-                                 EXIT_SHARD_FAILED)  # fmt: skip
-            time.sleep(0.05)
-        return addr
-
-    def _control(self, shard: int, cmd: str, timeout: float, **args: Any) -> Any:
-        assert self.plan is not None
-        rp = self.plan.shard(shard).router
-        if rp is None or self.children.get(rp.name) is None:
-            return None
-        if self.children[rp.name].poll() is not None:
-            return None
-        return control_call(self._dir() / rp.control_socket, cmd, timeout=timeout, **args)
-
-    def set_peers(self, shard: int, peers: Mapping[int, str]) -> None:
-        for sid, addr in sorted(peers.items()):
-            try:
-                self._control(shard, "set-route", 5.0, kind="shard", key=sid, value=addr)
-            except (OSError, ControlError, ValueError) as exc:
-                raise DqemuError(f"router {shard}: set-route to shard {sid}: {exc}",
-                                 EXIT_SHARD_FAILED) from None  # fmt: skip
-
-    def start_shard(self, shard: int) -> Started:
-        assert self.plan is not None
-        sp = self.plan.shard(shard)
-        return self._start(sp.name, list(sp.argv))
-
-    def open_serial(self, shard: int) -> SerialLink:
-        raise NotImplementedError("on the node, use the actor's serial_* calls")
 
     def serial_connect(self, shard: int, timeout: float) -> bool:
-        assert self.plan is not None
-        sp = self.plan.shard(shard)
-        if sp.serial is None:
-            raise DqemuError(f"shard {shard} is not the I/O shard: it has no console")
         if self.serial is None:
-            self.serial = _Serial(self._dir() / sp.serial)
+            self.serial = _Serial(self.open_serial(shard))
         return self.serial.connect(timeout)
 
-    def open_qmp(self, shard: int, on_event: Callable[[QMPEvent], None], timeout: float) -> QMPLink:
-        assert self.plan is not None
-        sp = self.plan.shard(shard)
-        child = self.children[sp.name]
-        link = ShardQMP(sp.name, self._dir() / sp.qmp)
-        link.connect(timeout, alive=child.running)
-        link.on_event = on_event
-        link.start()
-        self.qmp[shard] = link
-        return link  # type: ignore[return-value]
-
-    def router_health(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
-        try:
-            got = self._control(shard, "health", timeout)
-        except (OSError, ControlError, ValueError):
-            return None
-        return got if isinstance(got, dict) else None
-
-    def router_stats(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
-        try:
-            got = self._control(shard, "stats", timeout)
-        except (OSError, ControlError, ValueError):
-            return None
-        return got if isinstance(got, dict) else None
-
-    def poll(self) -> dict[str, int | None]:
-        return {name: c.poll() for name, c in self.children.items()}
-
-    def processes(self) -> list[ProcessInfo]:
-        out = []
-        for name, c in self.children.items():
-            code = c.poll()
-            cpu = rss = 0.0
-            p = self.ps.get(name)
-            if code is None and p is not None:
-                with contextlib.suppress(psutil.Error):
-                    cpu = p.cpu_percent(None)
-                    rss = p.memory_info().rss / (1 << 20)
-            out.append(ProcessInfo(name, c.pid, code, cpu, round(rss, 1)))
-        return out
-
-    def last_words(self, name: str) -> LastWords:
-        c = self.children[name]
-        code = c.poll()
-        lines: list[str] = []
-        if c.log is not None and c.log.exists():
-            lines = c.log.read_text(errors="replace").strip().splitlines()
-        said, at = last_words(name, code, lines) if code is not None else ("", None)
-        return LastWords(code, log_tail(lines, 3), said, at)
-
-    def ram_mapped(self) -> None:
-        for path in self.ram:
-            path.unlink(missing_ok=True)
-
     def stop(self) -> None:
-        for link in self.qmp.values():
-            link.close()
         if self.serial is not None:
-            self.serial.close()
-        for c in self.sup.children:  # a SIGSTOPped child would sit on its SIGTERM
-            if c.poll() is None:
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(c.pid).resume()
-        self.sup.stop_all()
-
-    def teardown(self) -> None:
-        self.ram_mapped()
-        if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.serial.link.close()
+        super().stop()
 
 
 class NodeActor:
@@ -354,12 +195,46 @@ class NodeActor:
         self.spawner = _Spawner()
         self.vms: dict[str, NodeHost] = {}
         self.events: dict[tuple[str, int], list[QMPEvent]] = {}
+        self.seen: dict[str, float] = {}  # each VM's last call from its orchestrator
+        self.lock = threading.RLock()
+        threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
 
     def _vm(self, vm: str) -> NodeHost:
-        host = self.vms.get(vm)
-        if host is None:
-            raise DqemuError(f"VM {vm} has nothing on node {self.ip}")
-        return host
+        with self.lock:
+            host = self.vms.get(vm)
+            if host is None:
+                raise DqemuError(f"VM {vm} has nothing on node {self.ip}")
+            self.seen[vm] = time.monotonic()
+            return host
+
+    def _watch_leases(self) -> None:
+        """A VM whose orchestrator has made no call for LEASE seconds (its driver was
+        killed, or its node lost) is stopped and removed: nothing waits for a dead one."""
+        while True:
+            time.sleep(1.0)
+            now = time.monotonic()
+            with self.lock:
+                stale = [vm for vm, t in self.seen.items() if now - t > LEASE]
+            for vm in stale:
+                print(f"dqemu: VM {vm}: no call from its orchestrator in {LEASE:g} s; "
+                      "stopping it", file=sys.stderr, flush=True)  # fmt: skip
+                self.teardown(vm)
+
+    def boot_files(self, spec: VMSpec) -> tuple[str, BootFiles, str]:
+        """The QEMU binary and the spec's boot files as this node sees them (``guest:``
+        flavours built or found in the node's cache), and the kernel's kind; the checks
+        of ``dqemu loopback`` (memory, a dQEMU build) on this node."""
+        from cluster.qemu_build import ensure_qemu
+        from loopback.launcher import check_dqemu_build, resolve_boot
+        from loopback.preflight import check_memory, kernel_kind
+
+        boot = resolve_boot(spec)
+        kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
+        check_memory(spec.memory_mib)
+        qemu = ensure_qemu()
+        if len(spec.shards) > 1:
+            check_dqemu_build(qemu)
+        return str(qemu), boot, kind
 
     def info(self) -> dict[str, Any]:
         """Where the actor runs: its node, pid, network namespace and VMs."""
@@ -376,7 +251,9 @@ class NodeActor:
         if vm in self.vms:
             raise DqemuError(f"VM {vm} already runs on node {self.ip}")
         host = NodeHost(self.ip, self.spawner)
-        self.vms[vm] = host
+        with self.lock:
+            self.vms[vm] = host
+            self.seen[vm] = time.monotonic()
         host.prepare(plan, shards)
 
     def start_router(self, vm: str, shard: int, secret: bytes) -> Started:
@@ -405,7 +282,8 @@ class NodeActor:
 
     def qmp_open(self, vm: str, shard: int, timeout: float) -> None:
         events = self.events.setdefault((vm, shard), [])
-        self._vm(vm).open_qmp(shard, events.append, timeout)
+        host = self._vm(vm)
+        host.qmp[shard] = host.open_qmp(shard, events.append, timeout)
 
     def qmp_cmd(self, vm: str, shard: int, name: str, timeout: float, args: dict[str, Any]) -> Any:
         return self._vm(vm).qmp[shard].cmd(name, timeout=timeout, **args)
@@ -414,7 +292,7 @@ class NodeActor:
         """Events from index ``since`` on, and whether QEMU has closed the connection."""
         link = self._vm(vm).qmp.get(shard)
         events = self.events.get((vm, shard), [])
-        return events[since:], link is None or not link.is_alive()
+        return events[since:], link is None or link.wait_closed(0)
 
     def router_health(self, vm: str, shard: int, timeout: float) -> dict[str, Any] | None:
         return self._vm(vm).router_health(shard, timeout)
@@ -440,12 +318,14 @@ class NodeActor:
         self._vm(vm).stop()
 
     def teardown(self, vm: str) -> None:
-        host = self.vms.pop(vm, None)
+        with self.lock:
+            host = self.vms.pop(vm, None)
+            self.seen.pop(vm, None)
+            for key in [k for k in self.events if k[0] == vm]:
+                del self.events[key]
         if host is not None:
             host.stop()
             host.teardown()
-        for key in [k for k in self.events if k[0] == vm]:
-            del self.events[key]
 
 
 def actor_name(node_id: str) -> str:

@@ -154,3 +154,63 @@ def test_up_interrupted_leaves_nothing() -> None:
     assert "did not come up; removing what was made" in err
     assert "Traceback" not in err
     assert not _nothing_left(name, st)
+
+
+SPEC = """
+[vm]
+name = "{name}"
+vcpus = 2
+memory = "256M"
+
+[boot]
+kernel = "guest:cloud"
+initrd = "guest:cloud"
+append = "dq.run=cpus"
+timeout = 600
+
+[[shard]]
+id = 0
+vcpus = "0"
+host = "{host0}"
+
+[[shard]]
+id = 1
+vcpus = "1"
+{host1}
+"""
+
+
+def test_a_spec_that_spans_nodes_is_refused(cluster: lc.ClusterState, tmp_path: Path) -> None:
+    spec = tmp_path / "span.toml"
+    spec.write_text(SPEC.format(name="span", host0="node1", host1='host = "node2"'))
+    env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["ip", "netns", "exec", cluster.head.netns, *dqemu_cmd("run", str(spec))],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "until the DSM issue lands a VM must keep all its shards on one node" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 120  # Ray's start-up in the driver included
+
+
+def test_ray_job_submit_runs_a_vm_on_the_named_node(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """`ray job submit -- dqemu run SPEC`: the guest boots over two shards on node2 (the
+    host one shard names; the other follows it), sees both vCPUs and powers off."""
+    spec = tmp_path / "job.toml"
+    spec.write_text(SPEC.format(name="job", host0="node2", host1=""))
+    env = {**TEST_ENV, **lc.ray_env(cluster.name)}
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/ray"), "job", "submit", "--address", cluster.dashboard,
+         "--", str(REPO / ".venv/bin/dqemu"), "run", str(spec)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=1200, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert "DQ PASS cpus" in out, out[-4000:]
+    assert "DQ KV online_cpus=2" in out
+    assert "shard(s) on node2 (" in out
+    assert "succeeded" in out, out[-2000:]
+    assert proc.returncode == 0, out[-2000:]
