@@ -1,10 +1,12 @@
 """The node actor: one per Ray node, it runs the routers and shards of the VMs placed there.
 
-:class:`NodeHost` is the :class:`~cluster.vm.host.ShardHost` of one VM on this node: its run
-directory, RAM files, router and QEMU child processes. :class:`NodeActor` (a Ray actor,
+:class:`NodeHost` is the :class:`~cluster.vm.host.ShardHost` of one VM on this node: a
+:class:`~loopback.host.LoopbackHost` (run directory, RAM files, router and QEMU child
+processes) whose network is the node's own. :class:`NodeActor` (a Ray actor,
 named ``dqemu-node-<node id>`` in namespace ``dqemu``, placed on its node by node
 affinity) keeps one NodeHost per VM and serves its calls; every call returns quickly, so
-one actor serves many VMs. :class:`RemoteHost` is the ShardHost the orchestrator uses,
+one actor serves many VMs; a VM whose orchestrator has not called for ``LEASE`` seconds
+(its driver was killed) is stopped. :class:`RemoteHost` is the ShardHost the orchestrator uses,
 wherever it runs: each method is an actor call, QMP and the serial console are relayed
 through the actor (events and console output polled in batches).
 
@@ -486,19 +488,18 @@ class RemoteHost(ShardHost):
         _get(self.actor.qmp_open.remote(self.vm, shard, timeout), timeout + CALL_TIMEOUT)
         return RemoteQMP(self, shard, on_event)
 
-    def router_health(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    def _query(self, method: Any, shard: int, timeout: float) -> dict[str, Any] | None:
         try:
-            got = _get(self.actor.router_health.remote(self.vm, shard, timeout))
+            got = _get(method.remote(self.vm, shard, timeout))
         except DqemuError:
             return None
         return got if isinstance(got, dict) else None
 
+    def router_health(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
+        return self._query(self.actor.router_health, shard, timeout)
+
     def router_stats(self, shard: int, timeout: float = 2.0) -> dict[str, Any] | None:
-        try:
-            got = _get(self.actor.router_stats.remote(self.vm, shard, timeout))
-        except DqemuError:
-            return None
-        return got if isinstance(got, dict) else None
+        return self._query(self.actor.router_stats, shard, timeout)
 
     def poll(self) -> dict[str, int | None]:
         return _get(self.actor.poll.remote(self.vm))  # type: ignore[no-any-return]
