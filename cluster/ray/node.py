@@ -51,7 +51,9 @@ from loopback.procs import Child, Supervisor
 
 NAMESPACE = "dqemu"
 ACTOR_PREFIX = "dqemu-node-"
-CALL_TIMEOUT = 60.0  # one actor call (they are all short; the machine may be loaded)
+CALL_TIMEOUT = 120.0  # one actor call: they are short, but the first one waits for the
+# actor to start, on a machine that may be loaded; a lost node fails a call at once
+BUILD_TIMEOUT = 3600.0  # boot_files: may build QEMU or the guest, or wait for a build
 POLL = 0.1  # how often a RemoteHost polls QMP events and console output
 SERIAL_KEEP = 1 << 20  # console bytes the actor keeps for a reader that polls late
 LEASE = 30.0  # seconds without a call from its orchestrator before a VM is stopped
@@ -351,22 +353,27 @@ def node_actor(node_id: str) -> Any:
     ).remote()
 
 
-def _get(ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+def _get(ref: Any, timeout: float = CALL_TIMEOUT, where: str = "?", lost: str = "") -> Any:
+    """The result of an actor call on node ``where``; DqemuError if it failed, naming the
+    node (and ``lost``: what is lost with it) when the actor is gone or does not answer."""
     import ray
 
     try:
         return ray.get(ref, timeout=timeout)
-    except DqemuError:
-        raise
     except ray.exceptions.RayTaskError as exc:
         cause = exc.as_instanceof_cause()
         if isinstance(cause, DqemuError):
             raise DqemuError(str(cause), cause.exit_code) from None
-        raise DqemuError(f"node actor call failed: {str(exc).splitlines()[0]}",
+        raise DqemuError(f"node {where}: actor call failed: {_first_line(exc)}",
                          EXIT_SHARD_FAILED) from None  # fmt: skip
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-        raise DqemuError(f"node actor lost: {str(exc).splitlines()[0]}",
-                         EXIT_SHARD_FAILED) from None  # fmt: skip
+        raise DqemuError(f"node {where} lost: its dQEMU actor is gone or does not answer "
+                         f"({_first_line(exc)}){lost}", EXIT_SHARD_FAILED) from None  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 class RemoteQMP:
@@ -383,7 +390,7 @@ class RemoteQMP:
         seen = 0
         while not self._stop.is_set():
             try:
-                events, closed = _get(self.host.actor.qmp_events.remote(
+                events, closed = self.host.call(self.host.actor.qmp_events.remote(
                     self.host.vm, self.shard, seen))  # fmt: skip
             except DqemuError:
                 break
@@ -399,7 +406,7 @@ class RemoteQMP:
 
     def cmd(self, name: str, timeout: float = 30.0, **args: Any) -> Any:
         ref = self.host.actor.qmp_cmd.remote(self.host.vm, self.shard, name, timeout, args)
-        return _get(ref, timeout + CALL_TIMEOUT)
+        return self.host.call(ref, timeout + CALL_TIMEOUT)
 
     @property
     def reason(self) -> str | None:
@@ -423,7 +430,7 @@ class RemoteSerial:
     def connect(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _get(self.host.actor.serial_connect.remote(self.host.vm, self.shard, 1.0)):
+            if self.host.call(self.host.actor.serial_connect.remote(self.host.vm, self.shard, 1.0)):
                 return True
             if any(v is not None for v in self.host.poll().values()):
                 return False
@@ -447,7 +454,7 @@ class RemoteSerial:
 
     def send(self, data: bytes) -> None:
         with contextlib.suppress(DqemuError):
-            _get(self.host.actor.serial_send.remote(self.host.vm, data))
+            self.host.call(self.host.actor.serial_send.remote(self.host.vm, data))
 
     def close(self) -> None:
         self.ended = True
@@ -456,19 +463,27 @@ class RemoteSerial:
 class RemoteHost(ShardHost):
     """The ShardHost of one node for one VM, as the orchestrator sees it: actor calls."""
 
-    def __init__(self, actor: Any, vm: str) -> None:
+    def __init__(self, actor: Any, vm: str, where: str = "?") -> None:
         self.actor = actor
         self.vm = vm
+        self.where = where  # the node, for messages
+        self.shards: list[int] = []
+
+    def call(self, ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        ids = ", ".join(str(k) for k in self.shards)
+        lost = f"; shard(s) {ids} of VM {self.vm} ran there" if ids else ""
+        return _get(ref, timeout, self.where, lost)
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
-        _get(self.actor.prepare.remote(self.vm, plan, list(shards)))
+        self.shards = list(shards)
+        self.call(self.actor.prepare.remote(self.vm, plan, list(shards)))
 
     def start_router(self, shard: int, secret: bytes) -> Started:
-        return _get(self.actor.start_router.remote(self.vm, shard, secret))  # type: ignore[no-any-return]
+        return self.call(self.actor.start_router.remote(self.vm, shard, secret))  # type: ignore[no-any-return]
 
     def router_ready(self, shard: int, timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        while (addr := _get(self.actor.router_address.remote(self.vm, shard))) is None:
+        while (addr := self.call(self.actor.router_address.remote(self.vm, shard))) is None:
             if time.monotonic() > deadline:
                 raise DqemuError(f"router {shard} did not start within {timeout:g} s",
                                  EXIT_SHARD_FAILED)  # fmt: skip
@@ -476,21 +491,21 @@ class RemoteHost(ShardHost):
         return str(addr)
 
     def set_peers(self, shard: int, peers: Mapping[int, str]) -> None:
-        _get(self.actor.set_peers.remote(self.vm, shard, dict(peers)))
+        self.call(self.actor.set_peers.remote(self.vm, shard, dict(peers)))
 
     def start_shard(self, shard: int) -> Started:
-        return _get(self.actor.start_shard.remote(self.vm, shard))  # type: ignore[no-any-return]
+        return self.call(self.actor.start_shard.remote(self.vm, shard))  # type: ignore[no-any-return]
 
     def open_serial(self, shard: int) -> SerialLink:
         return RemoteSerial(self, shard)
 
     def open_qmp(self, shard: int, on_event: Callable[[QMPEvent], None], timeout: float) -> QMPLink:
-        _get(self.actor.qmp_open.remote(self.vm, shard, timeout), timeout + CALL_TIMEOUT)
+        self.call(self.actor.qmp_open.remote(self.vm, shard, timeout), timeout + CALL_TIMEOUT)
         return RemoteQMP(self, shard, on_event)
 
     def _query(self, method: Any, shard: int, timeout: float) -> dict[str, Any] | None:
         try:
-            got = _get(method.remote(self.vm, shard, timeout))
+            got = self.call(method.remote(self.vm, shard, timeout))
         except DqemuError:
             return None
         return got if isinstance(got, dict) else None
@@ -502,21 +517,21 @@ class RemoteHost(ShardHost):
         return self._query(self.actor.router_stats, shard, timeout)
 
     def poll(self) -> dict[str, int | None]:
-        return _get(self.actor.poll.remote(self.vm))  # type: ignore[no-any-return]
+        return self.call(self.actor.poll.remote(self.vm))  # type: ignore[no-any-return]
 
     def processes(self) -> list[ProcessInfo]:
-        return _get(self.actor.processes.remote(self.vm))  # type: ignore[no-any-return]
+        return self.call(self.actor.processes.remote(self.vm))  # type: ignore[no-any-return]
 
     def last_words(self, name: str) -> LastWords:
-        return _get(self.actor.last_words.remote(self.vm, name))  # type: ignore[no-any-return]
+        return self.call(self.actor.last_words.remote(self.vm, name))  # type: ignore[no-any-return]
 
     def ram_mapped(self) -> None:
-        _get(self.actor.ram_mapped.remote(self.vm))
+        self.call(self.actor.ram_mapped.remote(self.vm))
 
     def stop(self) -> None:
         with contextlib.suppress(DqemuError):
-            _get(self.actor.stop.remote(self.vm))
+            self.call(self.actor.stop.remote(self.vm))
 
     def teardown(self) -> None:
         with contextlib.suppress(DqemuError):
-            _get(self.actor.teardown.remote(self.vm))
+            self.call(self.actor.teardown.remote(self.vm))

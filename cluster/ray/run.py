@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from cluster.errors import DqemuError
 from cluster.ray import placement
-from cluster.ray.node import NAMESPACE, RemoteHost, _get, node_actor
+from cluster.ray.node import BUILD_TIMEOUT, NAMESPACE, RemoteHost, _get, node_actor
 from cluster.spec import VMSpec
 from cluster.vm.orchestrator import Silence, VMOrchestrator, VMResult
 from cluster.vm.plan import make_plan
@@ -53,14 +53,14 @@ def run_on_ray(spec: VMSpec, console: BinaryIO, address: str | None = None) -> V
     try:
         node = placed.nodes[0]  # one node per VM until DSM (placement makes sure)
         actor = node_actor(node.node_id)
-        qemu, boot, kind = _get(actor.boot_files.remote(spec))
+        qemu, boot, kind = _get(actor.boot_files.remote(spec), BUILD_TIMEOUT, node.name)
         # every shard's plan host is the node, so that the node is prepared once
         where = node.labels.get(placement.HOST_LABEL) or node.ip
         spec = dataclasses.replace(
             spec, name=name, shards=tuple(dataclasses.replace(s, host=where) for s in spec.shards)
         )
         plan = make_plan(spec, qemu=qemu, boot=boot, vm_id=f"{name[:20]}-{secrets.token_hex(3)}")
-        host = RemoteHost(actor, name)
+        host = RemoteHost(actor, name, node.name)
         timeout = spec.boot.timeout
         silence = Silence(silence_limit(timeout), silence_ends_run(kind, spec.boot.append))
         print(f"dqemu: VM {name}: {len(spec.shards)} shard(s) on {node.name}",

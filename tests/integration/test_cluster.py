@@ -4,6 +4,7 @@ namespaces on this machine (one `cluster up --nodes 2` for the module: Ray takes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -214,3 +215,92 @@ def test_ray_job_submit_runs_a_vm_on_the_named_node(
     assert "shard(s) on node2 (" in out
     assert "succeeded" in out, out[-2000:]
     assert proc.returncode == 0, out[-2000:]
+
+
+def _vm_children(ns: str) -> list[str]:
+    """The QEMU shards and routers that run in a node's namespace."""
+    out = []
+    for pid in netns.pids_in(ns):
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if "qemu-system" in cmd or "cluster.router" in cmd:
+            out.append(f"{pid} {cmd[:80]}")
+    return out
+
+
+def _wait_for(pred: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+SLEEP_SPEC = SPEC.replace("dq.run=cpus", "dq.run=sleep")
+
+
+def test_a_lost_node_actor_ends_the_vm_and_leaves_nothing(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    node = cluster.nodes[1]
+    spec = tmp_path / "lost.toml"
+    spec.write_text(SLEEP_SPEC.format(name="lost", host0="node1", host1=""))
+    env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", cluster.head.netns, *dqemu_cmd("run", str(spec))],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "DQ KV sleeping=1" in line:
+                break
+        assert len(_vm_children(node.netns)) == 4  # two shards, two routers
+        actors = []
+        for pid in netns.pids_in(node.netns):
+            with contextlib.suppress(psutil.Error):
+                if "NodeActor" in " ".join(psutil.Process(pid).cmdline()):
+                    actors.append(pid)
+        assert len(actors) == 1
+        os.kill(actors[0], signal.SIGKILL)
+        _out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 4, err
+    assert f"node node1 ({node.ip}) lost" in err and "shard(s) 0, 1 of VM lost" in err
+    assert "Traceback" not in err
+    assert not _vm_children(node.netns)  # they died with the actor
+
+
+def test_ray_job_stop_destroys_the_vm(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    node = cluster.nodes[2]
+    spec = tmp_path / "stop.toml"
+    spec.write_text(SLEEP_SPEC.format(name="stop", host0="node2", host1=""))
+    env = {**TEST_ENV, **lc.ray_env(cluster.name)}
+    ray = str(REPO / ".venv/bin/ray")
+    addr = ("--address", cluster.dashboard)
+    sub = subprocess.run(
+        [ray, "job", "submit", *addr, "--no-wait", "--", str(REPO / ".venv/bin/dqemu"),
+         "run", str(spec)],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    job = next(w.strip("'") for w in sub.stdout.split() if w.strip("'").startswith("raysubmit_"))
+
+    def logs() -> str:
+        r = subprocess.run([ray, "job", "logs", *addr, job], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)  # fmt: skip
+        return r.stdout
+
+    assert _wait_for(lambda: "DQ KV sleeping=1" in logs(), 900), logs()[-3000:]
+    assert len(_vm_children(node.netns)) == 4
+    subprocess.run([ray, "job", "stop", *addr, job], capture_output=True, text=True, env=env,
+                   timeout=300, check=False)  # fmt: skip
+    # SIGTERM: the driver stops the VM; were it killed, the node actor's lease would
+    assert _wait_for(lambda: not _vm_children(node.netns), 120), _vm_children(node.netns)
