@@ -174,8 +174,12 @@ class VMOrchestrator:
     def _start(self) -> None:
         plan = self.plan
         assert plan is not None
-        for name in plan.hosts:
-            self.hosts[name].prepare(plan, [s.id for s in plan.shards_on(name)])
+        # one host may serve several of the plan's host names (loopback serves them all)
+        shards_of: dict[ShardHost, list[int]] = {}
+        for s in plan.shards:
+            shards_of.setdefault(self.hosts[s.host], []).append(s.id)
+        for host, ids in shards_of.items():
+            host.prepare(plan, ids)
         if plan.sharded:
             self._start_routers()
         for s in plan.shards:

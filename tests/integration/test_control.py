@@ -142,12 +142,19 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
 
     # stats --watch: the IPI counters rise while the guest moves a task between CPUs
     watch = ctl.popen("stats", name, "--watch", "--json", "--hz", "5")
+    assert watch.stdout is not None
+    # the stream runs before the task moves (the CLI may take seconds to start on a
+    # loaded machine), and goes on until a snapshot taken after the move
+    lines = [watch.stdout.readline()]
     writer.type("for i in $(seq 40); do taskset -c $((i % 2)) true; done; echo MOVED\n")
-    writer.wait_for(r"MOVED", timeout=120)
-    time.sleep(1.0)
+    writer.wait_for(r"[\r\n]MOVED", timeout=120)  # the output, not the typed line's echo
+    moved = time.time()
+    while (line := watch.stdout.readline()) and json.loads(line)["time"] <= moved:
+        lines.append(line)
+    lines.append(line)
     watch.terminate()
     out, _ = watch.communicate(timeout=30)
-    snaps = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+    snaps = [json.loads(ln) for ln in [*lines, *out.splitlines()] if ln.strip()]
     assert len(snaps) >= 2, out[-500:]
     assert [s["seq"] for s in snaps] == sorted(s["seq"] for s in snaps)
     ipis = [s["mechanisms"]["ipi"]["total"] for s in snaps]

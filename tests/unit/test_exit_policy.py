@@ -13,6 +13,7 @@ from cluster.vm.exit_policy import (
     EXIT_USAGE,
     Ending,
     decide,
+    last_words,
 )
 
 GUEST = "guest-shutdown"
@@ -128,3 +129,21 @@ def test_a_reset_with_reboot_off_is_not_a_poweroff() -> None:
     v = decide(qmp)
     assert (v.status, v.by_guest) == (EXIT_GUEST_RESET, False)
     assert v.reason.startswith("QMP system_reset reset the machine (no_reboot: the VM ended")
+
+
+def test_last_words_of_a_shard_that_stopped_the_vm_is_its_loss_line() -> None:
+    lines = [
+        "2026-01-02T03:04:05.250000Z qemu: something earlier",
+        f"2026-01-02T03:04:06.500000Z {LOST1}",
+        "2026-01-02T03:04:07.000000Z dqemu: stopping",
+    ]
+    said, when = last_words("shard 0", 4, lines)
+    assert said == LOST1
+    assert when is not None and when % 60 == pytest.approx(6.5)
+
+
+def test_last_words_of_another_end_is_the_log_tail_and_a_killed_child_says_nothing() -> None:
+    lines = ["one", "two", "three"]
+    assert last_words("router 1", 1, lines) == ("two | three", None)
+    assert last_words("shard 1", -9, lines) == ("", None)
+    assert last_words("shard 1", 0, []) == ("", None)
