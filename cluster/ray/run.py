@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import socket
 import sys
 from typing import BinaryIO
 
@@ -30,6 +31,8 @@ from cluster.vm.orchestrator import Silence, VMOrchestrator, VMResult
 from cluster.vm.plan import make_plan
 from loopback.preflight import silence_ends_run, silence_limit
 
+GCS_CHECK = 10.0  # seconds to reach the GCS before joining
+
 
 def connect(address: str | None) -> None:
     """Join the Ray cluster as a driver; a clear error if there is none or auth fails."""
@@ -38,6 +41,15 @@ def connect(address: str | None) -> None:
     addr = address or os.environ.get("RAY_ADDRESS")
     if not addr:
         raise DqemuError("no Ray cluster given: set RAY_ADDRESS or pass --address")
+    host, sep, port = addr.rpartition(":")
+    if sep and port.isdigit() and "/" not in addr:
+        # Ray retries an unreachable GCS for minutes, printing C++ warnings: ask first
+        try:
+            socket.create_connection((host, int(port)), timeout=GCS_CHECK).close()
+        except OSError as exc:
+            raise DqemuError(
+                f"cannot reach the Ray cluster's GCS at {addr}: {exc.strerror or exc}"
+            ) from None
     try:
         ray.init(address=addr, namespace=NAMESPACE, logging_level="ERROR",
                  log_to_driver=False, configure_logging=False)  # fmt: skip
