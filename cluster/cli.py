@@ -20,6 +20,7 @@ SUBCOMMANDS: list[str] = [
     "loopback.stale",
     "cluster.router.command",
     "cluster.vm.commands",
+    "cluster.ray.command",
 ]
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
@@ -21,6 +22,9 @@ from cluster.spec import DEVICE_KINDS, load_spec, spec_from_flags
 from cluster.vm.registry import check_name
 from loopback.detach import detach, log_to_registry
 from loopback.terminal import console_terminal, interactive
+
+if TYPE_CHECKING:
+    from cluster.vm.orchestrator import VMResult
 
 _SPEC_EXCLUSIVE = (
     "kernel",
@@ -97,6 +101,12 @@ def _run(ns: argparse.Namespace) -> int:
                 indent=1,
             )
         )
+    return report_end(result)
+
+
+def report_end(result: VMResult) -> int:
+    """Say how the VM ended, on stderr, and return its exit status (a VM ended by a signal
+    ends this process by the same signal)."""
     if result.exit_code == 0 or result.by_guest:
         print(f"dqemu: {result.reason}", file=sys.stderr)
     elif result.signal is not None:

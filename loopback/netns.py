@@ -51,7 +51,8 @@ class Host:
         return f"{self.netns} ({self.ip})"
 
 
-def _ip(*args: str) -> None:
+def ip(*args: str) -> None:
+    """Run ``ip ARGS``; a failure raises NetnsError naming the command and its error."""
     res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {res.stderr.strip() or 'failed'}")
@@ -71,11 +72,28 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
 
 
-def _kill_pids_in(ns: str) -> None:
+def pids_in(ns: str) -> list[int]:
+    """The processes that run in network namespace ``ns`` (none if it does not exist)."""
     res = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
-    for tok in res.stdout.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(tok), signal.SIGKILL)
+    return [int(tok) for tok in res.stdout.split() if tok.isdigit()]
+
+
+def _kill_pids_in(ns: str) -> None:
+    for pid in pids_in(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def attach_host(netns: str, cidr: str, bridge: str, port: str, bridge_ns: str | None) -> None:
+    """Give namespace ``netns`` ``lo`` and an ``eth0`` with address ``cidr``, whose veth peer
+    ``port`` hangs off ``bridge`` (in namespace ``bridge_ns``, or the machine's own if None)."""
+    on_bridge = ("-n", bridge_ns) if bridge_ns is not None else ()
+    ip("-n", netns, "link", "set", "lo", "up")
+    ip(*on_bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    ip(*on_bridge, "link", "set", port, "master", bridge)
+    ip(*on_bridge, "link", "set", port, "up")
+    ip("-n", netns, "addr", "add", cidr, "dev", "eth0")
+    ip("-n", netns, "link", "set", "eth0", "up")
 
 
 def cleanup_stale() -> list[str]:
@@ -88,7 +106,7 @@ def cleanup_stale() -> list[str]:
             continue
         _kill_pids_in(ns)
         with contextlib.suppress(NetnsError):
-            _ip("netns", "del", ns)
+            ip("netns", "del", ns)
             removed.append(ns)
     return removed
 
@@ -119,18 +137,11 @@ class Topology:
         try:
             self._add_ns(self.bridge_ns)
             br = self.bridge_ns
-            _ip("-n", br, "link", "add", "br0", "type", "bridge")
-            _ip("-n", br, "link", "set", "br0", "up")
+            ip("-n", br, "link", "add", "br0", "type", "bridge")
+            ip("-n", br, "link", "set", "br0", "up")
             for h in self.hosts:
                 self._add_ns(h.netns)
-                _ip("-n", h.netns, "link", "set", "lo", "up")
-                port = f"h{h.index}"
-                _ip("-n", br, "link", "add", port, "type", "veth",
-                    "peer", "name", "eth0", "netns", h.netns)  # fmt: skip
-                _ip("-n", br, "link", "set", port, "master", "br0")
-                _ip("-n", br, "link", "set", port, "up")
-                _ip("-n", h.netns, "addr", "add", f"{h.ip}/24", "dev", "eth0")
-                _ip("-n", h.netns, "link", "set", "eth0", "up")
+                attach_host(h.netns, f"{h.ip}/24", "br0", f"h{h.index}", br)
         except BaseException:
             self.teardown()
             raise
@@ -138,7 +149,7 @@ class Topology:
         return self
 
     def _add_ns(self, name: str) -> None:
-        _ip("netns", "add", name)
+        ip("netns", "add", name)
         self._made.append(name)
 
     def teardown(self) -> None:
@@ -159,7 +170,7 @@ class Topology:
         for ns in reversed(self._made):
             _kill_pids_in(ns)
             with contextlib.suppress(NetnsError):
-                _ip("netns", "del", ns)
+                ip("netns", "del", ns)
         self._made.clear()
         self._up = False
         with contextlib.suppress(Exception):

@@ -68,6 +68,7 @@ class Supervisor:
         stdout: int | IO[bytes] | None = None,
         pass_fds: Sequence[int] = (),
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Child:
         cmd = list(argv)
         if netns is not None:
@@ -89,6 +90,7 @@ class Supervisor:
                 preexec_fn=_child_setup,
                 pass_fds=tuple(pass_fds),
                 env=env,
+                cwd=cwd,
             )
         finally:
             if log_file is not None:
