@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -69,6 +70,7 @@ class VMScreen(Screen[None]):
         Binding("n", "new_console", "New console"),
         Binding("slash", "search", "Search console"),
         Binding("h", "toggle_hz", "1/10 Hz"),
+        Binding("p", "placement", "Placement"),
         Binding("escape", "back", "VM list", show=False),
     ]
 
@@ -330,6 +332,18 @@ class VMScreen(Screen[None]):
             self.app.call_from_thread(self.notify, f"{cmd}: {e}", severity="error")
             return
         self.app.call_from_thread(self.notify, f"{cmd}: {result}")
+
+    def action_placement(self) -> None:
+        try:
+            spec = str(self.client.entry().meta().get("spec") or "")
+        except ClientError as e:
+            self.notify(str(e), severity="warning")
+            return
+        if not spec:
+            self.notify(f"{self.vm_name} was started from flags, not a spec file: "
+                        "its placement cannot be edited here", severity="warning")  # fmt: skip
+            return
+        self.app.open_placement(Path(spec), self.client)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:
         search = self.query_one("#search", Input)
