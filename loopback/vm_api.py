@@ -19,6 +19,7 @@ from cluster.errors import DqemuError
 from cluster.router.control import CommandFn, ControlError, control_call
 from cluster.vm.control import StreamFn, StreamRunner
 from cluster.vm.stats import StatsView
+from cluster.vm.thread_cpu import ThreadMeter
 
 if TYPE_CHECKING:
     from loopback.launcher import LoopbackVM
@@ -64,6 +65,8 @@ class LoopbackControl:
     def __init__(self, vm: LoopbackVM) -> None:
         self.vm = vm
         self.meter = ProcessMeter()
+        self.threads = ThreadMeter()
+        self._vcpu_tids: dict[int, list[tuple[int, int]]] = {}  # by QEMU pid
         self.stats_view = StatsView()  # the one-shot stats command's intervals
 
     def streams(self) -> dict[str, StreamFn]:
@@ -112,6 +115,7 @@ class LoopbackControl:
                 "devices": [f"{d.kind} {d.args}" for d in spec.devices if d.shard == s.id],
                 "cpu_pct": cpu,
                 "rss_mib": rss,
+                "vcpu_threads": self._vcpu_threads(s.id, pid) if code is None else [],
             }
             if s.router is not None:
                 rpid = s.router.pid if s.router.poll() is None else None
@@ -119,6 +123,7 @@ class LoopbackControl:
                 entry["router"] = {"pid": s.router.pid, "cpu_pct": rcpu, "rss_mib": rrss}
                 entry["links"] = self._links(s)
             shards.append(entry)
+        self.threads.forget({e["pid"] for e in shards if e["pid"] is not None})
         out: dict[str, Any] = {
             "name": vm.name,
             "state": self.state(),
@@ -130,6 +135,29 @@ class LoopbackControl:
         }
         if vm.ended is not None:
             out["ended"] = {"status": vm.ended.exit_code, "reason": vm.ended.reason}
+        return out
+
+    def _vcpu_threads(self, shard: int, pid: int | None) -> list[dict[str, Any]]:
+        """The shard's own vCPUs: host thread id and its CPU% since the previous info.
+        The thread ids come from query-cpus-fast once per QEMU process (0024 names each
+        vCPU's shard; the other shards' vCPUs are parked threads here)."""
+        if pid is None:
+            return []
+        tids = self._vcpu_tids.get(pid)
+        if tids is None:
+            try:
+                cpus = self._qmp(shard, "query-cpus-fast")
+            except ControlError:
+                return []
+            tids = self._vcpu_tids[pid] = sorted(
+                (int(c["cpu-index"]), int(c["thread-id"])) for c in cpus
+                if c.get("dqemu-shard", shard) == shard and "thread-id" in c
+            )  # fmt: skip
+        out = []
+        for vcpu, tid in tids:
+            pct = self.threads.read(pid, tid)
+            if pct is not None:
+                out.append({"vcpu": vcpu, "thread": tid, "cpu_pct": pct})
         return out
 
     def _links(self, s: Any) -> dict[str, str]:

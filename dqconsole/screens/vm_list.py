@@ -11,8 +11,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from dqconsole.client import VMRow, list_vms
-from dqconsole.widgets.serial_view import worker_sleep
+from dqconsole.client import VMRow, list_vms, sleep_unless
 
 REFRESH_S = 2.0
 
@@ -45,7 +44,7 @@ class VMListScreen(Screen[None]):
         while not worker.is_cancelled:
             rows = list_vms()
             self.app.call_from_thread(self.show, rows)
-            worker_sleep(worker, REFRESH_S)
+            sleep_unless(lambda: worker.is_cancelled, REFRESH_S)
 
     def show(self, rows: list[VMRow]) -> None:
         table = self.query_one("#vms", DataTable)

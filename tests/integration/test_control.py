@@ -129,6 +129,12 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
         (0, [0], "up"), (1, [1], "up"),
     ]  # fmt: skip
     assert info["shards"][0]["links"] == {"1": "up"}
+    # each shard's own vCPU, with the QEMU thread that runs it (a thread of that shard)
+    for s in info["shards"]:
+        (t,) = s["vcpu_threads"]
+        assert t["vcpu"] == s["vcpus"][0], s
+        assert os.path.exists(f"/proc/{s['pid']}/task/{t['thread']}"), s
+        assert t["thread"] != s["pid"] and t["cpu_pct"] >= 0.0
 
     # two consoles: a reader and a writer see the same output; the writer's command runs
     reader = Console(ctl, name, "--read-only")
