@@ -35,8 +35,14 @@ class VMListScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#vms", DataTable)
         table.add_columns("NAME", "STATE", "SHARDS", "VCPUS", "UPTIME")
+
+    def on_screen_resume(self) -> None:
         if self.polling:
             self.poll()
+
+    def on_screen_suspend(self) -> None:
+        """Under a VM's screen the list is not seen: it asks no VM for its info."""
+        self.workers.cancel_group(self, "list")
 
     @work(thread=True, exclusive=True, group="list")
     def poll(self) -> None:

@@ -2,9 +2,10 @@
 
 One VM (the test guest's shell mode) serves the checks in turn: both shard panels up, the
 vCPU table from query-cpus-fast, a command typed into the serial console and the guest's
-answer, forwarding counters rising. A name that is not running is a state on screen, not a
-traceback. (Suspend/resume, QMP prompt, reconnection and a killed shard are not here yet:
-after these steps the Pilot session stopped making progress; see the branch's report.)
+answer, a busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters
+rising, suspend from the command palette (every shard's own QMP says paused), resume by
+key, destroy by key declined at its question, then destroy from the palette confirmed and
+the VM's end on screen. A name that is not running is a state on screen, not a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 from textual import events
+from textual.command import CommandList, CommandPalette
 from textual.dom import DOMNode
 from textual.keys import _character_to_key
 from textual.pilot import Pilot
@@ -29,6 +31,7 @@ from textual.widgets import DataTable
 
 from dqconsole.app import DQConsole
 from dqconsole.client import VMClient
+from dqconsole.screens.confirm import ConfirmScreen
 from dqconsole.screens.vm import VMScreen
 from dqconsole.widgets.serial_view import SerialView
 from dqconsole.widgets.shard_panel import ShardPanel
@@ -176,6 +179,7 @@ async def drive(pilot: Pilot[Any], ctl: Ctl, name: str, info: dict[str, Any]) ->
         rows = [table.get_row_at(i) for i in range(2)]
         assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("1", "1")]
         assert all(r[2].isdigit() for r in rows)  # each vCPU's host thread id
+        assert all(float(r[3]) >= 0.0 for r in rows)  # and its CPU%
 
         # the serial console: the boot log from the scrollback, then a command and its answer
         screen.query_one("#tabs").active = "console"  # type: ignore[attr-defined]
@@ -186,8 +190,54 @@ async def drive(pilot: Pilot[Any], ctl: Ctl, name: str, info: dict[str, Any]) ->
         await press(pilot, *"echo hi-$((6*7))", "enter")
         await until(pilot, "the guest's answer", lambda: "\nhi-42" in serial.text())
 
+        # a busy loop on vCPU 1 shows in that vCPU's CPU% (vCPU 1 runs on shard 1)
+        await press(pilot, *"taskset -c 1 sh -c 'while :; do :; done' &", "enter")
+        await until(pilot, "vCPU 1 busy", lambda: float(table.get_row("1")[3]) > 5.0, 120)
+
         # traffic: the forwarding totals rise from snapshot to snapshot
         first = await until(pilot, "a stats snapshot", lambda: screen.history.total_messages())
         await until(pilot, "counters rising",
                     lambda: screen.history.total_messages() > first, 180)  # fmt: skip
         assert set(screen.history.link_rows) == {"0->1", "1->0"}
+
+        # commands: the keys are the screen's once the serial console lets go of the focus
+        table.focus()
+        await palette_command(pilot, "suspend", "Suspend VM")
+        await until_thread(pilot, "every shard paused",
+                           lambda: statuses(name) == ["paused", "paused"])  # fmt: skip
+        await until(pilot, "the paused state", lambda: screen.state == "paused")
+        await press(pilot, "u")
+        await until_thread(pilot, "every shard running",
+                           lambda: statuses(name) == ["running", "running"])  # fmt: skip
+        await until(pilot, "the running state", lambda: screen.state == "running")
+
+        # destroy asks first: declined, the VM runs on; confirmed, it ends and says how
+        await press(pilot, "D")
+        await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
+        await press(pilot, "n")
+        await until(pilot, "the question gone", lambda: app.screen is screen)
+        assert ctl.json("info", name, "--json")["state"] == "running"
+        await palette_command(pilot, "destroy", "Destroy VM")
+        await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
+        await press(pilot, "y")
+        await until(pilot, "the VM's end", lambda: screen.ended, 120)
+        assert "exit" in str(screen.ended) and "destroy" in str(screen.ended), screen.ended
+
+
+async def palette_command(pilot: Pilot[Any], search: str, label: str) -> None:
+    """Run a command from Textual's command palette as an operator would: Ctrl+P, type,
+    wait for the hit, Enter."""
+    app = pilot.app
+    await press(pilot, "ctrl+p")
+    palette = await until(
+        pilot, "the palette", lambda: isinstance(app.screen, CommandPalette) and app.screen
+    )
+    await press(pilot, *search)
+    hits = palette.query_one(CommandList)
+
+    def first_hit() -> str:
+        return str(hits.get_option_at_index(0).prompt) if hits.option_count else ""
+
+    await until(pilot, f"the {label!r} hit", lambda: label in first_hit())
+    await press(pilot, "enter")
+    await until(pilot, "the palette closed", lambda: not isinstance(app.screen, CommandPalette))
