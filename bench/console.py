@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,22 +29,12 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.detached_vm import detached_vm  # noqa: E402
 from cluster.vm import registry  # noqa: E402
 from cluster.vm.client import StreamReader, open_stream  # noqa: E402
 
 # the test guest's own programs (guests/linux/programs): IPIs and TLB shootdowns
 BUSY = "while :; do migrate 20 >/dev/null 2>&1; shootdown 20 >/dev/null 2>&1; done &\n"
-
-
-def _dqemu(env: dict[str, str], *args: str, timeout: float = 900) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        sys.exit(f"dqemu {args[0]} failed: {tail}")
-    return proc.stdout
 
 
 def _make_busy(name: str, timeout: float = 600.0) -> None:
@@ -158,21 +147,13 @@ def main() -> int:
     if args.name:
         measure(args.name, dict(os.environ), args.seconds, args.keys)
         return 0
-    with tempfile.TemporaryDirectory(prefix="dqbench-") as run_dir:
-        env = {**os.environ, "DQEMU_RUN_DIR": run_dir}
-        os.environ["DQEMU_RUN_DIR"] = run_dir
-        vcpus = str(args.shards)
-        name = _dqemu(env, "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-                      "--vcpus", vcpus, "--shards", str(args.shards), "--append",
-                      "dq.run=shell", "--timeout", "1800", "--detach").strip()  # fmt: skip
-        try:
-            _make_busy(name)
-            measure(name, env, args.seconds, args.keys)
-        finally:
-            _dqemu(env, "destroy", name)
-            deadline = time.monotonic() + 30
-            while registry.entries()[0] and time.monotonic() < deadline:
-                time.sleep(0.2)
+    n = str(args.shards)
+    with detached_vm("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", n,
+                     "--shards", n, "--append", "dq.run=shell", "--timeout", "1800") as (
+        name, env,
+    ):  # fmt: skip
+        _make_busy(name)
+        measure(name, env, args.seconds, args.keys)
     return 0
 
 
