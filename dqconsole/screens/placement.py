@@ -86,10 +86,8 @@ class PlacementScreen(Screen[None]):
         msg = self.query_one("#placement-message", Static)
         err = self.placement.error
         dirty = " (not saved)" if self.placement.dirty else ""
-        if err:
-            msg.update(Text(err, style="bold red"))
-        else:
-            msg.update(Text(f"valid: the spec loader accepts this placement{dirty}", "green"))
+        # (colours from the theme, app.tcss: ANSI "green" is unreadable in some terminals)
+        msg.update(Text(err or f"valid: the spec loader accepts this placement{dirty}"))
         msg.set_class(err is not None, "-error")
 
     def selected(self) -> str | None:

@@ -13,47 +13,20 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import REPO, TEST_ENV, dqemu_cmd
+from tests.support.vm_ctl import Ctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
 GUEST = ("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2", "--shards", "2")
 BOOT_TIMEOUT = 300.0
-
-
-class Ctl:
-    """The dqemu CLI with a registry of this test's own."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.env = {**TEST_ENV, "DQEMU_RUN_DIR": str(run_dir)}
-        self.run_dir = run_dir
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-            check=False, env=self.env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def json(self, *args: str) -> Any:
-        r = self.run(*args, "--json")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def popen(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            dqemu_cmd(*args), cwd=REPO, env=self.env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
 
 
 class Console:

@@ -1,11 +1,12 @@
 """Issue 16 acceptance (part): dqconsole driven by Textual's Pilot against a real 2-shard VM.
 
 One VM (the test guest's shell mode) serves the checks in turn: both shard panels up, the
-vCPU table from query-cpus-fast, a command typed into the serial console and the guest's
-answer, a busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters
-rising, suspend from the command palette (every shard's own QMP says paused), resume by
-key, destroy by key declined at its question, then destroy from the palette confirmed and
-the VM's end on screen. A name that is not running is a state on screen, not a traceback.
+vCPU table from info, a command typed into the serial console and the guest's answer, a
+busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters rising, suspend
+from the command palette (every shard's own QMP says paused), resume by key, a lost
+control connection shown and recovered, destroy by key declined at its question, then
+destroy from the palette confirmed and the VM's end on screen. A name that is not running
+is a state on screen, not a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -35,7 +35,7 @@ from dqconsole.screens.confirm import ConfirmScreen
 from dqconsole.screens.vm import VMScreen
 from dqconsole.widgets.serial_view import SerialView
 from dqconsole.widgets.shard_panel import ShardPanel
-from tests.conftest import REPO, TEST_ENV, dqemu_cmd
+from tests.support.vm_ctl import Ctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -43,23 +43,6 @@ GUEST = ("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2", "
          "--timeout", "900")  # fmt: skip
 BOOT_TIMEOUT = 300.0
 STEP_TIMEOUT = 60.0
-
-
-class Ctl:
-    def __init__(self, run_dir: Path) -> None:
-        self.env = {**TEST_ENV, "DQEMU_RUN_DIR": str(run_dir)}
-        self.run_dir = run_dir
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-            check=False, env=self.env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def json(self, *args: str) -> Any:
-        r = self.run(*args)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
 
 
 @pytest.fixture
@@ -153,7 +136,7 @@ def test_no_such_vm_is_a_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_console_drives_a_real_vm(vm: tuple[Ctl, str]) -> None:
     ctl, name = vm
-    info = ctl.json("info", name, "--json")
+    info = ctl.json("info", name)
 
     async def body(pilot: Pilot[Any]) -> None:
         await drive(pilot, ctl, name, info)
@@ -211,12 +194,24 @@ async def drive(pilot: Pilot[Any], ctl: Ctl, name: str, info: dict[str, Any]) ->
                            lambda: statuses(name) == ["running", "running"])  # fmt: skip
         await until(pilot, "the running state", lambda: screen.state == "running")
 
+        # the control socket goes away: the status line says so and when it retries; the
+        # console comes back by itself once the socket is there again
+        sock = ctl.run_dir / "vms" / name / "control.sock"
+        away = sock.with_name("control.sock.away")
+        sock.rename(away)
+        try:
+            await until(pilot, "the lost connection", lambda: "lost" in screen.link)
+            assert "retrying in" in screen.link
+        finally:
+            away.rename(sock)
+        await until(pilot, "the reconnection", lambda: screen.link == "", 60)
+
         # destroy asks first: declined, the VM runs on; confirmed, it ends and says how
         await press(pilot, "D")
         await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
         await press(pilot, "n")
         await until(pilot, "the question gone", lambda: app.screen is screen)
-        assert ctl.json("info", name, "--json")["state"] == "running"
+        assert ctl.json("info", name)["state"] == "running"
         await palette_command(pilot, "destroy", "Destroy VM")
         await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
         await press(pilot, "y")
