@@ -9,6 +9,7 @@ launcher is SIGKILLed: no QEMU is left, and its entry is reported gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,12 +122,17 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
 
     # stats --watch: the IPI counters rise while the guest moves a task between CPUs
     watch = ctl.popen("stats", name, "--watch", "--json", "--hz", "5")
+    assert watch.stdout is not None and watch.stderr is not None
+    # the stream runs before the guest moves its task (a loaded machine may take seconds
+    # to start dqemu, longer than the loop takes)
+    first = watch.stdout.readline()
+    assert first, watch.stderr.read()
     writer.type("for i in $(seq 40); do taskset -c $((i % 2)) true; done; echo MOVED\n")
     writer.wait_for(r"MOVED", timeout=120)
     time.sleep(1.0)
     watch.terminate()
     out, _ = watch.communicate(timeout=30)
-    snaps = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+    snaps = [json.loads(ln) for ln in (first + out).splitlines() if ln.strip()]
     assert len(snaps) >= 2, out[-500:]
     assert [s["seq"] for s in snaps] == sorted(s["seq"] for s in snaps)
     ipis = [s["mechanisms"]["ipi"]["total"] for s in snaps]
@@ -171,8 +177,9 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
     r = ctl.run("info", name)
     assert r.returncode == 1
     assert f"no VM named {name} (it ended with exit 0" in r.stderr
-    # the entry goes a moment before the launcher process itself ends
-    psutil.wait_procs([psutil.Process(info["launcher_pid"])], timeout=30)
+    # the entry goes a moment before the launcher process itself ends (or it has already)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.wait_procs([psutil.Process(info["launcher_pid"])], timeout=30)
 
 
 def test_killed_launcher_leaves_no_qemu(ctl: Ctl) -> None:
