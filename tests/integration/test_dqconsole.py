@@ -5,8 +5,9 @@ vCPU table from info, a command typed into the serial console and the guest's an
 busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters rising, suspend
 from the command palette (every shard's own QMP says paused), resume by key, a lost
 control connection shown and recovered, destroy by key declined at its question, then
-destroy from the palette confirmed and the VM's end on screen. A name that is not running
-is a state on screen, not a traceback.
+destroy from the palette confirmed and the VM's end on screen. A second VM loses shard 1's
+QEMU to SIGKILL: its panel turns red naming the cause, and the VM's end shows. A name that
+is not running is a state on screen, not a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -236,3 +238,25 @@ async def palette_command(pilot: Pilot[Any], search: str, label: str) -> None:
     await until(pilot, f"the {label!r} hit", lambda: label in first_hit())
     await press(pilot, "enter")
     await until(pilot, "the palette closed", lambda: not isinstance(app.screen, CommandPalette))
+
+
+def test_a_killed_shard_turns_its_panel_red(vm: tuple[Ctl, str]) -> None:
+    ctl, name = vm
+    info = ctl.json("info", name)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        screen: VMScreen = await until(
+            pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
+        )
+        panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
+        assert isinstance(panel, ShardPanel)
+        await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+        os.kill(info["shards"][1]["pid"], signal.SIGKILL)
+        await until(pilot, "the red panel", lambda: panel.has_class("-down"))
+        await until(pilot, "the cause", lambda: panel.cause)
+        assert "shard ended" in str(panel.cause) or "router ended" in str(panel.cause)
+        await until(pilot, "the VM's end", lambda: screen.ended, 120)
+        assert "exit 4" in str(screen.ended), screen.ended  # a shard died (exit_policy)
+
+    run_app(DQConsole(name), body)
