@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,19 +25,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.detached_vm import detached_vm  # noqa: E402
 from cluster.vm import registry  # noqa: E402
 from cluster.vm.control import vm_call  # noqa: E402
-
-
-def _dqemu(env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        sys.exit(f"dqemu {args[0]} failed: {tail}")
-    return proc.stdout
 
 
 def _round_trips(control: Path, cmd: str, n: int) -> float:
@@ -74,38 +61,30 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=50, help="round trips per command")
     ap.add_argument("--seconds", type=float, default=10.0, help="CPU measuring window")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="dqbench-") as run_dir:
-        env = {**os.environ, "DQEMU_RUN_DIR": run_dir}
-        os.environ["DQEMU_RUN_DIR"] = run_dir
-        name = _dqemu(env, "loopback", "--kernel", "guest:cloud", "--initrd", "guest:cloud",
-                      "--vcpus", "2", "--shards", "2", "--append", "dq.run=sleep",
-                      "--timeout", "900", "--detach").strip()  # fmt: skip
-        try:
-            control = registry.find(name).control
-            info = vm_call(control, "info")
-            launcher = psutil.Process(info["launcher_pid"])
-            procs = [launcher] + [psutil.Process(s["router"]["pid"]) for s in info["shards"]]
-            time.sleep(3.0)  # let the guest settle into its sleep
-            info_ms = _round_trips(control, "info", args.calls)
-            stats_ms = _round_trips(control, "stats", args.calls)
-            idle = _cpu_pct(procs, args.seconds)
-            stop, got = threading.Event(), [0]
-            t = threading.Thread(target=_stream, args=(control, stop, got), daemon=True)
-            t.start()
-            busy = _cpu_pct(procs, args.seconds)
-            stop.set()
-            t.join(timeout=5)
-            print(f"info: {args.calls} calls, p50 {info_ms:.2f} ms")
-            print(f"stats: {args.calls} calls, p50 {stats_ms:.2f} ms")
-            print(f"launcher+routers CPU: idle {idle:.1f}%, with a 10 Hz stats stream "
-                  f"{busy:.1f}% ({got[0]} snapshots in {args.seconds:g} s)")  # fmt: skip
-            print(f"info_ms={info_ms:.2f} stats_ms={stats_ms:.2f} "
-                  f"stream_cpu_pct={max(busy - idle, 0.0):.1f}")  # fmt: skip
-        finally:
-            _dqemu(env, "destroy", name)
-            deadline = time.monotonic() + 30
-            while registry.entries()[0] and time.monotonic() < deadline:
-                time.sleep(0.2)
+    with detached_vm("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2",
+                     "--shards", "2", "--append", "dq.run=sleep", "--timeout", "900") as (
+        name, _env,
+    ):  # fmt: skip
+        control = registry.find(name).control
+        info = vm_call(control, "info")
+        launcher = psutil.Process(info["launcher_pid"])
+        procs = [launcher] + [psutil.Process(s["router"]["pid"]) for s in info["shards"]]
+        time.sleep(3.0)  # let the guest settle into its sleep
+        info_ms = _round_trips(control, "info", args.calls)
+        stats_ms = _round_trips(control, "stats", args.calls)
+        idle = _cpu_pct(procs, args.seconds)
+        stop, got = threading.Event(), [0]
+        t = threading.Thread(target=_stream, args=(control, stop, got), daemon=True)
+        t.start()
+        busy = _cpu_pct(procs, args.seconds)
+        stop.set()
+        t.join(timeout=5)
+        print(f"info: {args.calls} calls, p50 {info_ms:.2f} ms")
+        print(f"stats: {args.calls} calls, p50 {stats_ms:.2f} ms")
+        print(f"launcher+routers CPU: idle {idle:.1f}%, with a 10 Hz stats stream "
+              f"{busy:.1f}% ({got[0]} snapshots in {args.seconds:g} s)")  # fmt: skip
+        print(f"info_ms={info_ms:.2f} stats_ms={stats_ms:.2f} "
+              f"stream_cpu_pct={max(busy - idle, 0.0):.1f}")  # fmt: skip
     return 0
 
 

@@ -9,23 +9,22 @@ registry's lock (``Entry.alive``), and how it ended is the registry's ``.ended/`
 
 from __future__ import annotations
 
-import contextlib
-import json
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cluster.errors import DqemuError
 from cluster.router.control import ControlError
 from cluster.vm import registry
-from cluster.vm.control import API_VERSION, vm_call
+from cluster.vm.client import StreamReader, info_or_starting, open_stream, uptime
+from cluster.vm.control import vm_call
 
-READ_POLL_S = 0.5
+Stream = StreamReader
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -57,6 +56,43 @@ class Backoff:
         self.attempt = 0
 
 
+def sleep_unless(cancelled: Callable[[], bool], seconds: float) -> None:
+    """Sleep in small steps, so that a cancelled worker ends soon."""
+    end = time.monotonic() + seconds
+    while not cancelled() and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+@dataclass
+class Retry:
+    """Calls a request or opens a stream again and again until it works (or the worker is
+    cancelled: None), with ``Backoff`` between attempts. ``report`` gets a line saying the
+    connection is lost and when the next attempt is, then "" once it works again.
+    ``VMGone`` is not retried: it is the VM's end, not a lost connection."""
+
+    what: str
+    cancelled: Callable[[], bool]
+    report: Callable[[str], None] = lambda _line: None
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __call__(self, fn: Callable[[], T]) -> T | None:
+        while not self.cancelled():
+            try:
+                out = fn()
+            except VMGone:
+                raise
+            except ClientError as e:
+                delay = self.backoff.next()
+                self.report(f"{self.what} lost ({e}); retrying in {delay:.1f} s")
+                sleep_unless(self.cancelled, delay)
+                continue
+            if self.backoff.attempt:
+                self.report("")
+                self.backoff.reset()
+            return out
+        return None
+
+
 def ended_reason(name: str) -> str | None:
     """``exit N: reason`` from the registry's record of how ``name`` ended, if there is one."""
     found = None
@@ -79,8 +115,7 @@ class VMRow:
     def uptime(self, now: float | None = None) -> str:
         if self.started is None:
             return "-"
-        s = int((now if now is not None else time.time()) - self.started)
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+        return uptime((now if now is not None else time.time()) - self.started)
 
 
 def list_vms() -> list[VMRow]:
@@ -89,14 +124,9 @@ def list_vms() -> list[VMRow]:
     live, _gone = registry.entries()
     rows = []
     for e in live:
-        try:
-            info = vm_call(e.control, "info", timeout=3.0)
-        except (ControlError, OSError, ValueError):
-            rows.append(VMRow(e.name, "starting", 0, None, e.meta().get("started")))
-            continue
-        shards = len(info.get("shards") or [])
-        rows.append(VMRow(e.name, str(info.get("state")), shards, info.get("vcpus"),
-                          info.get("started")))  # fmt: skip
+        info = info_or_starting(e)
+        rows.append(VMRow(e.name, str(info.get("state")), len(info.get("shards") or []),
+                          info.get("vcpus"), info.get("started")))  # fmt: skip
     return rows
 
 
@@ -147,81 +177,14 @@ class VMClient:
     def open_stream(self, req: dict[str, Any]) -> Stream:
         """A stream connection; raises ClientError with the VM's refusal, VMGone, ConnectionLost."""
         entry = self.entry()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
         try:
-            sock.connect(str(entry.control))
-            sock.sendall(json.dumps({"v": API_VERSION, **req}).encode() + b"\n")
-            first = bytearray()
-            while not first.endswith(b"\n"):
-                b = sock.recv(1)
-                if not b:
-                    raise OSError("the control API closed the connection")
-                first += b
-        except OSError as e:
-            sock.close()
+            return Stream(open_stream(entry.control, req, timeout=self.timeout))
+        except ControlError as e:
+            raise ClientError(str(e)) from None
+        except (OSError, ValueError) as e:
             if not entry.alive():
                 raise VMGone(self.gone_message()) from None
             raise ConnectionLost(f"{req.get('cmd')}: {e}") from None
-        try:
-            resp = json.loads(first)
-        except ValueError:
-            sock.close()
-            raise ConnectionLost(f"{req.get('cmd')}: not a JSON answer") from None
-        if not resp.get("ok"):
-            sock.close()
-            raise ClientError(str(resp.get("error", "refused")))
-        sock.settimeout(READ_POLL_S)
-        return Stream(sock)
-
-
-class Stream:
-    """An open stream connection: raw bytes (serial) or JSON lines (stats, events)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._buf = bytearray()
-        self.closed = False
-
-    def read(self) -> bytes | None:
-        """The next bytes; b"" when nothing came within READ_POLL_S; None once closed."""
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return b""
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            return None
-        return data
-
-    def lines(self, cancelled: Callable[[], bool]) -> Iterator[dict[str, Any] | None]:
-        """JSON objects as they come; None when nothing came for a while (a chance to check
-        ``cancelled``, which ends the iteration). Ends when the VM closes the stream."""
-        while not cancelled():
-            data = self.read()
-            if data is None:
-                return
-            if not data:
-                yield None
-                continue
-            self._buf += data
-            while (nl := self._buf.find(b"\n")) >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                with contextlib.suppress(ValueError):
-                    obj = json.loads(line)
-                    if isinstance(obj, dict):
-                        yield obj
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def start_spec(spec: Path, timeout: float = 600.0) -> str:

@@ -18,6 +18,7 @@ from cluster.errors import DqemuError
 from cluster.router.control import CommandFn, ControlError
 from cluster.vm.control import StreamFn, StreamRunner
 from cluster.vm.stats import StatsView
+from cluster.vm.thread_cpu import ThreadMeter
 
 if TYPE_CHECKING:
     from loopback.launcher import LoopbackVM
@@ -41,6 +42,8 @@ def _shard_state(started: bool, code: int | None) -> str:
 class LoopbackControl:
     def __init__(self, vm: LoopbackVM) -> None:
         self.vm = vm
+        self.threads = ThreadMeter()
+        self._vcpu_tids: dict[int, list[tuple[int, int]]] = {}  # by QEMU pid
         self.stats_view = StatsView()  # the one-shot stats command's intervals
 
     def streams(self) -> dict[str, StreamFn]:
@@ -88,6 +91,11 @@ class LoopbackControl:
                 "devices": [f"{d.kind} {d.args}" for d in spec.devices if d.shard == s.id],
                 "cpu_pct": qemu.cpu_pct if qemu is not None else 0.0,
                 "rss_mib": qemu.rss_mib if qemu is not None else 0.0,
+                "vcpu_threads": (
+                    self._vcpu_threads(s.id, qemu.pid)
+                    if qemu is not None and qemu.code is None
+                    else []
+                ),
             }
             router = procs.get(f"router {s.id}")
             if router is not None:
@@ -95,6 +103,7 @@ class LoopbackControl:
                                    "rss_mib": router.rss_mib}  # fmt: skip
                 entry["links"] = self._links(s.id)
             shards.append(entry)
+        self.threads.forget({e["pid"] for e in shards if e["pid"] is not None})
         out: dict[str, Any] = {
             "name": vm.name,
             "state": self.state(),
@@ -106,6 +115,29 @@ class LoopbackControl:
         }
         if vm.ended is not None:
             out["ended"] = {"status": vm.ended.exit_code, "reason": vm.ended.reason}
+        return out
+
+    def _vcpu_threads(self, shard: int, pid: int | None) -> list[dict[str, Any]]:
+        """The shard's own vCPUs: host thread id and its CPU% since the previous info.
+        The thread ids come from query-cpus-fast once per QEMU process (0024 names each
+        vCPU's shard; the other shards' vCPUs are parked threads here)."""
+        if pid is None:
+            return []
+        tids = self._vcpu_tids.get(pid)
+        if tids is None:
+            try:
+                cpus = self._qmp(shard, "query-cpus-fast")
+            except ControlError:
+                return []
+            tids = self._vcpu_tids[pid] = sorted(
+                (int(c["cpu-index"]), int(c["thread-id"])) for c in cpus
+                if c.get("dqemu-shard", shard) == shard and "thread-id" in c
+            )  # fmt: skip
+        out = []
+        for vcpu, tid in tids:
+            pct = self.threads.read(pid, tid)
+            if pct is not None:
+                out.append({"vcpu": vcpu, "thread": tid, "cpu_pct": pct})
         return out
 
     def _links(self, shard: int) -> dict[str, str]:

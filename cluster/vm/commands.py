@@ -20,6 +20,7 @@ from typing import Any
 from cluster.errors import DqemuError
 from cluster.router.control import ControlError
 from cluster.vm import registry
+from cluster.vm.client import StreamReader, info_or_starting, open_stream, uptime
 from cluster.vm.control import vm_call
 from loopback.terminal import interactive, raw_terminal
 
@@ -43,22 +44,11 @@ def _call(entry: registry.Entry, cmd: str, **args: Any) -> Any:
         raise DqemuError(f"{entry.name}: control API did not answer: {e}", 1) from None
 
 
-def _uptime(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def _list(ns: argparse.Namespace) -> int:
     live, gone = registry.entries(reap=not ns.all)
     rows: list[dict[str, Any]] = []
     for e in live:
-        try:
-            info = vm_call(e.control, "info", timeout=3.0)
-        except (ControlError, OSError, ValueError):
-            meta = e.meta()
-            info = {"name": e.name, "state": "starting", "shards": [], "vcpus": None,
-                    "started": meta.get("started")}  # fmt: skip
-        rows.append(info)
+        rows.append(info_or_starting(e))
     for e in gone if ns.all else []:
         rows.append({"name": e.name, "state": "gone", "shards": [], "vcpus": None,
                      "started": e.meta().get("started")})  # fmt: skip
@@ -73,7 +63,7 @@ def _list(ns: argparse.Namespace) -> int:
     now = time.time()
     for r in rows:
         started = r.get("started")
-        up = _uptime(now - started) if isinstance(started, int | float) else "-"
+        up = uptime(now - started) if isinstance(started, int | float) else "-"
         vcpus = r.get("vcpus") if r.get("vcpus") is not None else "-"
         print(f"{r['name']:<24} {r['state']:<14} {len(r['shards']):>6} {vcpus:>5} {up:>9}")
     return 0
@@ -90,7 +80,7 @@ def _info(ns: argparse.Namespace) -> int:
         print(f"Ended:    exit {info['ended']['status']}: {info['ended']['reason']}")
     print(f"vCPUs:    {info['vcpus']}")
     print(f"Memory:   {info['memory_mib']} MiB")
-    print(f"Uptime:   {_uptime(time.time() - info['started'])}")
+    print(f"Uptime:   {uptime(time.time() - info['started'])}")
     print(f"Launcher: pid {info['launcher_pid']}")
     for s in info["shards"]:
         vcpus = ",".join(str(c) for c in s["vcpus"])
@@ -166,20 +156,16 @@ def _stats(ns: argparse.Namespace) -> int:
 
 def _stream_lines(entry: registry.Entry, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The JSON lines of a stream request, until the VM ends it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(entry.control))
-        sock.sendall(json.dumps({"v": 1, **req}).encode() + b"\n")
-        with sock.makefile("rb") as f:
-            first = json.loads(f.readline() or b"{}")
-            if not first.get("ok"):
-                raise DqemuError(f"{entry.name}: {first.get('error', 'no answer')}", 1)
-            for line in f:
-                yield json.loads(line)
-    except OSError as e:
+        reader = StreamReader(open_stream(entry.control, req))
+    except ControlError as e:
+        raise DqemuError(f"{entry.name}: {e}", 1) from None
+    except (OSError, ValueError) as e:
         raise DqemuError(f"{entry.name}: {req['cmd']}: {e}", 1) from None
+    try:
+        yield from (obj for obj in reader.lines() if obj is not None)
     finally:
-        sock.close()
+        reader.close()
 
 
 def _events(ns: argparse.Namespace) -> int:
@@ -198,26 +184,14 @@ def _events(ns: argparse.Namespace) -> int:
 DETACH_KEY = b"\x1d"  # Ctrl-], as in virsh console
 
 
-def _open_serial(entry: registry.Entry, write: bool) -> tuple[socket.socket, str | None]:
+def _open_serial(entry: registry.Entry, write: bool) -> tuple[socket.socket | None, str | None]:
     """A serial stream of the VM; the error line instead, if the VM refused it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
     try:
-        sock.connect(str(entry.control))
-        sock.sendall(json.dumps({"cmd": "serial", "v": 1, "write": write}).encode() + b"\n")
-        line = b""
-        while not line.endswith(b"\n"):
-            b = sock.recv(1)
-            if not b:
-                raise OSError("the control API closed the connection")
-            line += b
-    except OSError as e:
-        sock.close()
+        sock = open_stream(entry.control, {"cmd": "serial", "write": write})
+    except ControlError as e:
+        return None, str(e)
+    except (OSError, ValueError) as e:
         raise DqemuError(f"{entry.name}: cannot open the console: {e}", 1) from None
-    resp = json.loads(line)
-    if not resp.get("ok"):
-        sock.close()
-        return sock, str(resp.get("error"))
     sock.settimeout(None)
     return sock, None
 
@@ -228,7 +202,7 @@ def _console(ns: argparse.Namespace) -> int:
     if err is not None and not ns.read_only:
         print(f"dqemu: {err}: attaching read-only", file=sys.stderr)
         sock, err = _open_serial(entry, write=False)
-    if err is not None:
+    if sock is None:
         raise DqemuError(f"{entry.name}: {err}", 1)
     tty = interactive(0)
     if tty:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -26,17 +28,16 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 
-from dqconsole.client import Backoff, ClientError, VMClient, VMGone
+from dqconsole.client import ClientError, Retry, VMClient, VMGone, sleep_unless
 from dqconsole.qmp_line import QMPLineError, parse_qmp_line
 from dqconsole.screens.confirm import ConfirmScreen
 from dqconsole.traffic import TrafficHistory
 from dqconsole.widgets.qmp_input import QMPInput
-from dqconsole.widgets.serial_view import SerialView, worker_sleep
+from dqconsole.widgets.serial_view import SerialView
 from dqconsole.widgets.shard_panel import ShardPanel
 from dqconsole.widgets.traffic_view import TrafficView
 
 INFO_S = 1.0
-VCPU_EVERY = 5  # info polls between query-cpus-fast
 COMMANDS = {
     "suspend": ("Suspend", "pause every vCPU on every shard", False),
     "resume": ("Resume", "resume a suspended VM", False),
@@ -59,6 +60,16 @@ def format_event(ev: dict[str, Any]) -> Text:
     return t
 
 
+def vcpu_rows(info: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(vCPU, shard, thread, CPU%) per vCPU, in vCPU order, from ``info``'s shards."""
+    rows = []
+    for s in info.get("shards") or []:
+        for t in s.get("vcpu_threads") or []:
+            rows.append((int(t["vcpu"]), str(s["id"]), str(t.get("thread", "-")),
+                         f"{float(t.get('cpu_pct') or 0):5.1f}"))  # fmt: skip
+    return [(str(v), *rest) for v, *rest in sorted(rows)]
+
+
 class VMScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "vm('suspend')", "Suspend"),
@@ -69,6 +80,7 @@ class VMScreen(Screen[None]):
         Binding("n", "new_console", "New console"),
         Binding("slash", "search", "Search console"),
         Binding("h", "toggle_hz", "1/10 Hz"),
+        Binding("p", "placement", "Placement"),
         Binding("escape", "back", "VM list", show=False),
     ]
 
@@ -116,7 +128,7 @@ class VMScreen(Screen[None]):
         self.title = f"dqconsole · {self.vm_name}"
         self._refresh_status()
         table = self.query_one("#vcpus", DataTable)
-        table.add_columns("vCPU", "shard", "thread", "QOM path")
+        self.vcpu_columns = table.add_columns("vCPU", "shard", "thread", "CPU%")[1:]
         self.add_console()
         if self.client is not None and not isinstance(self.client, OfflineClient):
             self.poll_info()
@@ -163,62 +175,43 @@ class VMScreen(Screen[None]):
             self._fill_panels(shards)
 
     def _fill_panels(self, shards: list[dict[str, Any]]) -> None:
+        self.show_vcpus({"shards": shards})
         for s in shards:
             for panel in self.query(f"#shard-{int(s['id'])}").results(ShardPanel):
                 panel.shard = s
                 panel.cause = self.dead.get(int(s["id"]))
 
-    def show_vcpus(self, rows: list[tuple[int, int, Any, str]]) -> None:
+    def show_vcpus(self, info: dict[str, Any]) -> None:
+        """The vCPU table from ``info``: each shard's own vCPUs, thread and CPU%."""
         table = self.query_one("#vcpus", DataTable)
-        table.clear()
-        for cpu, shard, tid, path in sorted(rows):
-            table.add_row(str(cpu), str(shard), str(tid), path, key=str(cpu))
+        rows = vcpu_rows(info)
+        keys = [str(r[0]) for r in rows]
+        if keys != [k.value for k in table.rows]:
+            table.clear()
+            for row in rows:
+                table.add_row(*row, key=row[0])
+            return
+        for row in rows:
+            for col, cell in zip(self.vcpu_columns, row[1:], strict=True):
+                table.update_cell(row[0], col, cell)
+
+    def _retry(self, what: str) -> Retry:
+        """A worker's reconnection, shown on the status line while it lasts."""
+        worker = get_current_worker()
+        report = partial(self.app.call_from_thread, setattr, self, "link")
+        return Retry(what, lambda: worker.is_cancelled, report)
 
     @work(thread=True, exclusive=True, group="info")
     def poll_info(self) -> None:
-        worker = get_current_worker()
-        backoff = Backoff()
-        n = 0
-        while not worker.is_cancelled:
-            try:
-                info = self.client.info()
-            except VMGone as e:
-                self.app.call_from_thread(self._gone, str(e))
-                return
-            except ClientError as e:
-                delay = backoff.next()
-                self.app.call_from_thread(
-                    setattr, self, "link", f"control connection lost ({e}); retry in {delay:.1f} s"
-                )
-                worker_sleep(worker, delay)
-                continue
-            if backoff.attempt:
-                self.app.call_from_thread(setattr, self, "link", "")
-                backoff.reset()
-            self.app.call_from_thread(self.show_info, info)
-            if info.get("state") == "ended":
-                return
-            if n % VCPU_EVERY == 0:
-                rows = self._vcpu_rows(info)
-                if rows:
-                    self.app.call_from_thread(self.show_vcpus, rows)
-            n += 1
-            worker_sleep(worker, INFO_S)
-
-    def _vcpu_rows(self, info: dict[str, Any]) -> list[tuple[int, int, Any, str]]:
-        rows = []
-        for s in info.get("shards") or []:
-            if s.get("state") != "up":
-                continue
-            try:
-                cpus = self.client.qmp(int(s["id"]), "query-cpus-fast")
-            except ClientError:
-                continue
-            for c in cpus or []:
-                if c.get("dqemu-shard", s["id"]) == s["id"]:
-                    rows.append((int(c["cpu-index"]), int(s["id"]), c.get("thread-id"),
-                                 str(c.get("qom-path", ""))))  # fmt: skip
-        return rows
+        retry = self._retry("control connection")
+        try:
+            while (info := retry(self.client.info)) is not None:
+                self.app.call_from_thread(self.show_info, info)
+                if info.get("state") == "ended":
+                    return
+                sleep_unless(retry.cancelled, INFO_S)
+        except VMGone as e:
+            self.app.call_from_thread(self._gone, str(e))
 
     def _gone(self, message: str) -> None:
         if self.ended is None:
@@ -228,20 +221,19 @@ class VMScreen(Screen[None]):
     # ---- traffic
     @work(thread=True, exclusive=True, group="stats")
     def watch_stats(self) -> None:
-        worker = get_current_worker()
-        backoff = Backoff()
-        while not worker.is_cancelled:
+        retry = self._retry("stats")
+        retry.report = lambda _line: None  # (the info poll reports a lost connection)
+        while not retry.cancelled():
             hz = self.hz
+            req = {"cmd": "stats", "watch": True, "hz": hz}
             try:
-                stream = self.client.open_stream({"cmd": "stats", "watch": True, "hz": hz})
+                stream = retry(lambda req=req: self.client.open_stream(req))
             except VMGone:
                 return
-            except ClientError:
-                worker_sleep(worker, backoff.next())
-                continue
-            backoff.reset()
+            if stream is None:
+                return
             try:
-                for snap in stream.lines(lambda hz=hz: worker.is_cancelled or self.hz != hz):
+                for snap in stream.lines(lambda hz=hz: retry.cancelled() or self.hz != hz):
                     if snap is not None:
                         self.history.add(snap)
                         self.app.call_from_thread(self._show_traffic)
@@ -262,26 +254,18 @@ class VMScreen(Screen[None]):
     # ---- events
     @work(thread=True, exclusive=True, group="events")
     def watch_events(self) -> None:
-        worker = get_current_worker()
-        backoff = Backoff()
-        while not worker.is_cancelled:
+        retry = self._retry("events")
+        while not retry.cancelled():
             try:
-                stream = self.client.open_stream({"cmd": "events", "since": self.last_seq})
+                req = {"cmd": "events", "since": self.last_seq}
+                stream = retry(lambda req=req: self.client.open_stream(req))
             except VMGone as e:
                 self.app.call_from_thread(self._gone, str(e))
                 return
-            except ClientError as e:
-                delay = backoff.next()
-                self.app.call_from_thread(
-                    setattr, self, "link", f"events lost ({e}); retrying in {delay:.1f} s"
-                )
-                worker_sleep(worker, delay)
-                continue
-            if backoff.attempt:
-                self.app.call_from_thread(setattr, self, "link", "")
-            backoff.reset()
+            if stream is None:
+                return
             try:
-                for ev in stream.lines(lambda: worker.is_cancelled):
+                for ev in stream.lines(retry.cancelled):
                     if ev is not None:
                         self.app.call_from_thread(self.on_vm_event, ev)
                         if ev.get("type") == "ended":
@@ -330,6 +314,18 @@ class VMScreen(Screen[None]):
             self.app.call_from_thread(self.notify, f"{cmd}: {e}", severity="error")
             return
         self.app.call_from_thread(self.notify, f"{cmd}: {result}")
+
+    def action_placement(self) -> None:
+        try:
+            spec = str(self.client.entry().meta().get("spec") or "")
+        except ClientError as e:
+            self.notify(str(e), severity="warning")
+            return
+        if not spec:
+            self.notify(f"{self.vm_name} was started from flags, not a spec file: "
+                        "its placement cannot be edited here", severity="warning")  # fmt: skip
+            return
+        self.app.open_placement(Path(spec), self.client)  # type: ignore[attr-defined]
 
     def action_back(self) -> None:
         search = self.query_one("#search", Input)

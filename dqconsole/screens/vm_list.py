@@ -11,8 +11,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import get_current_worker
 
-from dqconsole.client import VMRow, list_vms
-from dqconsole.widgets.serial_view import worker_sleep
+from dqconsole.client import VMRow, list_vms, sleep_unless
 
 REFRESH_S = 2.0
 
@@ -36,8 +35,14 @@ class VMListScreen(Screen[None]):
     def on_mount(self) -> None:
         table = self.query_one("#vms", DataTable)
         table.add_columns("NAME", "STATE", "SHARDS", "VCPUS", "UPTIME")
+
+    def on_screen_resume(self) -> None:
         if self.polling:
             self.poll()
+
+    def on_screen_suspend(self) -> None:
+        """Under a VM's screen the list is not seen: it asks no VM for its info."""
+        self.workers.cancel_group(self, "list")
 
     @work(thread=True, exclusive=True, group="list")
     def poll(self) -> None:
@@ -45,7 +50,7 @@ class VMListScreen(Screen[None]):
         while not worker.is_cancelled:
             rows = list_vms()
             self.app.call_from_thread(self.show, rows)
-            worker_sleep(worker, REFRESH_S)
+            sleep_unless(lambda: worker.is_cancelled, REFRESH_S)
 
     def show(self, rows: list[VMRow]) -> None:
         table = self.query_one("#vms", DataTable)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import time
+from functools import partial
 from typing import Any
 
 from rich.segment import Segment
@@ -16,7 +16,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.worker import get_current_worker
 
-from dqconsole.client import Backoff, ClientError, ConnectionLost, Stream, VMClient, VMGone
+from dqconsole.client import ClientError, ConnectionLost, Retry, Stream, VMClient, VMGone
 from dqconsole.terminal import Terminal, key_bytes
 
 CURSOR = Style(reverse=True)
@@ -47,28 +47,23 @@ class SerialView(ScrollView, can_focus=True):
 
     @work(thread=True, exclusive=True, group="serial")
     def read_serial(self) -> None:
-        assert self.client is not None
         worker = get_current_worker()
-        backoff = Backoff()
-        while not worker.is_cancelled:
+        report = partial(self.app.call_from_thread, setattr, self, "status")
+        retry = Retry("console", lambda: worker.is_cancelled, report)
+        while not retry.cancelled():
             try:
-                stream, note = self._open()
+                opened = retry(self._open)
             except VMGone as e:
-                self.app.call_from_thread(setattr, self, "status", str(e))
+                report(str(e))
                 return
-            except (ConnectionLost, ClientError) as e:
-                delay = backoff.next()
-                self.app.call_from_thread(
-                    setattr, self, "status", f"console lost: {e}; retrying in {delay:.1f} s"
-                )
-                worker_sleep(worker, delay)
-                continue
-            backoff.reset()
+            if opened is None:
+                return
+            stream, note = opened
             self.term = Terminal()  # the stream starts with the whole scrollback again
-            self.app.call_from_thread(setattr, self, "status", note)
+            report(note)
             self._stream = stream
             try:
-                while not worker.is_cancelled:
+                while not retry.cancelled():
                     data = stream.read()
                     if data is None:
                         break
@@ -76,8 +71,6 @@ class SerialView(ScrollView, can_focus=True):
                         self.term.feed(data)
                         lines = self.term.lines()
                         self.app.call_from_thread(self._show, lines)
-            except OSError:
-                pass
             finally:
                 self._stream = None
                 stream.close()
@@ -95,7 +88,7 @@ class SerialView(ScrollView, can_focus=True):
                 with contextlib.suppress(OSError):
                     stream.write(data)
 
-    def _open(self) -> tuple[Any, str]:
+    def _open(self) -> tuple[Stream, str]:
         assert self.client is not None
         if self.want_write:
             try:
@@ -186,10 +179,3 @@ class SerialView(ScrollView, can_focus=True):
         event.prevent_default()
         self.match_line = None
         self.send(data)
-
-
-def worker_sleep(worker: Any, seconds: float) -> None:
-    """Sleep in small steps so that a cancelled worker ends soon."""
-    end = time.monotonic() + seconds
-    while not worker.is_cancelled and time.monotonic() < end:
-        time.sleep(0.1)

@@ -9,51 +9,25 @@ launcher is SIGKILLed: no QEMU is left, and its entry is reported gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import REPO, TEST_ENV, dqemu_cmd
+from tests.support.vm_ctl import Ctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
 GUEST = ("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2", "--shards", "2")
 BOOT_TIMEOUT = 300.0
-
-
-class Ctl:
-    """The dqemu CLI with a registry of this test's own."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.env = {**TEST_ENV, "DQEMU_RUN_DIR": str(run_dir)}
-        self.run_dir = run_dir
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-            check=False, env=self.env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def json(self, *args: str) -> Any:
-        r = self.run(*args, "--json")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def popen(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            dqemu_cmd(*args), cwd=REPO, env=self.env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
 
 
 class Console:
@@ -129,6 +103,12 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
         (0, [0], "up"), (1, [1], "up"),
     ]  # fmt: skip
     assert info["shards"][0]["links"] == {"1": "up"}
+    # each shard's own vCPU, with the QEMU thread that runs it (a thread of that shard)
+    for s in info["shards"]:
+        (t,) = s["vcpu_threads"]
+        assert t["vcpu"] == s["vcpus"][0], s
+        assert os.path.exists(f"/proc/{s['pid']}/task/{t['thread']}"), s
+        assert t["thread"] != s["pid"] and t["cpu_pct"] >= 0.0
 
     # two consoles: a reader and a writer see the same output; the writer's command runs
     reader = Console(ctl, name, "--read-only")
@@ -142,10 +122,11 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
 
     # stats --watch: the IPI counters rise while the guest moves a task between CPUs
     watch = ctl.popen("stats", name, "--watch", "--json", "--hz", "5")
-    assert watch.stdout is not None
+    assert watch.stdout is not None and watch.stderr is not None
     # the stream runs before the task moves (the CLI may take seconds to start on a
     # loaded machine), and goes on until a snapshot taken after the move
     lines = [watch.stdout.readline()]
+    assert lines[0], watch.stderr.read()
     writer.type("for i in $(seq 40); do taskset -c $((i % 2)) true; done; echo MOVED\n")
     writer.wait_for(r"[\r\n]MOVED", timeout=120)  # the output, not the typed line's echo
     moved = time.time()
@@ -199,8 +180,9 @@ def test_detached_vm_driven_by_name(ctl: Ctl) -> None:
     r = ctl.run("info", name)
     assert r.returncode == 1
     assert f"no VM named {name} (it ended with exit 0" in r.stderr
-    # the entry goes a moment before the launcher process itself ends
-    psutil.wait_procs([psutil.Process(info["launcher_pid"])], timeout=30)
+    # the entry goes a moment before the launcher process itself ends (or it has already)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.wait_procs([psutil.Process(info["launcher_pid"])], timeout=30)
 
 
 def test_killed_launcher_leaves_no_qemu(ctl: Ctl) -> None:

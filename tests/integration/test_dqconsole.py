@@ -1,10 +1,13 @@
 """Issue 16 acceptance (part): dqconsole driven by Textual's Pilot against a real 2-shard VM.
 
 One VM (the test guest's shell mode) serves the checks in turn: both shard panels up, the
-vCPU table from query-cpus-fast, a command typed into the serial console and the guest's
-answer, forwarding counters rising. A name that is not running is a state on screen, not a
-traceback. (Suspend/resume, QMP prompt, reconnection and a killed shard are not here yet:
-after these steps the Pilot session stopped making progress; see the branch's report.)
+vCPU table from info, a command typed into the serial console and the guest's answer, a
+busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters rising, suspend
+from the command palette (every shard's own QMP says paused), resume by key, a lost
+control connection shown and recovered, destroy by key declined at its question, then
+destroy from the palette confirmed and the VM's end on screen. A second VM loses shard 1's
+QEMU to SIGKILL: its panel turns red naming the cause, and the VM's end shows. A name that
+is not running is a state on screen, not a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 from textual import events
+from textual.command import CommandList, CommandPalette
 from textual.dom import DOMNode
 from textual.keys import _character_to_key
 from textual.pilot import Pilot
@@ -29,10 +33,11 @@ from textual.widgets import DataTable
 
 from dqconsole.app import DQConsole
 from dqconsole.client import VMClient
+from dqconsole.screens.confirm import ConfirmScreen
 from dqconsole.screens.vm import VMScreen
 from dqconsole.widgets.serial_view import SerialView
 from dqconsole.widgets.shard_panel import ShardPanel
-from tests.conftest import REPO, TEST_ENV, dqemu_cmd
+from tests.support.vm_ctl import Ctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -40,23 +45,6 @@ GUEST = ("--kernel", "guest:cloud", "--initrd", "guest:cloud", "--vcpus", "2", "
          "--timeout", "900")  # fmt: skip
 BOOT_TIMEOUT = 300.0
 STEP_TIMEOUT = 60.0
-
-
-class Ctl:
-    def __init__(self, run_dir: Path) -> None:
-        self.env = {**TEST_ENV, "DQEMU_RUN_DIR": str(run_dir)}
-        self.run_dir = run_dir
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            dqemu_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout,
-            check=False, env=self.env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def json(self, *args: str) -> Any:
-        r = self.run(*args)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
 
 
 @pytest.fixture
@@ -150,7 +138,7 @@ def test_no_such_vm_is_a_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_console_drives_a_real_vm(vm: tuple[Ctl, str]) -> None:
     ctl, name = vm
-    info = ctl.json("info", name, "--json")
+    info = ctl.json("info", name)
 
     async def body(pilot: Pilot[Any]) -> None:
         await drive(pilot, ctl, name, info)
@@ -176,6 +164,7 @@ async def drive(pilot: Pilot[Any], ctl: Ctl, name: str, info: dict[str, Any]) ->
         rows = [table.get_row_at(i) for i in range(2)]
         assert [(r[0], r[1]) for r in rows] == [("0", "0"), ("1", "1")]
         assert all(r[2].isdigit() for r in rows)  # each vCPU's host thread id
+        assert all(float(r[3]) >= 0.0 for r in rows)  # and its CPU%
 
         # the serial console: the boot log from the scrollback, then a command and its answer
         screen.query_one("#tabs").active = "console"  # type: ignore[attr-defined]
@@ -186,8 +175,88 @@ async def drive(pilot: Pilot[Any], ctl: Ctl, name: str, info: dict[str, Any]) ->
         await press(pilot, *"echo hi-$((6*7))", "enter")
         await until(pilot, "the guest's answer", lambda: "\nhi-42" in serial.text())
 
+        # a busy loop on vCPU 1 shows in that vCPU's CPU% (vCPU 1 runs on shard 1)
+        await press(pilot, *"taskset -c 1 sh -c 'while :; do :; done' &", "enter")
+        await until(pilot, "vCPU 1 busy", lambda: float(table.get_row("1")[3]) > 5.0, 120)
+
         # traffic: the forwarding totals rise from snapshot to snapshot
         first = await until(pilot, "a stats snapshot", lambda: screen.history.total_messages())
         await until(pilot, "counters rising",
                     lambda: screen.history.total_messages() > first, 180)  # fmt: skip
         assert set(screen.history.link_rows) == {"0->1", "1->0"}
+
+        # commands: the keys are the screen's once the serial console lets go of the focus
+        table.focus()
+        await palette_command(pilot, "suspend", "Suspend VM")
+        await until_thread(pilot, "every shard paused",
+                           lambda: statuses(name) == ["paused", "paused"])  # fmt: skip
+        await until(pilot, "the paused state", lambda: screen.state == "paused")
+        await press(pilot, "u")
+        await until_thread(pilot, "every shard running",
+                           lambda: statuses(name) == ["running", "running"])  # fmt: skip
+        await until(pilot, "the running state", lambda: screen.state == "running")
+
+        # the control socket goes away: the status line says so and when it retries; the
+        # console comes back by itself once the socket is there again
+        sock = ctl.run_dir / "vms" / name / "control.sock"
+        away = sock.with_name("control.sock.away")
+        sock.rename(away)
+        try:
+            await until(pilot, "the lost connection", lambda: "lost" in screen.link)
+            assert "retrying in" in screen.link
+        finally:
+            away.rename(sock)
+        await until(pilot, "the reconnection", lambda: screen.link == "", 60)
+
+        # destroy asks first: declined, the VM runs on; confirmed, it ends and says how
+        await press(pilot, "D")
+        await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
+        await press(pilot, "n")
+        await until(pilot, "the question gone", lambda: app.screen is screen)
+        assert ctl.json("info", name)["state"] == "running"
+        await palette_command(pilot, "destroy", "Destroy VM")
+        await until(pilot, "the question", lambda: isinstance(app.screen, ConfirmScreen))
+        await press(pilot, "y")
+        await until(pilot, "the VM's end", lambda: screen.ended, 120)
+        assert "exit" in str(screen.ended) and "destroy" in str(screen.ended), screen.ended
+
+
+async def palette_command(pilot: Pilot[Any], search: str, label: str) -> None:
+    """Run a command from Textual's command palette as an operator would: Ctrl+P, type,
+    wait for the hit, Enter."""
+    app = pilot.app
+    await press(pilot, "ctrl+p")
+    palette = await until(
+        pilot, "the palette", lambda: isinstance(app.screen, CommandPalette) and app.screen
+    )
+    await press(pilot, *search)
+    hits = palette.query_one(CommandList)
+
+    def first_hit() -> str:
+        return str(hits.get_option_at_index(0).prompt) if hits.option_count else ""
+
+    await until(pilot, f"the {label!r} hit", lambda: label in first_hit())
+    await press(pilot, "enter")
+    await until(pilot, "the palette closed", lambda: not isinstance(app.screen, CommandPalette))
+
+
+def test_a_killed_shard_turns_its_panel_red(vm: tuple[Ctl, str]) -> None:
+    ctl, name = vm
+    info = ctl.json("info", name)
+
+    async def body(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        screen: VMScreen = await until(
+            pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
+        )
+        panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
+        assert isinstance(panel, ShardPanel)
+        await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+        os.kill(info["shards"][1]["pid"], signal.SIGKILL)
+        await until(pilot, "the red panel", lambda: panel.has_class("-down"))
+        await until(pilot, "the cause", lambda: panel.cause)
+        assert "shard ended" in str(panel.cause) or "router ended" in str(panel.cause)
+        await until(pilot, "the VM's end", lambda: screen.ended, 120)
+        assert "exit 4" in str(screen.ended), screen.ended  # a shard died (exit_policy)
+
+    run_app(DQConsole(name), body)
