@@ -327,6 +327,7 @@ class LoopbackVM:
                 "shard_id": s.id,
                 "listen": f"{host.ip}:{ROUTER_PORT}",
                 "socket_dir": str(s.router_dir),
+                "data_path": self.spec.data_path,
                 "peers": {
                     str(o.id): f"{h.ip}:{ROUTER_PORT}"
                     for o, h in zip(self.shards, hosts, strict=True)
