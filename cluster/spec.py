@@ -8,6 +8,7 @@ reports the first problem as a :class:`SpecError` that names the key and its lin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -99,6 +100,17 @@ class VMSpec:
 
 DATA_PATHS = ("router", "direct")
 DEFAULT_DATA_PATH = "router"
+# DQEMU_DATA_PATH=direct makes "direct" the default of every spec that names none (to run
+# the whole test suite on either path without editing it)
+DATA_PATH_ENV = "DQEMU_DATA_PATH"
+
+
+def default_data_path() -> str:
+    value = os.environ.get(DATA_PATH_ENV, DEFAULT_DATA_PATH)
+    if value not in DATA_PATHS:
+        raise DqemuError(f"{DATA_PATH_ENV}={value!r} is not one of {', '.join(DATA_PATHS)}")
+    return value
+
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _UNITS_MIB = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -367,7 +379,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "shard", None, None, f"vCPU(s) {', '.join(map(str, unplaced))} not placed on any shard"
         )
 
-    data_path = vm.get("data_path", DEFAULT_DATA_PATH)
+    data_path = vm.get("data_path") or default_data_path()
     if data_path not in DATA_PATHS:
         raise r.fail(
             "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
