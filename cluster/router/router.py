@@ -1137,12 +1137,23 @@ class Router:
             hb = "on" if self._shard_hb else "off (waiting for the shard's first PING/PONG)"
             if self.cfg.shard_heartbeat == "off":
                 hb = "off (config)"
+        # with data_path = "direct", a shard that takes direct links has them all before the
+        # VM may run (so that a run measures one data path), from every peer that can
+        direct = self.direct.handed() if self.direct is not None else []
+        direct_ok = (
+            self.direct is None
+            or local is None
+            or not local.features & p.FEAT_DIRECT
+            or all(s in direct for s, lk in peers.items() if lk.features & p.FEAT_DIRECT)
+        )
         return {
             "vm_id": self.cfg.vm_id,
             "shard_id": self.id,
             "listen": str(self.listen_addr),
             "uptime_s": round(time.time() - self.started_at, 3),
-            "ok": local is not None and all_up and not down,
+            "ok": local is not None and all_up and not down and direct_ok,
+            "data_path": self.cfg.data_path,
+            "direct_links": direct,
             "local": {
                 "connected": local is not None,
                 "pid": self.local_pid if local is not None else None,
