@@ -120,8 +120,14 @@ class DirectLinks:
     # --- figures -------------------------------------------------------------------------------
 
     def handed(self) -> list[int]:
+        """Peers the current shard has a direct link to."""
         with self._lock:
             return sorted(self._handed)
+
+    def counted(self) -> list[int]:
+        """Peers whose direct link counts are in the stats page (also after the shard)."""
+        with self._lock:
+            return sorted(self._counted)
 
     def counters(self, sid: int) -> Counters | None:
         """What the shard counted on its direct link to ``sid`` (None if it has none)."""

@@ -1099,7 +1099,7 @@ class Router:
             "handshakes": self._handshake_counts(),
             "data_loop": self._data.stats(),
             "data_path": self.cfg.data_path,
-            "direct_links": self.direct.handed() if self.direct is not None else [],
+            "direct_links": self.direct.counted() if self.direct is not None else [],
         }
 
     def _handshake_counts(self) -> dict[str, int]:
