@@ -49,7 +49,7 @@ from cluster.router._fastpath import (
     UD_NO_LOCAL,
     UD_NO_ROUTE,
 )
-from cluster.router.auth import HandshakeRefused, dialer_of, handshake
+from cluster.router.auth import HandshakeRefused, PeerIdentity, dialer_of, handshake
 from cluster.router.config import RouterConfig
 from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
@@ -77,6 +77,12 @@ _TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness c
 # unauthenticated TCP connections being set up at once (each has a thread until its
 # handshake ends or times out); more are closed as soon as they are accepted
 MAX_INBOUND_HANDSHAKES = 16
+
+
+def _back_off(sid: int, backoff: dict[int, float], next_try: dict[int, float]) -> None:
+    """The next dial of ``sid`` waits twice as long as the last, 0.1 .. 2 s."""
+    backoff[sid] = min(_DIAL_MAX, max(_DIAL_MIN, backoff.get(sid, 0.0) * 2))
+    next_try[sid] = time.monotonic() + backoff[sid]
 
 
 class Router:
@@ -441,14 +447,20 @@ class Router:
 
     # --- link set-up ---------------------------------------------------------------------------
 
+    def _connect(
+        self, sid: int, addr: Address, failed: Callable[[int, str], None]
+    ) -> socket.socket | None:
+        try:
+            return connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
+        except OSError as e:
+            failed(sid, f"connect to {addr} failed: {e.strerror or e}")
+            return None
+
     def _dial_thread(self, sid: int, addr: Address) -> None:
         try:
-            try:
-                sock = connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
-            except OSError as e:
-                self._dial_failed(sid, f"connect to {addr} failed: {e.strerror or e}")
-                return
-            self._peer_thread(sock, str(addr), sid)
+            sock = self._connect(sid, addr, self._dial_failed)
+            if sock is not None:
+                self._peer_thread(sock, str(addr), sid)
         finally:
             self._dialing.discard(sid)
 
@@ -457,9 +469,7 @@ class Router:
         if info.get("last_error") != reason:
             log.warning("shard %d: %s; retrying", sid, reason)
         info.update(state="down", last_error=reason)
-        backoff = min(_DIAL_MAX, max(_DIAL_MIN, self._dial_backoff.get(sid, 0.0) * 2))
-        self._dial_backoff[sid] = backoff
-        self._dial_next[sid] = time.monotonic() + backoff
+        _back_off(sid, self._dial_backoff, self._dial_next)
 
     def _inbound_thread(self, sock: socket.socket, addr: str) -> None:
         try:
@@ -483,16 +493,23 @@ class Router:
             "refused, not swapped in"
         )
 
+    def _handshake(self, sock: socket.socket, **kw: Any) -> PeerIdentity:
+        """`auth.handshake` as this router: its id, VM id, secret, features and timeout."""
+        return handshake(
+            sock,
+            own_id=self.id,
+            vm_id=self.cfg.vm_id,
+            secret=self._secret,
+            features=self.cfg.features,
+            timeout=self.cfg.handshake_timeout,
+            **kw,
+        )
+
     def _peer_thread(self, sock: socket.socket, addr: str, dialed: int | None) -> None:
         try:
-            ident = handshake(
+            ident = self._handshake(
                 sock,
-                own_id=self.id,
-                vm_id=self.cfg.vm_id,
-                secret=self._secret,
-                features=self.cfg.features,
                 is_peer=lambda s: s != self.id and self.routes.has_shard(s),
-                timeout=self.cfg.handshake_timeout,
                 dialed=dialed is not None,
                 admit=self._duplicate,
                 admit_data=self._admit_data if self.direct is not None else None,
@@ -805,20 +822,13 @@ class Router:
 
     def _data_dial_thread(self, sid: int, addr: Address) -> None:
         try:
-            try:
-                sock = connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
-            except OSError as e:
-                self._data_dial_failed(sid, f"connect to {addr} failed: {e.strerror or e}")
+            sock = self._connect(sid, addr, self._data_dial_failed)
+            if sock is None:
                 return
             try:
-                ident = handshake(
+                ident = self._handshake(
                     sock,
-                    own_id=self.id,
-                    vm_id=self.cfg.vm_id,
-                    secret=self._secret,
-                    features=self.cfg.features,
                     is_peer=lambda s: s == sid,
-                    timeout=self.cfg.handshake_timeout,
                     dialed=True,
                     kind=p.ROLE_DATA,
                 )
@@ -833,9 +843,7 @@ class Router:
 
     def _data_dial_failed(self, sid: int, reason: str) -> None:
         log.info("data connection to shard %d: %s; retrying", sid, reason)
-        backoff = min(_DIAL_MAX, max(_DIAL_MIN, self._data_backoff.get(sid, 0.0) * 2))
-        self._data_backoff[sid] = backoff
-        self._data_next[sid] = time.monotonic() + backoff
+        _back_off(sid, self._data_backoff, self._data_next)
 
     def _admit_data(self, sid: int) -> tuple[int, str] | None:
         assert self.direct is not None
