@@ -8,11 +8,19 @@ shard that owns no platform device, is forwarded through two routers. Beside the
 measures the raw one-hop socket round trip between two namespaces (bench/router_latency.py,
 Python, blocking sockets): the physical floor of any forwarded round trip.
 
+The 2-shard run is made once per data path (``--data-paths``, default both: through the
+routers, and on direct shard-to-shard links, docs/protocol.md "Direct shard links").
+
 Per mechanism it prints the p50 of the local paths and of the forwarded paths. Only the
-pairs and CPUs that actually cross shards count as forwarded.
+pairs and CPUs that actually cross shards count as forwarded. Per data path it also prints
+the thread wake-ups per forwarded frame: the voluntary context switches of every thread of
+every shard QEMU and router of the run (getrusage of the reaped children), divided by the
+frames that crossed shards (the routers' counters, which include the direct links). It is
+an upper bound: boot, idle timer ticks and housekeeping wake threads too.
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
-Last line, all p50 over 2 shards, in µs:
+       [--data-paths router,direct]
+Last line, all p50 over 2 shards on the default data path (router), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from cluster.spec import VMSpec  # noqa: E402
+from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
 from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
 GROUPS = "pingpong,pio,mmio"
@@ -69,17 +78,24 @@ def raw_link_rtt_us() -> float:
     return float(m.group(1))
 
 
-def run(kernel: Path, qemu: Path, shards: int, args: argparse.Namespace) -> list[Latency]:
+def run(
+    kernel: Path, qemu: Path, shards: int, args: argparse.Namespace, data_path: str | None = None
+) -> tuple[list[Latency], float | None]:
+    """The latencies, and the wake-ups per forwarded frame (None on one shard)."""
     append = f"only={GROUPS} iters={args.iters} idle=hlt"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     r = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
-        machine=args.machine, timeout=args.timeout,
+        machine=args.machine, timeout=args.timeout, data_path=data_path,
     )  # fmt: skip
+    wakeups = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before
     if r.returncode is None or not r.result.complete:
         raise DqemuError(f"dqtest over {shards} shard(s) did not finish:\n{r.output[-1500:]}")
     for c in r.result.failures:
         print(f"  ({shards} shard(s)) not ok {c.number} - {c.description}", file=sys.stderr)
-    return list(r.result.latencies)
+    frames = sum(r.forwarded.values())
+    per = round(wakeups / frames, 1) if shards > 1 and frames else None
+    return list(r.result.latencies), per
 
 
 def main() -> int:
@@ -89,7 +105,15 @@ def main() -> int:
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
+    ap.add_argument(
+        "--data-paths", default=",".join(DATA_PATHS),
+        help="data paths of the 2-shard runs, comma-separated (default: router,direct)",
+    )  # fmt: skip
     args = ap.parse_args()
+    paths = [x for x in args.data_paths.split(",") if x]
+    if not paths or any(x not in DATA_PATHS for x in paths):
+        print(f"forwarding: --data-paths takes {', '.join(DATA_PATHS)}", file=sys.stderr)
+        return 2
     if args.vcpus < 2:
         print("forwarding: --vcpus must be at least 2 (one per shard)", file=sys.stderr)
         return 2
@@ -97,30 +121,46 @@ def main() -> int:
         qemu = ensure_qemu(quiet=True)
         kernel = build_dqtest()
         spec2 = dqtest_spec(kernel, shards=2, vcpus=args.vcpus, machine=args.machine)
-        local = run(kernel, qemu, 1, args)
-        sharded = run(kernel, qemu, 2, args)
+        local, _ = run(kernel, qemu, 1, args)
+        sharded = {path: run(kernel, qemu, 2, args, path) for path in paths}
         raw = raw_link_rtt_us()
     except DqemuError as e:
         print(f"forwarding: {e}", file=sys.stderr)
         return 1
 
     rows: list[dict[str, object]] = []
-    result: dict[str, float | None] = {}
-    print(f"{'mechanism':<10} {'1 shard p50_us':>15} {'2 shards local':>15} {'2 shards fwd':>13}")
+    result: dict[str, dict[str, float | None]] = {path: {} for path in paths}
+    head = "".join(f" {'fwd ' + path:>13} {'local ' + path:>13}" for path in paths)
+    print(f"{'mechanism':<10} {'1 shard p50_us':>15}{head}")
     for mech, names in MECHANISMS.items():
         one = [x for x in local if x.name in names]
-        two = [x for x in sharded if x.name in names]
-        fwd = [x for x in two if forwarded(x, mech, spec2)]
-        stay = [x for x in two if not forwarded(x, mech, spec2)]
-        result[mech] = p50_us(fwd)
-        print(f"{mech:<10} {p50_us(one)!s:>15} {p50_us(stay)!s:>15} {result[mech]!s:>13}")
-        for shards, lats in ((1, one), (2, two)):
-            rows += [{"shards": shards, "name": x.name, "label": x.label, **x.values} for x in lats]
-    print(f"{'raw link':<10} {'':>15} {'':>15} {raw:>13}")
+        rows += [{"shards": 1, "name": x.name, "label": x.label, **x.values} for x in one]
+        line = f"{mech:<10} {p50_us(one)!s:>15}"
+        for path in paths:
+            two = [x for x in sharded[path][0] if x.name in names]
+            fwd = [x for x in two if forwarded(x, mech, spec2)]
+            stay = [x for x in two if not forwarded(x, mech, spec2)]
+            result[path][mech] = p50_us(fwd)
+            line += f" {result[path][mech]!s:>13} {p50_us(stay)!s:>13}"
+            rows += [
+                {"shards": 2, "data_path": path, "name": x.name, "label": x.label, **x.values}
+                for x in two
+            ]
+        print(line)
+    print(f"{'raw link':<10} {raw:>15}")
+    for path in paths:
+        r = result[path]
+        ratio = {m: round(v / raw, 1) if v and raw else None for m, v in r.items()}
+        print(
+            f"{path}: wakeups_per_forwarded_frame={sharded[path][1]} "
+            f"pio_over_raw={ratio['pio']} ipi_over_raw={ratio['ipi']} mmio_over_raw={ratio['mmio']}"
+        )
+    print(f"loadavg: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    last = result.get(DEFAULT_DATA_PATH) or result[paths[0]]
     print(
-        f"ipi_rtt_us={result['ipi']} pio_rtt_us={result['pio']} mmio_rtt_us={result['mmio']} "
+        f"ipi_rtt_us={last['ipi']} pio_rtt_us={last['pio']} mmio_rtt_us={last['mmio']} "
         f"raw_link_rtt_us={raw}"
     )
     return 0

@@ -8,6 +8,7 @@ reports the first problem as a :class:`SpecError` that names the key and its lin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -86,12 +87,29 @@ class VMSpec:
     no_reboot: bool = False  # a guest reset ends the VM
     qemu_args: tuple[str, ...] = ()  # unsupported: appended to every shard's QEMU
     nodes: tuple[NumaNode, ...] = ()  # the NUMA nodes the guest sees (one: no -numa)
+    # how frames cross between shards: "router" (through both routers) or "direct" (the
+    # routers hand each pair of shards an authenticated connection; docs/protocol.md)
+    data_path: str = "router"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
             if vcpu in s.vcpus:
                 return s.id
         raise KeyError(vcpu)
+
+
+DATA_PATHS = ("router", "direct")
+DEFAULT_DATA_PATH = "router"
+# DQEMU_DATA_PATH=direct makes "direct" the default of every spec that names none (to run
+# the whole test suite on either path without editing it)
+DATA_PATH_ENV = "DQEMU_DATA_PATH"
+
+
+def default_data_path() -> str:
+    value = os.environ.get(DATA_PATH_ENV, DEFAULT_DATA_PATH)
+    if value not in DATA_PATHS:
+        raise DqemuError(f"{DATA_PATH_ENV}={value!r} is not one of {', '.join(DATA_PATHS)}")
+    return value
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
@@ -276,7 +294,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         "vm",
         None,
         required={"vcpus", "memory"},
-        optional={"name": str, "machine": str, "numa": bool, "io_shard": int, **VM_OPTION_KEYS},
+        optional={
+            "name": str,
+            "machine": str,
+            "numa": bool,
+            "io_shard": int,
+            "data_path": str,
+            **VM_OPTION_KEYS,
+        },
         types={"vcpus": int, "memory": (str, int)},
     )
     vcpus = vm["vcpus"]
@@ -354,6 +379,11 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "shard", None, None, f"vCPU(s) {', '.join(map(str, unplaced))} not placed on any shard"
         )
 
+    data_path = vm.get("data_path") or default_data_path()
+    if data_path not in DATA_PATHS:
+        raise r.fail(
+            "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -406,6 +436,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         shards=tuple(shards),
         devices=tuple(devices),
         source=Path(r.origin) if base is not None else None,
+        data_path=data_path,
         **options,
     )
 
@@ -534,6 +565,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "memory"): "--memory",
     ("vm", "machine"): "--machine",
     ("vm", "io_shard"): "--io-shard",
+    ("vm", "data_path"): "--data-path",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
     ("vm", "sockets"): "--sockets",
@@ -617,6 +649,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "vcpus": ns.vcpus,
             "memory": ns.memory,
             "io_shard": ns.io_shard or 0,
+            **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **_vm_option_flags(ns),
         },
         "boot": boot,

@@ -1091,6 +1091,78 @@ static PyObject *Engine_send(Engine *e, PyObject *args)
     return PyBool_FromLong(ok);
 }
 
+/*
+ * send_fd(handle, frame, fd) -> bool: send one whole frame with a file
+ * descriptor attached to its first byte (SCM_RIGHTS), in order with the
+ * link's queue. Only when nothing is queued: False means "not now" (the
+ * queue is not empty, the link is not served yet, or the socket is full);
+ * the caller retries. What the socket does not take after the first bytes
+ * is queued as usual (the descriptor went with them).
+ */
+static PyObject *Engine_send_fd(Engine *e, PyObject *args)
+{
+    unsigned long h;
+    Py_buffer b;
+    int slot, fd, ok = 0;
+    Link *l;
+
+    if (!PyArg_ParseTuple(args, "ky*i", &h, &b, &fd)) {
+        return NULL;
+    }
+    if (b.len < DQ_HEADER_SIZE ||
+        (size_t)b.len != DQ_HEADER_SIZE + rd32((const uint8_t *)b.buf + 12)) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "send_fd needs exactly one frame");
+        return NULL;
+    }
+    lock(e);
+    l = lookup(e, h, &slot);
+    if (l && !l->closed && l->started) {
+        flush(e, slot);
+    }
+    if (l && !l->closed && l->started && l->ot == l->oh) {
+        char cbuf[CMSG_SPACE(sizeof(int))];
+        struct iovec iov = { .iov_base = b.buf, .iov_len = (size_t)b.len };
+        struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = cbuf,
+                            .msg_controllen = sizeof(cbuf) };
+        struct cmsghdr *cm;
+        ssize_t n;
+
+        memset(cbuf, 0, sizeof(cbuf));
+        cm = CMSG_FIRSTHDR(&m);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        do {
+            n = sendmsg(l->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            const uint8_t *f = b.buf;
+
+            ok = 1;
+            l->c.tx_msgs[f[5]]++;
+            l->c.tx_bytes[f[5]] += (size_t)b.len;
+            if (n < b.len && (reserve_out(l, (size_t)(b.len - n)) < 0)) {
+                close_link(e, slot, "out of memory for the send queue");
+            } else if (n < b.len) {
+                memcpy(l->ob + l->ot, f + n, (size_t)(b.len - n));
+                l->ot += (size_t)(b.len - n);
+                flush(e, slot);
+            }
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            close_errno(e, slot, "send failed", errno);
+        }
+    }
+    unlock(e);
+    PyBuffer_Release(&b);
+    if (l && l->closed) {
+        wake(e);
+    }
+    return PyBool_FromLong(ok);
+}
+
 static PyObject *Engine_close(Engine *e, PyObject *args)
 {
     unsigned long h;
@@ -1502,6 +1574,8 @@ static PyMethodDef Engine_methods[] = {
       "start(handle[, notify_handle, notify]): read and route the link" },
     { "send", (PyCFunction)Engine_send, METH_VARARGS,
       "send(handle, frames) -> bool: queue whole frames, send what it takes" },
+    { "send_fd", (PyCFunction)Engine_send_fd, METH_VARARGS,
+      "send_fd(handle, frame, fd) -> bool: one frame carrying fd" },
     { "close", (PyCFunction)Engine_close, METH_VARARGS,
       "close(handle[, reason]) -> bool: True for the call that closed it" },
     { "release", (PyCFunction)Engine_release, METH_O,

@@ -25,6 +25,9 @@ from cluster.router.transport import LinkClosed, read_frame
 
 MIN_SECRET_BYTES = 16
 _MAC_LABEL = b"DQMU-AUTH-2"
+# a data connection (docs/protocol.md, "Direct shard links"): another label, so that a link
+# handshake and a data handshake can never be relayed or replayed as each other
+_DATA_LABEL = b"DQMU-DATA-2"
 
 
 class SecretError(ValueError):
@@ -112,6 +115,7 @@ def compute_mac(
     listener: int,
     dialer_nonce: bytes,
     listener_nonce: bytes,
+    kind: int = p.ROLE_ROUTER,
 ) -> bytes:
     """The AUTH MAC of the side with ``prover_role`` on the link ``dialer`` -> ``listener``.
 
@@ -123,7 +127,7 @@ def compute_mac(
     if prover_role not in _ROLE_NAMES:
         raise ValueError(f"prover role {prover_role} is neither dialer nor listener")
     msg = (
-        _MAC_LABEL
+        (_DATA_LABEL if kind == p.ROLE_DATA else _MAC_LABEL)
         + vm_id_bytes(vm_id)
         + struct.pack("<BHH", prover_role, dialer, listener)
         + dialer_nonce
@@ -141,8 +145,11 @@ def verify_mac(
     dialer_nonce: bytes,
     listener_nonce: bytes,
     mac: bytes,
+    kind: int = p.ROLE_ROUTER,
 ) -> bool:
-    want = compute_mac(secret, vm_id, prover_role, dialer, listener, dialer_nonce, listener_nonce)
+    want = compute_mac(
+        secret, vm_id, prover_role, dialer, listener, dialer_nonce, listener_nonce, kind
+    )
     return hmac.compare_digest(want, mac)
 
 
@@ -150,6 +157,7 @@ def verify_mac(
 class PeerIdentity:
     shard_id: int
     features: int  # features both ends use
+    kind: int = p.ROLE_ROUTER  # ROLE_DATA for a data connection (the dialer's HELLO.role)
 
 
 class HandshakeRefused(Exception):
@@ -228,6 +236,8 @@ def handshake(
     timeout: float,
     dialed: bool,
     admit: Callable[[int], str | None] = lambda _peer: None,
+    kind: int = p.ROLE_ROUTER,
+    admit_data: Callable[[int], tuple[int, str] | None] | None = None,
 ) -> PeerIdentity:
     """Run the mutual HELLO/AUTH/AUTH_OK exchange on a fresh connection (either side).
 
@@ -238,6 +248,11 @@ def handshake(
     itself, ``admit(peer)`` may still refuse it (ERR_DUPLICATE) with a reason: a second
     link to a peer that has a working one.
 
+    ``kind`` is what a dialer asks for: ROLE_ROUTER (the link) or ROLE_DATA (a data
+    connection for its shard's direct link, bound into both MACs). A listener takes the
+    kind from the dialer's HELLO; it accepts a data connection only with ``admit_data``,
+    which may refuse it with (code, reason) after the peer has proved itself.
+
     Raises HandshakeRefused with a one-line reason. On success the socket is left
     blocking with no timeout and nothing beyond the handshake has been read.
     """
@@ -245,7 +260,9 @@ def handshake(
     sock.settimeout(timeout)
     nonce = secrets.token_bytes(p.NONCE_SIZE)
     hello_out = p.encode_frame(
-        p.Hello(own_id, p.ROLE_ROUTER, features, nonce, vm_id), src=own_id, dst=p.DST_ROUTER
+        p.Hello(own_id, kind if dialed else p.ROLE_ROUTER, features, nonce, vm_id),
+        src=own_id,
+        dst=p.DST_ROUTER,
     )
     _send(sock, hello_out, "HELLO", None)
     f = _expect(sock, own_id, p.MSG_HELLO, None, deadline)
@@ -268,10 +285,13 @@ def handshake(
         raise _refuse(
             sock, own_id, p.ERR_VM_MISMATCH, f"shard {peer} is not a peer of shard {own_id}", peer
         )
-    if hello.role != p.ROLE_ROUTER:
+    allowed = {p.ROLE_ROUTER} if dialed or admit_data is None else {p.ROLE_ROUTER, p.ROLE_DATA}
+    if hello.role not in allowed:
         raise _refuse(
             sock, own_id, p.ERR_PROTOCOL, f"HELLO role {hello.role} is not a router", peer
         )
+    if not dialed:
+        kind = hello.role
     # the lower shard id dials: a connection in the other direction is never genuine
     if dialed and dialer_of(own_id, peer) != own_id:
         raise _refuse(
@@ -291,21 +311,26 @@ def handshake(
     else:
         role, peer_role = ROLE_LISTENER, ROLE_DIALER
         link = (peer, own_id, hello.nonce, nonce)
-    mac = compute_mac(secret, vm_id, role, *link)
+    mac = compute_mac(secret, vm_id, role, *link, kind)
     _send(sock, p.encode_frame(p.Auth(mac), src=own_id, dst=p.DST_ROUTER), "AUTH", peer)
     f = _expect(sock, own_id, p.MSG_AUTH, peer, deadline)
     auth = f.msg
     assert isinstance(auth, p.Auth)
-    if not verify_mac(secret, vm_id, peer_role, *link, auth.mac):
+    if not verify_mac(secret, vm_id, peer_role, *link, auth.mac, kind):
         raise _refuse(
             sock, own_id, p.ERR_AUTH_FAILED,
             "authentication failed (wrong secret, or a relayed or reflected handshake)", peer,
         )  # fmt: skip
-    why = admit(peer)
-    if why is not None:
-        raise _refuse(sock, own_id, p.ERR_DUPLICATE, why, peer)
+    if kind == p.ROLE_DATA and admit_data is not None:
+        refusal = admit_data(peer)
+        if refusal is not None:
+            raise _refuse(sock, own_id, refusal[0], refusal[1], peer)
+    elif kind != p.ROLE_DATA:
+        why = admit(peer)
+        if why is not None:
+            raise _refuse(sock, own_id, p.ERR_DUPLICATE, why, peer)
     common = features & hello.features
     _send(sock, p.encode_frame(p.AuthOk(common), src=own_id, dst=p.DST_ROUTER), "AUTH_OK", peer)
     _expect(sock, own_id, p.MSG_AUTH_OK, peer, deadline)
     sock.settimeout(None)
-    return PeerIdentity(peer, common)
+    return PeerIdentity(peer, common, kind)

@@ -21,7 +21,9 @@ Optional tuning keys: ``ping_interval`` (s, default 0.2: heartbeat PING period),
 ``shard_heartbeat`` ("auto" (default): ping the local shard once it has sent its router a
 PING or PONG; "on": from REGISTER; "off": never), ``busy_poll_us`` (us, default 200; 0 = no
 busy polling) and ``busy_poll_cpu`` (fraction of one CPU that spinning may use, default 0.5);
-see `dataloop.py` and docs/protocol.md "Liveness".
+see `dataloop.py` and docs/protocol.md "Liveness". ``data_path`` ("router" (default):
+every frame between shards goes through the routers; "direct": the routers hand their shards
+authenticated direct links, docs/protocol.md "Direct shard links").
 The secret is NOT part of the config; see `auth.py`.
 """
 
@@ -54,8 +56,10 @@ _KNOWN_KEYS = {
     "shard_heartbeat",
     "busy_poll_us",
     "busy_poll_cpu",
+    "data_path",
 }
 SHARD_HEARTBEAT_MODES = ("auto", "on", "off")
+DATA_PATHS = ("router", "direct")
 
 
 class ConfigError(ValueError):
@@ -78,6 +82,7 @@ class RouterConfig:
     shard_heartbeat: str = "auto"
     busy_poll_us: float = 200.0
     busy_poll_cpu: float = 0.5
+    data_path: str = "router"
 
     @property
     def shard_socket(self) -> Path:
@@ -101,6 +106,7 @@ class RouterConfig:
             "shard_heartbeat": self.shard_heartbeat,
             "busy_poll_us": self.busy_poll_us,
             "busy_poll_cpu": self.busy_poll_cpu,
+            "data_path": self.data_path,
         }
         if self.routes:
             out["routes"] = {
@@ -181,6 +187,9 @@ def config_from_data(data: Any) -> RouterConfig:
     bp_cpu = data.get("busy_poll_cpu", 0.5)
     if isinstance(bp_cpu, bool) or not isinstance(bp_cpu, int | float) or not 0 < bp_cpu <= 1:
         raise ConfigError(f"busy_poll_cpu must be a fraction of one CPU in (0, 1], not {bp_cpu!r}")
+    data_path = data.get("data_path", "router")
+    if data_path not in DATA_PATHS:
+        raise ConfigError(f"data_path must be one of {', '.join(DATA_PATHS)}, not {data_path!r}")
     features = data.get("features", p.FEATURES_KNOWN)
     if isinstance(features, bool) or not isinstance(features, int) or features < 0:
         raise ConfigError(f"features must be a non-negative integer, not {features!r}")
@@ -198,6 +207,7 @@ def config_from_data(data: Any) -> RouterConfig:
         shard_heartbeat=hb,
         busy_poll_us=float(bp_us),
         busy_poll_cpu=float(bp_cpu),
+        data_path=data_path,
     )
     if cfg.link_timeout <= cfg.ping_interval:
         raise ConfigError("link_timeout must be longer than ping_interval")

@@ -50,6 +50,8 @@ MSG_ERROR = 0x06
 MSG_REGISTER = 0x07
 MSG_REGISTER_OK = 0x08
 MSG_LINK_STATE = 0x09
+MSG_SHARD_FD = 0x0A
+MSG_DIRECT_UP = 0x0B
 # interrupts
 MSG_IRQ = 0x10
 MSG_EOI = 0x11
@@ -80,10 +82,19 @@ MSG_PAGE_INVALIDATE = 0x62
 
 # HELLO.role / REGISTER
 ROLE_ROUTER = 1
+ROLE_DATA = 2  # a router dialing a data connection for its shard's direct link
 
 # feature bits (HELLO.features, REGISTER.features, REGISTER_OK.features)
 FEAT_DSM = 0x0000000000000001  # sender understands PAGE_* (0x60..0x6F)
-FEATURES_KNOWN = FEAT_DSM
+FEAT_DIRECT = 0x0000000000000002  # sender takes direct shard links (SHARD_FD, DIRECT_UP)
+FEATURES_KNOWN = FEAT_DSM | FEAT_DIRECT
+
+# SHARD_FD.kind
+FD_STATS = 1  # a memfd holding the stats page
+FD_DIRECT = 2  # a connected, authenticated stream socket to SHARD_FD.peer_shard
+# one slot of the stats page: the router's per-link counters (see stats.Counters)
+STATS_NBUCKETS = 42 * 8
+STATS_SLOT_SIZE = 8 * (4 * 256 + STATS_NBUCKETS + 3)
 
 # IRQ.delivery_mode
 DM_FIXED = 0
@@ -523,6 +534,26 @@ class LinkState(Message):
     shard_id: int
     state: int
     reason: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class ShardFd(Message):
+    TYPE = MSG_SHARD_FD
+    NAME = "SHARD_FD"
+    LAYOUT = _layout("DQMsgShardFd", "u16 peer_shard", "u8 kind", "u8 reserved0", "u32 slot")
+    peer_shard: int
+    kind: int
+    slot: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class DirectUp(Message):
+    TYPE = MSG_DIRECT_UP
+    NAME = "DIRECT_UP"
+    LAYOUT = _layout("DQMsgDirectUp", "u16 shard_id", "u16 reserved0", "u32 reserved1")
+    shard_id: int
 
 
 @_register
@@ -1011,6 +1042,8 @@ _EXPORT_PREFIXES = (
     "PAGE_",
     "LINK_",
     "ERR_",
+    "FD_",
+    "STATS_",
 )
 _EXPORT_NAMES = (
     "MAGIC",

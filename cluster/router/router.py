@@ -49,10 +49,11 @@ from cluster.router._fastpath import (
     UD_NO_LOCAL,
     UD_NO_ROUTE,
 )
-from cluster.router.auth import HandshakeRefused, dialer_of, handshake
+from cluster.router.auth import HandshakeRefused, PeerIdentity, dialer_of, handshake
 from cluster.router.config import RouterConfig
 from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
+from cluster.router.direct import DirectLinks
 from cluster.router.loglimit import LogLimiter
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.shardproc import Sample, describe, peer_pid, sample
@@ -77,6 +78,12 @@ _TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness c
 # unauthenticated TCP connections being set up at once (each has a thread until its
 # handshake ends or times out); more are closed as soon as they are accepted
 MAX_INBOUND_HANDSHAKES = 16
+
+
+def _back_off(sid: int, backoff: dict[int, float], next_try: dict[int, float]) -> None:
+    """The next dial of ``sid`` waits twice as long as the last, 0.1 .. 2 s."""
+    backoff[sid] = min(_DIAL_MAX, max(_DIAL_MIN, backoff.get(sid, 0.0) * 2))
+    next_try[sid] = time.monotonic() + backoff[sid]
 
 
 class Router:
@@ -126,6 +133,7 @@ class Router:
             "local_shard_exited": 0,
             "local_shard_hung": 0,
             "remote_shard_down_reports": 0,
+            "direct_links_lost": 0,
         }
         for sid in self.routes.peers():
             self.peer_info[sid] = {"state": "down", "since": time.time(), "last_error": None}
@@ -138,6 +146,13 @@ class Router:
             "duplicate_links_refused": 0,
         }
         self._refusal_log = LogLimiter(log, "connection-refusal")
+        # direct shard links (data_path = "direct"): data connections and the stats page
+        self.direct = (
+            DirectLinks(self.id, list(self.routes.peers())) if cfg.data_path == "direct" else None
+        )
+        self._data_dialing: set[int] = set()
+        self._data_next: dict[int, float] = {}
+        self._data_backoff: dict[int, float] = {}
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -254,6 +269,8 @@ class Router:
                 if isinstance(key.data, ControlConnection):
                     key.data.sock.close()
             self._sel.close()
+        if self.direct is not None:
+            self.direct.close()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -407,6 +424,8 @@ class Router:
                     self._silence = sample(self._shard_pid(), now)
                 if now - local.last_ping >= self.cfg.ping_interval:
                     self._ping(local, self.id, now)
+        if self.direct is not None:
+            self._direct_housekeeping(links, now)
         for sid, addr in self.routes.peers().items():
             if sid in links or sid in self._dialing or addr is None:
                 continue
@@ -442,14 +461,20 @@ class Router:
 
     # --- link set-up ---------------------------------------------------------------------------
 
+    def _connect(
+        self, sid: int, addr: Address, failed: Callable[[int, str], None]
+    ) -> socket.socket | None:
+        try:
+            return connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
+        except OSError as e:
+            failed(sid, f"connect to {addr} failed: {e.strerror or e}")
+            return None
+
     def _dial_thread(self, sid: int, addr: Address) -> None:
         try:
-            try:
-                sock = connect_tcp(addr.host, addr.port, self.cfg.handshake_timeout)
-            except OSError as e:
-                self._dial_failed(sid, f"connect to {addr} failed: {e.strerror or e}")
-                return
-            self._peer_thread(sock, str(addr), sid)
+            sock = self._connect(sid, addr, self._dial_failed)
+            if sock is not None:
+                self._peer_thread(sock, str(addr), sid)
         finally:
             self._dialing.discard(sid)
 
@@ -458,9 +483,7 @@ class Router:
         if info.get("last_error") != reason:
             log.warning("shard %d: %s; retrying", sid, reason)
         info.update(state="down", last_error=reason)
-        backoff = min(_DIAL_MAX, max(_DIAL_MIN, self._dial_backoff.get(sid, 0.0) * 2))
-        self._dial_backoff[sid] = backoff
-        self._dial_next[sid] = time.monotonic() + backoff
+        _back_off(sid, self._dial_backoff, self._dial_next)
 
     def _inbound_thread(self, sock: socket.socket, addr: str) -> None:
         try:
@@ -484,18 +507,26 @@ class Router:
             "refused, not swapped in"
         )
 
+    def _handshake(self, sock: socket.socket, **kw: Any) -> PeerIdentity:
+        """`auth.handshake` as this router: its id, VM id, secret, features and timeout."""
+        return handshake(
+            sock,
+            own_id=self.id,
+            vm_id=self.cfg.vm_id,
+            secret=self._secret,
+            features=self.cfg.features,
+            timeout=self.cfg.handshake_timeout,
+            **kw,
+        )
+
     def _peer_thread(self, sock: socket.socket, addr: str, dialed: int | None) -> None:
         try:
-            ident = handshake(
+            ident = self._handshake(
                 sock,
-                own_id=self.id,
-                vm_id=self.cfg.vm_id,
-                secret=self._secret,
-                features=self.cfg.features,
                 is_peer=lambda s: s != self.id and self.routes.has_shard(s),
-                timeout=self.cfg.handshake_timeout,
                 dialed=dialed is not None,
                 admit=self._duplicate,
+                admit_data=self._admit_data if self.direct is not None else None,
             )
             if dialed is not None and ident.shard_id != dialed:
                 raise HandshakeRefused(
@@ -508,6 +539,9 @@ class Router:
             self._refused(addr, e, dialed)
             return
         sid = ident.shard_id
+        if ident.kind == p.ROLE_DATA:
+            self._data_conn_up(sid, sock, addr)
+            return
         with self._lock:
             if self._stopping.is_set():
                 sock.close()
@@ -516,6 +550,8 @@ class Router:
             if why is None:
                 link = self._data.link(sock, KIND_PEER, f"shard {sid} ({addr})", sid)
                 link.features = ident.features
+                if self.direct is not None:
+                    link.stats.extra = lambda d=self.direct, s=sid: d.counters(s)
                 self.peers[sid] = link
         if why is not None:  # another link for this peer came up during our handshake
             err = p.encode_frame(p.Error(p.ERR_DUPLICATE, why), src=self.id, dst=p.DST_ROUTER)
@@ -704,6 +740,8 @@ class Router:
                 self._notify_local(who, p.LINK_DOWN, link.down_code)
         elif link.kind == KIND_LOCAL and current and not stopping:
             self._local_lost(link, reason)
+        if link.kind == KIND_LOCAL and current and self.direct is not None:
+            self.direct.local_lost()
         for src, rid, _t0, _t in pend:
             target = self.local if src == self.id else self.peers.get(src)
             if target is None:
@@ -771,6 +809,91 @@ class Router:
             info.pop("shard_down", None)
             log.info("shard %d is back (reported by its router)", sid)
         self._notify_local(sid, msg.state, msg.reason)
+
+    # --- direct shard links (data_path = "direct"; direct.py) ----------------------------------
+
+    def _direct_housekeeping(self, links: dict[int, Link], now: float) -> None:
+        """Dial the data connections we dial, and hand the local shard what it lacks."""
+        assert self.direct is not None
+        local = self.local
+        if local is None or local.closed or not local.features & p.FEAT_DIRECT:
+            return
+        for sid, link in links.items():
+            if (
+                dialer_of(self.id, sid) != self.id
+                or link.closed
+                or not link.features & p.FEAT_DIRECT
+                or sid in self._data_dialing
+                or now < self._data_next.get(sid, 0.0)
+                or not self.direct.wants_dial(sid)
+            ):
+                continue
+            addr = self.routes.peers().get(sid)
+            if addr is None:
+                continue
+            self._data_dialing.add(sid)
+            self._spawn(self._data_dial_thread, f"data-dial-{sid}", sid, addr)
+        self._hand_off()
+
+    def _data_dial_thread(self, sid: int, addr: Address) -> None:
+        try:
+            sock = self._connect(sid, addr, self._data_dial_failed)
+            if sock is None:
+                return
+            try:
+                ident = self._handshake(
+                    sock,
+                    is_peer=lambda s: s == sid,
+                    dialed=True,
+                    kind=p.ROLE_DATA,
+                )
+            except HandshakeRefused as e:
+                sock.close()
+                self._data_dial_failed(sid, e.reason)
+                return
+            self._data_backoff[sid] = 0.0
+            self._data_conn_up(ident.shard_id, sock, str(addr))
+        finally:
+            self._data_dialing.discard(sid)
+
+    def _data_dial_failed(self, sid: int, reason: str) -> None:
+        log.info("data connection to shard %d: %s; retrying", sid, reason)
+        _back_off(sid, self._data_backoff, self._data_next)
+
+    def _admit_data(self, sid: int) -> tuple[int, str] | None:
+        assert self.direct is not None
+        return self.direct.refusal(sid, self.local)
+
+    def _data_conn_up(self, sid: int, sock: socket.socket, addr: str) -> None:
+        assert self.direct is not None
+        if self._stopping.is_set() or not self.direct.add(sid, sock):
+            sock.close()
+            return
+        log.info("data connection to shard %d up (%s)", sid, addr)
+        self._hand_off()
+
+    def _hand_off(self) -> None:
+        assert self.direct is not None
+        for sid in self.direct.hand_off(self.local):
+            log.info("direct link to shard %d handed to the local shard", sid)
+            self.events.append({"t": time.time(), "event": "direct_link_up", "shard": sid})
+
+    def _direct_link_lost(self, msg: p.LinkState) -> None:
+        """LINK_STATE from our own shard: its direct link to ``msg.shard_id`` failed. The
+        router decides, as for every loss: it tells its shard LINK_STATE DOWN."""
+        sid = msg.shard_id
+        if msg.state != p.LINK_DOWN or not self.routes.has_shard(sid) or sid == self.id:
+            log.warning("dropped LINK_STATE from the local shard about shard %d", sid)
+            return
+        self.liveness["direct_links_lost"] += 1
+        cause = "direct link lost"
+        self.peer_info.setdefault(sid, {})["direct_down"] = {
+            "cause": cause, "code": p.ERR_LINK_DOWN, "since": time.time()
+        }  # fmt: skip
+        log.error("shard %d is unreachable: the local shard's direct link to it failed", sid)
+        self.events.append({"t": time.time(), "event": "shard_down", "shard": sid,
+                            "cause": cause})  # fmt: skip
+        self._notify_local(sid, p.LINK_DOWN, p.ERR_LINK_DOWN)
 
     # --- the data path: what the C engine hands to Python (dataloop.py) ----------------------
 
@@ -900,6 +1023,9 @@ class Router:
         if f.type == p.MSG_LINK_STATE and not local and isinstance(msg, p.LinkState):
             self._peer_link_state(link, msg)
             return
+        if f.type == p.MSG_LINK_STATE and local and isinstance(msg, p.LinkState):
+            self._direct_link_lost(msg)
+            return
         if f.is_reply and f.type == p.MSG_PONG and isinstance(msg, p.Pong):
             rtt_us = round((time.monotonic_ns() - msg.t_send) / 1000.0, 1)
             if local:
@@ -995,6 +1121,8 @@ class Router:
             "liveness": dict(self.liveness),
             "handshakes": self._handshake_counts(),
             "data_loop": self._data.stats(),
+            "data_path": self.cfg.data_path,
+            "direct_links": self.direct.counted() if self.direct is not None else [],
         }
 
     def _handshake_counts(self) -> dict[str, int]:
@@ -1023,6 +1151,8 @@ class Router:
         for sid_s, info in peer_out.items():
             if "shard_down" in info:
                 down.append({"shard": int(sid_s), **info["shard_down"]})
+            elif "direct_down" in info:
+                down.append({"shard": int(sid_s), **info["direct_down"]})
             elif info["state"] != "up" and info.get("last_error"):
                 cause = info.get("cause") or "router unreachable"
                 down.append({"shard": int(sid_s), "cause": cause, "detail": info["last_error"]})
@@ -1030,12 +1160,23 @@ class Router:
             hb = "on" if self._shard_hb else "off (waiting for the shard's first PING/PONG)"
             if self.cfg.shard_heartbeat == "off":
                 hb = "off (config)"
+        # with data_path = "direct", a shard that takes direct links has them all before the
+        # VM may run (so that a run measures one data path), from every peer that can
+        direct = self.direct.handed() if self.direct is not None else []
+        direct_ok = (
+            self.direct is None
+            or local is None
+            or not local.features & p.FEAT_DIRECT
+            or all(s in direct for s, lk in peers.items() if lk.features & p.FEAT_DIRECT)
+        )
         return {
             "vm_id": self.cfg.vm_id,
             "shard_id": self.id,
             "listen": str(self.listen_addr),
             "uptime_s": round(time.time() - self.started_at, 3),
-            "ok": local is not None and all_up and not down,
+            "ok": local is not None and all_up and not down and direct_ok,
+            "data_path": self.cfg.data_path,
+            "direct_links": direct,
             "local": {
                 "connected": local is not None,
                 "pid": self.local_pid if local is not None else None,

@@ -81,6 +81,22 @@ class Counters:
         h = 1024 + _NBUCKETS
         self.latency = LatencyHistogram(v[1024:h].tolist(), v[h], v[h + 1], v[h + 2])
 
+    def add(self, other: Counters) -> None:
+        """Add ``other`` (e.g. a shard's direct link to the same peer) into this copy."""
+        for mine, theirs in (
+            (self.rx_msgs, other.rx_msgs),
+            (self.rx_bytes, other.rx_bytes),
+            (self.tx_msgs, other.tx_msgs),
+            (self.tx_bytes, other.tx_bytes),
+            (self.latency.buckets, other.latency.buckets),
+        ):
+            for i, v in enumerate(theirs):
+                mine[i] += v
+        lat, o = self.latency, other.latency
+        lat.count += o.count
+        lat.sum_ns += o.sum_ns
+        lat.max_ns = max(lat.max_ns, o.max_ns)
+
     def totals(self) -> tuple[int, int, int, int]:
         return (sum(self.rx_msgs), sum(self.rx_bytes), sum(self.tx_msgs), sum(self.tx_bytes))
 
@@ -88,10 +104,12 @@ class Counters:
 class LinkStats:
     """A link's figures: counters read from the data path, drops counted by the router."""
 
-    __slots__ = ("_last", "_read", "created", "drop_reasons", "dropped", "rates")
+    __slots__ = ("_last", "_read", "created", "drop_reasons", "dropped", "extra", "rates")
 
     def __init__(self, read: Callable[[], Counters] = Counters) -> None:
         self._read = read
+        # counters kept elsewhere for the same peer (the shard's direct link), added in
+        self.extra: Callable[[], Counters | None] | None = None
         self.dropped = 0
         self.drop_reasons: dict[str, int] = {}
         self.created = time.monotonic()
@@ -104,7 +122,11 @@ class LinkStats:
         self._last: tuple[float, int, int, int, int] = (self.created, 0, 0, 0, 0)
 
     def counters(self) -> Counters:
-        return self._read()
+        c = self._read()
+        more = self.extra() if self.extra is not None else None
+        if more is not None:
+            c.add(more)
+        return c
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -114,7 +136,7 @@ class LinkStats:
         """Called about once a second by the router's housekeeping loop."""
         now = time.monotonic() if now is None else now
         t0, a0, b0, c0, d0 = self._last
-        a, b, c, d = self._read().totals()
+        a, b, c, d = self.counters().totals()
         dt = now - t0
         if dt <= 0:
             return
@@ -127,7 +149,7 @@ class LinkStats:
         self._last = (now, a, b, c, d)
 
     def snapshot(self) -> dict[str, Any]:
-        c = self._read()
+        c = self.counters()
         per_type: dict[str, dict[str, int]] = {}
         for t in range(256):
             if c.rx_msgs[t] or c.tx_msgs[t]:

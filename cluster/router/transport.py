@@ -69,6 +69,12 @@ class Link:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         return bool(self._engine.send(self.handle, data))
 
+    def send_fd(self, frame: bytes, fd: int) -> bool:
+        """Send one frame carrying ``fd`` (SCM_RIGHTS), in order with what is queued. False
+        means not now (something is queued, the data loop does not serve the link yet, or
+        the socket is full): try again later."""
+        return bool(self._engine.send_fd(self.handle, frame, fd))
+
     def close(self, reason: str, code: int | None = None) -> bool:
         """Close the link (idempotent). Returns True for the call that closed it, which
         also sets ``down_code`` (the LINK_STATE reason) if ``code`` is given. The data

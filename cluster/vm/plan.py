@@ -60,6 +60,7 @@ class RouterPlan:
     listen_port: int  # 0: any free port (the router reports the real one)
     peers: tuple[int, ...]  # the other shards' ids; their addresses come from the hosts
     vcpu_routes: tuple[tuple[int, int], ...]  # (vCPU index, its shard)
+    data_path: str = "router"  # the spec's vm.data_path: "router" or "direct"
 
     @property
     def shard_socket(self) -> str:
@@ -83,6 +84,7 @@ class RouterPlan:
             "socket_dir": f"{run_dir.rstrip('/')}/{self.socket_dir}",
             "peers": {str(p): got.get(p) for p in self.peers},
             "routes": {"vcpus": {str(c): s for c, s in self.vcpu_routes}},
+            "data_path": self.data_path,
         }
 
 
@@ -175,6 +177,7 @@ def make_plan(
                 listen_port=router_port,
                 peers=tuple(o.id for o in spec.shards if o.id != s.id),
                 vcpu_routes=routes,
+                data_path=spec.data_path,
             )
         serial = SERIAL_SOCKET if s.id == spec.io_shard else None
         qmp = f"shard{s.id}.qmp"

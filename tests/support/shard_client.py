@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from cluster.router.router import Router
 
 Dest = int | str
+# everything but direct links: this client reads its router socket without taking
+# descriptors (SCM_RIGHTS), so it must not ask for them
+CLIENT_FEATURES = p.FEATURES_KNOWN & ~p.FEAT_DIRECT
 
 
 class ShardClient:
@@ -54,7 +57,7 @@ class ShardClient:
         shard_id: int,
         *,
         threaded: bool = True,
-        features: int = p.FEATURES_KNOWN,
+        features: int = CLIENT_FEATURES,
         register_timeout: float = 5.0,
         routes: RoutingTable | None = None,
         heartbeat: bool = False,
@@ -95,7 +98,7 @@ class ShardClient:
         *,
         threaded: bool = True,
         timeout: float = 5.0,
-        features: int = p.FEATURES_KNOWN,
+        features: int = CLIENT_FEATURES,
         routes: RoutingTable | None = None,
         heartbeat: bool = False,
     ) -> ShardClient:

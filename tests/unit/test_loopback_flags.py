@@ -81,3 +81,11 @@ def test_spec_excludes_option_flags() -> None:
     assert proc.stderr.strip() == (
         "dqemu: error: --spec cannot be combined with --cpu, --no-reboot"
     )
+
+
+def test_data_path_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DQEMU_DATA_PATH", raising=False)
+    assert flags("--kernel", "guest:cloud").data_path == "router"
+    assert flags("--kernel", "guest:cloud", "--data-path", "direct").data_path == "direct"
+    with pytest.raises(SystemExit):
+        flags("--kernel", "guest:cloud", "--data-path", "rdma")

@@ -177,3 +177,17 @@ def test_iommu_devices_must_share_its_shard() -> None:
 def test_iommu_must_be_on_io_shard() -> None:
     msg = _err(IOMMU.replace('intremap=on"\nshard = 0', 'intremap=on"\nshard = 1'))
     assert msg.startswith("vm.toml:21: device[0].shard: intel-iommu must be on the I/O shard (0")
+
+
+def test_data_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DQEMU_DATA_PATH", raising=False)
+    assert parse_spec(GOOD).data_path == "router"
+    direct = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "direct"')
+    assert parse_spec(direct).data_path == "direct"
+    assert "vm.data_path: 'rdma' is not one of router, direct" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "rdma"')
+    )
+    monkeypatch.setenv("DQEMU_DATA_PATH", "direct")
+    assert parse_spec(GOOD).data_path == "direct"  # the default of a spec that names none
+    router = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "router"')
+    assert parse_spec(router).data_path == "router"
