@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,11 @@ def built() -> None:
 def no_leftovers() -> Iterator[None]:
     """Fail the test if a process it started, or a dqemu shm file, outlives it."""
     before = {p.name for p in Path("/dev/shm").glob("dqemu-*")}
-    yield
+    ours = _Descendants().start()
+    try:
+        yield
+    finally:
+        ours.stop()
     left = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -78,10 +84,44 @@ def no_leftovers() -> Iterator[None]:
     shm = sorted(
         name
         for name in {p.name for p in Path("/dev/shm").glob("dqemu-*")} - before
-        if not _maker_alive(Path("/dev/shm") / name)
+        if not _maker_alive(Path("/dev/shm") / name) and _maker_pid(name) in ours.pids
     )
     assert not left, f"processes left behind: {left}"
     assert not shm, f"shared memory left behind: {shm}"
+
+
+class _Descendants:
+    """Every pid that this test process and its children started while a test ran
+    (sampled every 0.2 s; a launcher lives for seconds at least). RAM files of other
+    launchers on the machine (another engineer's, killed meanwhile) are not the test's."""
+
+    def __init__(self) -> None:
+        self.pids = {os.getpid()}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="descendants", daemon=True)
+
+    def start(self) -> _Descendants:
+        self._look()
+        self._thread.start()
+        return self
+
+    def _look(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.pids.update(c.pid for c in psutil.Process().children(recursive=True))
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            self._look()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self._look()
+
+
+def _maker_pid(name: str) -> int:
+    pid = name.split("-")[1]
+    return int(pid) if pid.isdigit() else -1
 
 
 def _maker_alive(path: Path) -> bool:

@@ -74,6 +74,7 @@ def test_router_config_leaves_out_secret_and_peer_addresses() -> None:
         "socket_dir": "/run/x/router1",
         "peers": {"0": None},
         "routes": {"vcpus": {"0": 0, "1": 0, "2": 1, "3": 1}},
+        "data_path": "router",
     }
     assert "secret" not in str(cfg)
     assert r.config("/run/x", "h", {0: "10.0.0.1:7"})["peers"] == {"0": "10.0.0.1:7"}
