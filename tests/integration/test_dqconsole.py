@@ -6,8 +6,9 @@ busy guest loop on vCPU 1 showing in that vCPU's CPU%, forwarding counters risin
 from the command palette (every shard's own QMP says paused), resume by key, a lost
 control connection shown and recovered, destroy by key declined at its question, then
 destroy from the palette confirmed and the VM's end on screen. A second VM loses shard 1's
-QEMU to SIGKILL: its panel turns red naming the cause, and the VM's end shows. A name that
-is not running is a state on screen, not a traceback.
+QEMU to SIGKILL: its panel turns red naming the cause, and the VM's end shows. A third
+VM's launcher is SIGKILLed under the console: the VM shows as ended (gone), no QEMU is
+left. A name that is not running is a state on screen, not a traceback.
 """
 
 from __future__ import annotations
@@ -260,3 +261,34 @@ def test_a_killed_shard_turns_its_panel_red(vm: tuple[Ctl, str]) -> None:
         assert "exit 4" in str(screen.ended), screen.ended  # a shard died (exit_policy)
 
     run_app(DQConsole(name), body)
+
+
+def test_a_killed_launcher_is_a_state(vm: tuple[Ctl, str]) -> None:
+    """The VM's launcher is SIGKILLed while the console watches: its QEMUs die with it, and
+    the console shows the VM as ended (the registry reports it gone), with no traceback."""
+    ctl, name = vm
+    info = ctl.json("info", name)
+    qemus = [s["pid"] for s in info["shards"]]
+
+    async def body(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        screen: VMScreen = await until(
+            pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
+        )
+        panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
+        assert isinstance(panel, ShardPanel)
+        await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+        os.kill(info["launcher_pid"], signal.SIGKILL)
+        await until(pilot, "the VM's end", lambda: screen.ended, 120)
+        assert screen.state == "ended", screen.state
+        print(f"the console says: {screen.ended}")
+
+    run_app(DQConsole(name), body)
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in qemus):
+        assert time.monotonic() < deadline, "QEMU outlived its killed launcher"
+        time.sleep(0.2)
+    # the console's own look at the registry may already have removed the stale entry
+    assert [v["state"] for v in ctl.json("list", "--all")] in ([], ["gone"])
+    assert ctl.json("list", "--all") == []
+    ctl.run("cleanup")  # the namespaces of the killed launcher
