@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.vm_ctl import Ctl
+from tests.support.vm_ctl import Ctl, wait_dead
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -194,10 +194,7 @@ def test_killed_launcher_leaves_no_qemu(ctl: Ctl) -> None:
     launcher = info["launcher_pid"]
     qemus = [s["pid"] for s in info["shards"]]
     os.kill(launcher, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in qemus):
-        assert time.monotonic() < deadline, "QEMU outlived its killed launcher"
-        time.sleep(0.2)
+    wait_dead(qemus, "QEMU outlived its killed launcher")
     rows = ctl.json("list", "--all")
     assert [(v["name"], v["state"]) for v in rows] == [(name, "gone")]
     assert ctl.json("list", "--all") == []  # the stale entry was removed

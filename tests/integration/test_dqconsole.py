@@ -38,7 +38,7 @@ from dqconsole.screens.confirm import ConfirmScreen
 from dqconsole.screens.vm import VMScreen
 from dqconsole.widgets.serial_view import SerialView
 from dqconsole.widgets.shard_panel import ShardPanel
-from tests.support.vm_ctl import Ctl
+from tests.support.vm_ctl import Ctl, wait_dead
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -241,18 +241,24 @@ async def palette_command(pilot: Pilot[Any], search: str, label: str) -> None:
     await until(pilot, "the palette closed", lambda: not isinstance(app.screen, CommandPalette))
 
 
+async def shard_one_up(pilot: Pilot[Any]) -> tuple[VMScreen, ShardPanel]:
+    """The VM screen, once shard 1's panel shows it up."""
+    app = pilot.app
+    screen: VMScreen = await until(
+        pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
+    )
+    panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
+    assert isinstance(panel, ShardPanel)
+    await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+    return screen, panel
+
+
 def test_a_killed_shard_turns_its_panel_red(vm: tuple[Ctl, str]) -> None:
     ctl, name = vm
     info = ctl.json("info", name)
 
     async def body(pilot: Pilot[Any]) -> None:
-        app = pilot.app
-        screen: VMScreen = await until(
-            pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
-        )
-        panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
-        assert isinstance(panel, ShardPanel)
-        await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+        screen, panel = await shard_one_up(pilot)
         os.kill(info["shards"][1]["pid"], signal.SIGKILL)
         await until(pilot, "the red panel", lambda: panel.has_class("-down"))
         await until(pilot, "the cause", lambda: panel.cause)
@@ -271,23 +277,14 @@ def test_a_killed_launcher_is_a_state(vm: tuple[Ctl, str]) -> None:
     qemus = [s["pid"] for s in info["shards"]]
 
     async def body(pilot: Pilot[Any]) -> None:
-        app = pilot.app
-        screen: VMScreen = await until(
-            pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
-        )
-        panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
-        assert isinstance(panel, ShardPanel)
-        await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
+        screen, _panel = await shard_one_up(pilot)
         os.kill(info["launcher_pid"], signal.SIGKILL)
         await until(pilot, "the VM's end", lambda: screen.ended, 120)
         assert screen.state == "ended", screen.state
         print(f"the console says: {screen.ended}")
 
     run_app(DQConsole(name), body)
-    deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in qemus):
-        assert time.monotonic() < deadline, "QEMU outlived its killed launcher"
-        time.sleep(0.2)
+    wait_dead(qemus, "QEMU outlived its killed launcher")
     # the console's own look at the registry may already have removed the stale entry
     assert [v["state"] for v in ctl.json("list", "--all")] in ([], ["gone"])
     assert ctl.json("list", "--all") == []

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from tests.conftest import REPO, TEST_ENV, dqemu_cmd
 
@@ -34,3 +37,18 @@ class Ctl:
             dqemu_cmd(*args), cwd=REPO, env=self.env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_dead(pids: list[int], what: str, timeout: float = 30.0) -> None:
+    """Wait until none of ``pids`` runs (a zombie counts as ended); fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in pids):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
