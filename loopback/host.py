@@ -29,6 +29,7 @@ import psutil
 
 from cluster.errors import DqemuError
 from cluster.router.control import ControlError, control_call
+from cluster.router.shardproc import HUNG_MARK
 from cluster.vm.exit_policy import EXIT_SHARD_FAILED, last_words, log_tail
 from cluster.vm.host import (
     LastWords,
@@ -328,7 +329,7 @@ class LoopbackHost(ShardHost):
         child = next((c for c in self.sup.children if c.name == name), None)
         if child is None:
             return ""
-        hit = next((ln for ln in _log_lines(child) if " is silent; its threads: " in ln), "")
+        hit = next((ln for ln in _log_lines(child) if HUNG_MARK in ln), "")
         return hit[hit.index("local shard") :][:600] if "local shard" in hit else ""
 
     def ram_mapped(self) -> None:

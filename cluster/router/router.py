@@ -56,7 +56,7 @@ from cluster.router.dataloop import DataLoop, Event
 from cluster.router.direct import DirectLinks
 from cluster.router.loglimit import LogLimiter
 from cluster.router.routing import Address, RoutingTable
-from cluster.router.shardproc import Sample, describe, peer_pid, sample
+from cluster.router.shardproc import HUNG_LINE, Sample, describe, peer_pid, sample
 from cluster.router.transport import (
     KIND_LOCAL,
     KIND_PEER,
@@ -414,7 +414,7 @@ class Router:
                     f"for {silent:.2f} s (liveness timeout {timeout:g} s)"
                 )
                 # what the kernel says of each of its threads, so the log says why
-                log.error("local shard %d is silent; its threads: %s", self.id,
+                log.error(HUNG_LINE, self.id,
                           describe(self._shard_pid(), self._silence, now))  # fmt: skip
                 local.close(why, p.ERR_SHARD_HUNG)
             else:

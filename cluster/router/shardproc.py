@@ -15,6 +15,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+# the router's log line when it declares its shard hung; hosts look for it in that log
+HUNG_MARK = " is silent; its threads: "
+HUNG_LINE = "local shard %d" + HUNG_MARK + "%s"
+
 
 @dataclass(frozen=True)
 class ThreadInfo:
