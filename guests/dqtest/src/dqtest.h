@@ -182,6 +182,7 @@ struct cpu {
     void *volatile cmd_arg;
     volatile uint64_t cmd_seq;
     volatile uint64_t done_seq;
+    volatile uint64_t beat;          /* bumped once per round of a long command: progress */
     /* per-vector interrupt counts, written only by this CPU's handlers */
     volatile uint32_t vec_count[256];
     volatile uint32_t nmi_count;
@@ -197,6 +198,14 @@ static inline struct cpu *this_cpu(void)
     struct cpu *c;
     __asm__ volatile("movq %%gs:0, %0" : "=r"(c));
     return c;
+}
+
+/* A command that runs many rounds calls this once per round, so that the BSP
+ * can tell a CPU that is slow (its vCPU thread starved of host CPU) from one
+ * that has stopped. */
+static inline void smp_beat(void)
+{
+    this_cpu()->beat++;
 }
 void smp_init_bsp(void);
 void smp_boot_aps(void);

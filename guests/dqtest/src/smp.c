@@ -146,8 +146,12 @@ bool smp_call_async(unsigned cpu, void (*fn)(void *), void *arg)
     return true;
 }
 
-/* Wait for a posted command.  Commands bound their own loops by opt.timeout_ms,
- * so a CPU that takes far longer is declared dead and skipped from then on.
+/* Wait for a posted command.  Commands bound each wait by opt.timeout_ms and
+ * bump the CPU's beat once per round, so a CPU whose beat stands still far
+ * longer than that is declared dead and skipped from then on.  A CPU that
+ * still makes progress is only slow: on an overloaded host a command of a
+ * thousand two-CPU hand-offs can take minutes, each hand-off waiting for the
+ * host to schedule both vCPU threads (ci6 marked such a CPU dead after 40 s).
  * The BSP halts meanwhile (the AP kicks it when done; a LAPIC timer bounds
  * each HLT), so it does not compete for host CPU time with the CPUs under test. */
 bool smp_wait(unsigned cpu)
@@ -157,10 +161,16 @@ bool smp_wait(unsigned cpu)
         return true;
     uint64_t ms = opt.timeout_ms * 20 > 30000 ? opt.timeout_ms * 20 : 30000;
     uint64_t end = deadline_ms(ms);
+    uint64_t beat = __atomic_load_n(&c->beat, __ATOMIC_RELAXED);
     while (__atomic_load_n(&c->done_seq, __ATOMIC_ACQUIRE) != c->cmd_seq) {
+        uint64_t now_beat = __atomic_load_n(&c->beat, __ATOMIC_RELAXED);
+        if (now_beat != beat) {
+            beat = now_beat;
+            end = deadline_ms(ms);
+        }
         if (rdtsc() > end) {
             c->dead = 1;
-            kprintf("# cpu%u did not finish its command within %lu ms: marked dead\n", cpu, ms);
+            kprintf("# cpu%u made no progress on its command for %lu ms: marked dead\n", cpu, ms);
             return false;
         }
         if (opt.idle_poll) {

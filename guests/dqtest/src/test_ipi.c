@@ -198,6 +198,7 @@ static void pp_run(void *p)
     mfence();
     a->done = 0;
     for (size_t i = 0; i < a->n; i++) {
+        smp_beat();
         uint64_t before = READ_ONCE(me->pong_count);
         uint64_t t0 = rdtsc_ordered();
         lapic_send_ipi(t->apic_id, ICR_FIXED | VEC_PING);

@@ -33,6 +33,7 @@ static void mp_producer(void *p)
     struct mp_ctl *c = p;
     uint64_t to = wait_timeout();
     for (uint64_t i = 1; i <= c->n; i++) {
+        smp_beat();
         uint64_t t0 = rdtsc_ordered();
         for (unsigned j = 0; j < 8; j++)
             c->data[j] = i * 8 + j;
@@ -52,6 +53,7 @@ static void mp_consumer(void *p)
     struct mp_ctl *c = p;
     uint64_t to = wait_timeout();
     for (uint64_t i = 1; i <= c->n; i++) {
+        smp_beat();
         uint64_t t0 = rdtsc();
         while (c->flag != i)
             if (rdtsc() - t0 > to)
@@ -100,6 +102,7 @@ static void atom_worker(void *p)
         }
     uint64_t retries = 0;
     for (uint64_t i = 0; i < c->iters; i++) {
+        smp_beat();
         lock_xadd(&c->xadd_ctr, 1);
         uint64_t old;
         do {
@@ -178,6 +181,7 @@ static void sb_a(void *p)
     uint64_t to = wait_timeout();
     unsigned on_time = 0;
     for (uint64_t i = 1; i <= c->iters; i++) {
+        smp_beat();
         c->x = 0;
         c->y = 0;
         uint64_t late_before = c->late;
@@ -213,6 +217,7 @@ static void sb_b(void *p)
     struct sb_ctl *c = p;
     uint64_t to = wait_timeout();
     for (uint64_t i = 1; i <= c->iters; i++) {
+        smp_beat();
         uint64_t t0 = rdtsc();
         while (c->round != i)
             if (rdtsc() - t0 > to)

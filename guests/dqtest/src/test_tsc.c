@@ -24,6 +24,7 @@ static void tsc_pub(void *p)
     struct tsc_ctl *c = p;
     uint64_t to = ns_to_cycles(opt.timeout_ms * 1000000);
     for (uint64_t i = 1; i <= c->n; i++) {
+        smp_beat();
         c->val = rdtsc_ordered();
         c->seq = i;
         uint64_t t0 = rdtsc();
@@ -39,6 +40,7 @@ static void tsc_obs(void *p)
     uint64_t to = ns_to_cycles(opt.timeout_ms * 1000000);
     c->min_delta = INT64_MAX;
     for (uint64_t i = 1; i <= c->n; i++) {
+        smp_beat();
         uint64_t t0 = rdtsc();
         while (c->seq != i)
             if (rdtsc() - t0 > to)

@@ -68,6 +68,7 @@ static void xmc_writer(void *p)
             return;
         }
     for (uint32_t r = 1; r <= c->rounds; r++) {
+        smp_beat();
         xmc_set_imm(XMC_MAGIC + r);
         c->flag = r;                              /* release: after the code store */
         t0 = rdtsc();
@@ -87,6 +88,7 @@ static void xmc_executor(void *p)
     (void)fn();
     c->running = 1;
     for (uint32_t r = 1; r <= c->rounds; r++) {
+        smp_beat();
         uint64_t t0 = rdtsc();
         bool seen_early = false;
         while (c->flag != r) {
