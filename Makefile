@@ -14,7 +14,7 @@ demo: setup
 	$(DQEMU) loopback --spec examples/demo.toml
 
 test: setup lint
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest tests --durations=25
 
 unit:
 	@scripts/bootstrap
