@@ -72,7 +72,7 @@ def assert_full_pass(r: DqtestResult, output: str, machine: str = "q35") -> None
     assert count_checks(r, "apic ldr change") == 2 * VCPUS
     assert count_checks(r, "apic aliased xapic id") == VCPUS
     # pc-testdev on the last shard: its ISA line reaches the IOAPIC (issue 13 §2.1)
-    assert count_checks(r, "isairq ") == 3 * VCPUS
+    assert count_checks(r, "isairq ") == 4 * VCPUS
     # a VGA on the last shard: one CRTC whichever CPU uses it (issue 13 §2.6)
     assert count_checks(r, "vga crtc") == VCPUS * VCPUS
     # edu, pc-testdev, VGA and the IDE disk are there, so nothing is skipped. The disk

@@ -11,7 +11,12 @@
  *   IOAPIC deliver it again; the second time the handler lowers the line
  *   before its EOI: two interrupts per assertion, remote IRR clear after;
  * - masked level: a line raised while the pin is masked is delivered once
- *   when the pin is unmasked.
+ *   when the pin is unmasked;
+ * - level lowered by another CPU: the handler asks another CPU to lower the
+ *   line, waits until it has (in memory), and then EOIs.  The lowering must
+ *   be in effect at the IOAPIC before that EOI, although the two reach it
+ *   from different places (the device's and the handler's); else the IOAPIC
+ *   sees the line still high at the EOI and delivers it again.
  *
  * Every count is exact and no other CPU may take any.
  */
@@ -25,6 +30,10 @@
 
 static volatile uint32_t hold_high;   /* level: deliveries to leave the line high for */
 static volatile uint32_t lowered;     /* level: the handler lowered the line */
+
+static volatile uint32_t armed;       /* handoff: a raise not yet taken */
+static volatile uint32_t lower_req;   /* handoff: the handler asks the helper to lower */
+static volatile uint32_t lower_ack;   /* handoff: the helper has lowered the line */
 
 static void set_line(int level) { outb(TESTDEV_IRQ_PORT + ISA_TEST_IRQ, (uint8_t)level); }
 
@@ -67,6 +76,45 @@ static uint32_t remote_irr(uint32_t gsi)
     return (ioapic_read(idx, 0x10 + 2 * pin) >> 14) & 1;
 }
 
+/* handoff: the handler leaves the lowering to the helper CPU and waits for it */
+static void on_isa_handoff(struct frame *f)
+{
+    (void)f;
+    if (!__atomic_exchange_n(&armed, 0, __ATOMIC_ACQ_REL))
+        return; /* delivered again: the EOI overtook the lowering */
+    __atomic_store_n(&lower_req, 1, __ATOMIC_RELEASE);
+    uint64_t end = deadline_ms(opt.timeout_ms);
+    while (!__atomic_load_n(&lower_ack, __ATOMIC_ACQUIRE) && !expired(end))
+        cpu_relax();
+    __atomic_store_n(&lower_ack, 0, __ATOMIC_RELEASE);
+}
+
+struct handoff {
+    size_t rounds;
+    size_t done;
+};
+
+/* On the helper CPU: raise, lower when the handler asks, until it has seen that. */
+static void handoff_rounds(void *arg)
+{
+    struct handoff *h = arg;
+    for (size_t r = 0; r < h->rounds; r++) {
+        smp_beat();
+        __atomic_store_n(&armed, 1, __ATOMIC_RELEASE);
+        mfence();
+        set_line(1);
+        if (!wait_count(&lower_req, 1))
+            return;
+        lower_req = 0;
+        set_line(0);
+        __atomic_store_n(&lower_ack, 1, __ATOMIC_RELEASE);
+        uint64_t end = deadline_ms(opt.timeout_ms);
+        while (__atomic_load_n(&lower_ack, __ATOMIC_ACQUIRE) && !expired(end))
+            cpu_relax();
+        h->done++;
+    }
+}
+
 static uint32_t got[MAX_CPUS], expect[MAX_CPUS];
 
 /* Counts on every CPU after a settle; true if target got exactly n and the others none. */
@@ -96,6 +144,7 @@ static void reset_counts(void)
         cpus[i].vec_count[VEC_ISA] = 0;
     lowered = 0;
     hold_high = 0;
+    armed = lower_req = lower_ack = 0;
     mfence();
 }
 
@@ -174,6 +223,28 @@ void test_isairq(void)
         rirr = remote_irr(gsi);
         snprintf(d, sizeof(d), "isairq level gsi %u raised while masked -> cpu%u once on unmask%s", gsi, t,
                  rirr ? " (remote irr stuck)" : "");
+        verdict(ok && !rirr, d);
+        ioapic_route(gsi, VEC_ISA, dest, FLAGS_LEVEL_HIGH, true);
+
+        /* level, lowered by each other CPU in turn before the handler's EOI */
+        reset_counts();
+        irq_set_handler(VEC_ISA, on_isa_handoff);
+        ioapic_route(gsi, VEC_ISA, dest, FLAGS_LEVEL_HIGH, false);
+        size_t want = 0;
+        done = 0;
+        for (unsigned h = 0; h < ncpus; h++) {
+            struct handoff ho = {.rounds = rounds / 2 ? rounds / 2 : 1};
+            if (h == t || cpus[h].dead)
+                continue;
+            want += ho.rounds;
+            smp_call(h, handoff_rounds, &ho);
+            done += ho.done;
+        }
+        set_line(0);
+        ok = exact_on(t, (uint32_t)done) && done == want;
+        rirr = remote_irr(gsi);
+        snprintf(d, sizeof(d), "isairq level gsi %u -> cpu%u lowered by another cpu before the eoi: once (%zu/%zu%s)",
+                 gsi, t, done, want, rirr ? ", remote irr stuck" : "");
         verdict(ok && !rirr, d);
         ioapic_route(gsi, VEC_ISA, dest, FLAGS_LEVEL_HIGH, true);
     }
