@@ -89,7 +89,7 @@ class VMSpec:
     nodes: tuple[NumaNode, ...] = ()  # the NUMA nodes the guest sees (one: no -numa)
     # how frames cross between shards: "router" (through both routers) or "direct" (the
     # routers hand each pair of shards an authenticated connection; docs/protocol.md)
-    data_path: str = "router"
+    data_path: str = "direct"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -99,8 +99,8 @@ class VMSpec:
 
 
 DATA_PATHS = ("router", "direct")
-DEFAULT_DATA_PATH = "router"
-# DQEMU_DATA_PATH=direct makes "direct" the default of every spec that names none (to run
+DEFAULT_DATA_PATH = "direct"
+# DQEMU_DATA_PATH=router makes "router" the default of every spec that names none (to run
 # the whole test suite on either path without editing it)
 DATA_PATH_ENV = "DQEMU_DATA_PATH"
 

@@ -169,7 +169,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--data-path", choices=DATA_PATHS, default=None,
         help="frames between shards go through the routers, or on direct shard-to-shard "
-        "links the routers set up (default: the spec's vm.data_path, else router); "
+        "links the routers set up (default: the spec's vm.data_path, else direct); "
         "may override a --spec",
     )  # fmt: skip
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")

@@ -87,15 +87,20 @@ def assert_full_pass(r: DqtestResult, output: str, machine: str = "q35") -> None
     assert int(tsc["max_backward_ns"]) <= int(tsc["bound_ns"]), tsc
 
 
+# The default data path (direct) everywhere but on 2 shards with pc, which keeps the
+# router path (the fallback) covered by the whole suite.
 @pytest.mark.parametrize(
-    ("shards", "machine"), [(1, "q35"), (1, "pc"), (2, "q35"), (2, "pc"), (4, "q35")]
+    ("shards", "machine", "data_path"),
+    [(1, "q35", None), (1, "pc", None), (2, "q35", None), (2, "pc", "router"), (4, "q35", None)],
 )
-def test_dqtest_passes(qemu: Path, kernel: Path, shards: int, machine: str) -> None:
+def test_dqtest_passes(
+    qemu: Path, kernel: Path, shards: int, machine: str, data_path: str | None
+) -> None:
     if shards > 1 and not has_shard_series(qemu):
         pytest.skip("needs the shard patch series")
     run = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=f"iters={ITERS}", vcpus=VCPUS,
-        machine=machine, timeout=TIMEOUT,
+        machine=machine, timeout=TIMEOUT, data_path=data_path,
     )  # fmt: skip
     assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
     assert run.result.complete, f"exit {run.returncode}: {run.stderr}\n{run.output[-2000:]}"

@@ -85,7 +85,7 @@ def test_spec_excludes_option_flags() -> None:
 
 def test_data_path_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DQEMU_DATA_PATH", raising=False)
-    assert flags("--kernel", "guest:cloud").data_path == "router"
-    assert flags("--kernel", "guest:cloud", "--data-path", "direct").data_path == "direct"
+    assert flags("--kernel", "guest:cloud").data_path == "direct"
+    assert flags("--kernel", "guest:cloud", "--data-path", "router").data_path == "router"
     with pytest.raises(SystemExit):
         flags("--kernel", "guest:cloud", "--data-path", "rdma")

@@ -181,13 +181,13 @@ def test_iommu_must_be_on_io_shard() -> None:
 
 def test_data_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DQEMU_DATA_PATH", raising=False)
-    assert parse_spec(GOOD).data_path == "router"
-    direct = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "direct"')
-    assert parse_spec(direct).data_path == "direct"
+    assert parse_spec(GOOD).data_path == "direct"
+    router = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "router"')
+    assert parse_spec(router).data_path == "router"
     assert "vm.data_path: 'rdma' is not one of router, direct" in _err(
         GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "rdma"')
     )
-    monkeypatch.setenv("DQEMU_DATA_PATH", "direct")
-    assert parse_spec(GOOD).data_path == "direct"  # the default of a spec that names none
-    router = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "router"')
-    assert parse_spec(router).data_path == "router"
+    monkeypatch.setenv("DQEMU_DATA_PATH", "router")
+    assert parse_spec(GOOD).data_path == "router"  # the default of a spec that names none
+    direct = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "direct"')
+    assert parse_spec(direct).data_path == "direct"

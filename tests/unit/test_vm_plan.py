@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cluster.qemu_cmdline import BootFiles
 from cluster.spec import parse_cpu_list, parse_spec
 from cluster.vm.plan import LOCAL_HOST, VMPlan, make_plan
@@ -62,7 +64,10 @@ def test_two_shards_paths_are_relative_to_the_run_directory() -> None:
     assert "null" in _opt(plan.shards[1].argv, "-serial")
 
 
-def test_router_config_leaves_out_secret_and_peer_addresses() -> None:
+def test_router_config_leaves_out_secret_and_peer_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DQEMU_DATA_PATH", raising=False)
     plan = _plan(_shards("0-1", "2-3"), router_port=7100)
     r = plan.shards[1].router
     assert r is not None
@@ -74,7 +79,7 @@ def test_router_config_leaves_out_secret_and_peer_addresses() -> None:
         "socket_dir": "/run/x/router1",
         "peers": {"0": None},
         "routes": {"vcpus": {"0": 0, "1": 0, "2": 1, "3": 1}},
-        "data_path": "router",
+        "data_path": "direct",
     }
     assert "secret" not in str(cfg)
     assert r.config("/run/x", "h", {0: "10.0.0.1:7"})["peers"] == {"0": "10.0.0.1:7"}
