@@ -25,7 +25,11 @@ MECHANISMS: dict[str, str] = {
     "PCI_CFG_READ": "pci_cfg_read",
     "COMMAND": "command",
     "CLOCK_REQ": "clock",
-    "PAGE_REQ": "dsm_page",
+    # memory_mode "dsm": requests that move or take away a page (docs/dsm.md §12)
+    "PAGE_REQ": "page",
+    "PAGE_UPGRADE": "page",
+    "PAGE_RECALL": "page",
+    "PAGE_INVALIDATE": "page",
 }
 
 

@@ -30,7 +30,7 @@ class ShardPaths:
 
     qmp: Path  # the launcher's own QMP socket
     serial: Path | None  # the console socket, on the shard that owns the serial port
-    ram: tuple[Path, ...]  # guest RAM backing files (one per NUMA node), shared by all shards
+    ram: tuple[Path, ...]  # guest RAM files (one per NUMA node) every shard maps; () in dsm
     router: Path | None  # the local router's shard socket (None: an unsharded VM)
     user_qmp: Path | None = None  # a second QMP socket for operators and tests
 
@@ -126,7 +126,17 @@ def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
         f"dqemu-shard,id=dqemu,shard={shard},router={router},cpumap={cpumap},"
         f"default-owner={spec.io_shard},timeout-ms={FORWARD_TIMEOUT_MS}"
     )
+    if spec.memory_mode == "dsm":
+        obj += f",dsm=on,dsm-homes={dsm_homes(spec)}"
     return f"{obj},owners={owners}" if owners else obj
+
+
+def dsm_homes(spec: VMSpec) -> str:
+    """The home shard of each memory backend (docs/dsm.md §2.2): the shard of its NUMA
+    node; "-" (2 MiB stripes over every shard) when one node spans several shards."""
+    if len(spec.nodes) == 1 and len(spec.shards) > 1:
+        return "-"
+    return ":".join(str(node.shard) for node in spec.nodes)
 
 
 def shard_argv(
@@ -165,6 +175,17 @@ def shard_argv(
     return argv + list(spec.qemu_args) + list(spec.shards[shard].qemu_args)
 
 
+def ram_backend(spec: VMSpec, paths: ShardPaths, node: int) -> str:
+    """The memory backend of NUMA node ``node``: its RAM file, mapped shared by every
+    shard, or in ``dsm`` mode this shard's own anonymous RAM (docs/dsm.md §1: ``merge=off``
+    keeps KSM from merging write-protected pages, ``reserve=off`` keeps N shards on one
+    host from each accounting for the whole guest up front)."""
+    size = f"id=ram{node},size={spec.nodes[node].mib}M"
+    if spec.memory_mode == "dsm":
+        return f"memory-backend-ram,{size},share=off,prealloc=off,merge=off,reserve=off"
+    return f"memory-backend-file,{size},mem-path={paths.ram[node]},share=on"
+
+
 def _machine_args(spec: VMSpec, paths: ShardPaths) -> list[str]:
     """-machine, -cpu, the RAM backends and NUMA nodes, -no-reboot: the same on every shard."""
     machine = ",".join(x for x in (spec.machine, spec.machine_options) if x)
@@ -175,14 +196,12 @@ def _machine_args(spec: VMSpec, paths: ShardPaths) -> list[str]:
         return [
             *argv,
             "-machine", f"{machine},memory-backend=ram0",
-            "-object", f"memory-backend-file,id=ram0,size={spec.nodes[0].mib}M,"
-                       f"mem-path={paths.ram[0]},share=on",
+            "-object", ram_backend(spec, paths, 0),
         ]  # fmt: skip
     argv += ["-machine", machine]
     for i, node in enumerate(spec.nodes):
         argv += [
-            "-object", f"memory-backend-file,id=ram{i},size={node.mib}M,"
-                       f"mem-path={paths.ram[i]},share=on",
+            "-object", ram_backend(spec, paths, i),
             "-numa", f"node,nodeid={i},{_cpulist(node.vcpus)},memdev=ram{i}",
         ]  # fmt: skip
     return argv

@@ -8,6 +8,7 @@ reports the first problem as a :class:`SpecError` that names the key and its lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import tomllib
@@ -90,6 +91,9 @@ class VMSpec:
     # how frames cross between shards: "router" (through both routers) or "direct" (the
     # routers hand each pair of shards an authenticated connection; docs/protocol.md)
     data_path: str = "direct"
+    # guest RAM: "shared" (one RAM file per NUMA node mapped by every shard, one host only)
+    # or "dsm" (private RAM per shard kept coherent page by page; docs/dsm.md)
+    memory_mode: str = "shared"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -103,6 +107,19 @@ DEFAULT_DATA_PATH = "direct"
 # DQEMU_DATA_PATH=router makes "router" the default of every spec that names none (to run
 # the whole test suite on either path without editing it)
 DATA_PATH_ENV = "DQEMU_DATA_PATH"
+
+
+MEMORY_MODES = ("shared", "dsm")
+# What reaches guest RAM behind the host MMU's back, or pins it, cannot be kept coherent by
+# userfaultfd faults (docs/dsm.md §1 rule 3): device models refused in memory_mode "dsm"
+DSM_REFUSED_DEVICES = ("vhost-", "vfio-", "ivshmem", "virtio-mem", "virtio-pmem")
+# drive options that make the block layer pin guest pages (O_DIRECT, native AIO, io_uring)
+DSM_REFUSED_DRIVE_OPTIONS = (
+    ("cache", "none"),
+    ("cache.direct", "on"),
+    ("aio", "native"),
+    ("aio", "io_uring"),
+)
 
 
 def default_data_path() -> str:
@@ -300,6 +317,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "numa": bool,
             "io_shard": int,
             "data_path": str,
+            "memory_mode": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -424,6 +442,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     options = _vm_options(r, vm, shards, devices)
 
     _check_iommu(r, devices, io_shard)
+    memory_mode = vm.get("memory_mode", "shared")
+    _check_memory_mode(r, memory_mode, shards, devices, options)
 
     return VMSpec(
         name=name,
@@ -437,8 +457,74 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         devices=tuple(devices),
         source=Path(r.origin) if base is not None else None,
         data_path=data_path,
+        memory_mode=memory_mode,
         **options,
     )
+
+
+def _check_memory_mode(
+    r: _Reader,
+    mode: str,
+    shards: list[ShardSpec],
+    devices: list[DeviceSpec],
+    options: dict[str, Any],
+) -> None:
+    """docs/dsm.md §1: shards on different hosts need "dsm"; "dsm" refuses what would
+    reach guest RAM behind the host MMU's back or add memory backends of its own."""
+    if mode not in MEMORY_MODES:
+        raise r.fail("vm", None, "memory_mode", f"{mode!r} is not one of {', '.join(MEMORY_MODES)}")
+    first = shards[0]
+    other = next((s for s in shards if s.host != first.host), None)
+    if other is not None and mode != "dsm":
+        where = f"{first.host or 'this machine'}, {other.host or 'this machine'}"
+        raise r.fail(
+            "vm",
+            None,
+            "memory_mode",
+            f"shards {first.id} and {other.id} are on different hosts ({where}): "
+            f'memory_mode must be "dsm", not "{mode}"',
+        )
+    if mode != "dsm":
+        return
+    for i, d in enumerate(devices):
+        model = d.args.split(",", 1)[0].strip()
+        if d.kind == "device" and model.startswith(DSM_REFUSED_DEVICES):
+            raise r.fail(
+                "device",
+                i,
+                d.kind,
+                f"{model} reaches guest RAM behind the host MMU: "
+                'not allowed with memory_mode "dsm"',
+            )
+        if d.kind == "drive":
+            opts = dict(o.partition("=")[::2] for o in d.args.split(","))
+            for key, value in DSM_REFUSED_DRIVE_OPTIONS:
+                if opts.get(key, "").strip() == value:
+                    raise r.fail(
+                        "device",
+                        i,
+                        d.kind,
+                        f"{key}={value} pins guest pages (O_DIRECT or asynchronous I/O): "
+                        'not allowed with memory_mode "dsm"',
+                    )
+    extra = [*options.get("qemu_args", ()), *(a for s in shards for a in s.qemu_args)]
+    if any("memory-backend" in a for a in extra):
+        raise r.fail(
+            "vm", None, "memory_mode", 'qemu_args that add memory backends do not work with "dsm"'
+        )
+
+
+def with_memory_mode(spec: VMSpec, mode: str) -> VMSpec:
+    """``spec`` with its memory mode overridden (``--memory-mode`` over a ``--spec``),
+    checked as the spec's own key would be."""
+    _check_memory_mode(
+        flag_reader(_FLAG_KEYS),
+        mode,
+        list(spec.shards),
+        list(spec.devices),
+        {"qemu_args": spec.qemu_args},
+    )
+    return dataclasses.replace(spec, memory_mode=mode)
 
 
 # [vm] keys of the guest-visible machine options (cluster/vm_options.py checks them).
@@ -566,6 +652,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "machine"): "--machine",
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
+    ("vm", "memory_mode"): "--memory-mode",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
     ("vm", "sockets"): "--sockets",
@@ -650,6 +737,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "memory": ns.memory,
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
+            **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
             **_vm_option_flags(ns),
         },
         "boot": boot,

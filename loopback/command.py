@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
-from cluster.spec import DATA_PATHS, DEVICE_KINDS, load_spec, spec_from_flags
+from cluster.spec import (
+    DATA_PATHS,
+    DEVICE_KINDS,
+    MEMORY_MODES,
+    load_spec,
+    spec_from_flags,
+    with_memory_mode,
+)
 from cluster.vm.registry import check_name
 from loopback.detach import detach, log_to_registry
 from loopback.terminal import console_terminal, interactive
@@ -60,6 +67,8 @@ def _run(ns: argparse.Namespace) -> int:
         spec = load_spec(ns.spec)
         if ns.data_path is not None:
             spec = dataclasses.replace(spec, data_path=ns.data_path)
+        if ns.memory_mode is not None:
+            spec = with_memory_mode(spec, ns.memory_mode)
     else:
         if ns.vcpus is None:
             ns.vcpus = 1
@@ -171,6 +180,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="frames between shards go through the routers, or on direct shard-to-shard "
         "links the routers set up (default: the spec's vm.data_path, else direct); "
         "may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--memory-mode", choices=MEMORY_MODES, default=None,
+        help="guest RAM: one RAM file every shard maps (shared), or private RAM per shard "
+        "kept coherent page by page (dsm; docs/dsm.md); default: the spec's "
+        "vm.memory_mode, else shared; may override a --spec",
     )  # fmt: skip
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
     p.add_argument(

@@ -312,6 +312,7 @@ def dqtest_spec(
     disk: Path | None = None,
     timeout: float = 300,
     data_path: str | None = None,
+    memory_mode: str | None = None,
 ) -> VMSpec:
     """dqtest's VM: debug-exit, edu (MSI/INTx) and an IDE disk on ``disk`` (if given) on
     shard 0; pc-testdev (ISA IRQ lines) and a VGA on the last shard, which is not the
@@ -327,7 +328,8 @@ def dqtest_spec(
         devices.append({"device": "ide-hd,drive=dqdisk,bus=ide.0", "shard": 0})
     data = {
         "vm": {"vcpus": vcpus, "memory": memory_mib, "machine": machine}
-        | ({"data_path": data_path} if data_path else {}),
+        | ({"data_path": data_path} if data_path else {})
+        | ({"memory_mode": memory_mode} if memory_mode else {}),
         "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},
         "shard": placement,
         "device": devices,
@@ -348,6 +350,7 @@ def run_dqtest(
     msi_device: bool = True,
     ide_disk: bool = True,
     data_path: str | None = None,
+    memory_mode: str | None = None,
 ) -> DqtestRun:
     """Boot dqtest with the loopback launcher and parse its output; nothing outlives it.
     With ``ide_disk`` the VM has a scratch IDE disk (1 MiB, deleted afterwards)."""
@@ -361,7 +364,7 @@ def run_dqtest(
         spec = dqtest_spec(
             kernel, shards=shards, append=append, vcpus=vcpus, memory_mib=memory_mib,
             machine=machine, msi_device=msi_device, disk=disk, timeout=timeout,
-            data_path=data_path,
+            data_path=data_path, memory_mode=memory_mode,
         )  # fmt: skip
         vm = LoopbackVM(spec, qemu=qemu, console=console).run()
     text = console.getvalue().decode(errors="replace")

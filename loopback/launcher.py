@@ -149,7 +149,11 @@ class LoopbackVM(VMOrchestrator):
         boot = resolve_boot(self.spec)
         # the firmware boots a disk when there is no kernel
         kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
-        check_memory(self.spec.memory_mib)
+        check_memory(
+            self.spec.memory_mib,
+            memory_mode=self.spec.memory_mode,
+            shards=len(self.spec.shards),
+        )
         qemu = self.qemu or ensure_qemu()
         if len(self.spec.shards) > 1:
             check_dqemu_build(qemu)

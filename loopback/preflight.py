@@ -47,14 +47,26 @@ def host_memory_mib() -> int:
     raise DqemuError("cannot read the host's memory size from /proc/meminfo")
 
 
-def check_memory(memory_mib: int, shm: Path = Path("/dev/shm")) -> None:
-    """Guest RAM must fit in the host's RAM (refused), and should fit in /dev/shm, where
-    its backing file lives (warned: a guest that touches more gets SIGBUS)."""
+def check_memory(
+    memory_mib: int, shm: Path = Path("/dev/shm"), *, memory_mode: str = "shared", shards: int = 1
+) -> None:
+    """Guest RAM must fit in the host's RAM (refused). In ``shared`` mode it should fit in
+    /dev/shm, where its backing file lives (warned: a guest that touches more gets SIGBUS);
+    in ``dsm`` mode there is no file, but each of the shards on this host may end up
+    holding a copy of every page (warned when they would not fit together)."""
     host = host_memory_mib()
     if memory_mib > host:
         raise DqemuError(
             f"guest memory {_size(memory_mib)} is more than this host's RAM ({_size(host)})"
         )
+    if memory_mode == "dsm":
+        if memory_mib * shards > host:
+            print(
+                f"dqemu: warning: {shards} shards of {_size(memory_mib)} each may hold a copy "
+                f"of every page, more than this host's RAM ({_size(host)})",
+                file=sys.stderr,
+            )
+        return
     st = os.statvfs(shm)
     free = st.f_bavail * st.f_frsize >> 20
     if memory_mib > free:

@@ -234,7 +234,7 @@ class NodeActor:
 
         boot = resolve_boot(spec)
         kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
-        check_memory(spec.memory_mib)
+        check_memory(spec.memory_mib, memory_mode=spec.memory_mode, shards=len(spec.shards))
         qemu = ensure_qemu()
         if len(spec.shards) > 1:
             check_dqemu_build(qemu)

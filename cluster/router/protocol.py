@@ -77,6 +77,9 @@ MSG_CLOCK_REPLY = 0x49
 MSG_PAGE_REQ = 0x60
 MSG_PAGE_REPLY = 0x61
 MSG_PAGE_INVALIDATE = 0x62
+MSG_PAGE_UPGRADE = 0x63
+MSG_PAGE_GRANT = 0x64
+MSG_PAGE_RECALL = 0x65
 
 # --- enumerations carried in bodies ----------------------------------------------------------
 
@@ -150,6 +153,10 @@ CLOCK_QEMU_VIRTUAL = 1
 PAGE_ACCESS_READ = 1
 PAGE_ACCESS_WRITE = 2
 PAGE_SIZE = 4096
+
+# PAGE_GRANT.result
+PAGE_GRANT_OK = 0
+PAGE_GRANT_NEED_DATA = 1
 
 # LINK_STATE.state
 LINK_DOWN = 0
@@ -803,6 +810,35 @@ class PageInvalidate(Message):
     gpa: int
 
 
+@_register
+@dataclass(frozen=True, slots=True)
+class PageUpgrade(Message):
+    TYPE = MSG_PAGE_UPGRADE
+    NAME = "PAGE_UPGRADE"
+    LAYOUT = _layout("DQMsgPageUpgrade", "u64 gpa")
+    gpa: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class PageGrant(Message):
+    TYPE = MSG_PAGE_GRANT
+    NAME = "PAGE_GRANT"
+    LAYOUT = _layout("DQMsgPageGrant", "u64 gpa", "u32 result", "u32 reserved0")
+    gpa: int
+    result: int
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class PageRecall(Message):
+    TYPE = MSG_PAGE_RECALL
+    NAME = "PAGE_RECALL"
+    LAYOUT = _layout("DQMsgPageRecall", "u64 gpa", "u32 access", "u32 reserved0")
+    gpa: int
+    access: int
+
+
 # request type -> reply type (a reply may instead be an ERROR body with FLAG_ERROR)
 REPLY_TYPE: dict[int, int] = {
     MSG_PING: MSG_PONG,
@@ -816,6 +852,9 @@ REPLY_TYPE: dict[int, int] = {
     MSG_MEMMAP_SYNC: MSG_MEMMAP_SYNC,
     MSG_RUNSTATE: MSG_RUNSTATE,  # a run-state query; the reply carries the state
     MSG_PAGE_REQ: MSG_PAGE_REPLY,
+    MSG_PAGE_INVALIDATE: MSG_PAGE_INVALIDATE,  # the echo says the copy is dropped
+    MSG_PAGE_UPGRADE: MSG_PAGE_GRANT,
+    MSG_PAGE_RECALL: MSG_PAGE_REPLY,
 }
 
 TYPE_NAMES: dict[int, str] = {t: c.NAME for t, c in MESSAGES.items()}

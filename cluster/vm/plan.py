@@ -161,7 +161,12 @@ def make_plan(
         return Path(run_dir) / name if str(run_dir) else Path(name)
 
     sharded = len(spec.shards) > 1
-    ram = tuple(RamFile(f"ram{i}", mib) for i, mib in enumerate(numa_nodes(spec)))
+    # dsm: every shard has private RAM, so there is no file to make
+    ram = (
+        tuple(RamFile(f"ram{i}", mib) for i, mib in enumerate(numa_nodes(spec)))
+        if spec.memory_mode == "shared"
+        else ()
+    )
     routes = tuple((c, spec.shard_of_vcpu(c)) for c in range(spec.vcpus))
     shards = []
     for s in spec.shards:

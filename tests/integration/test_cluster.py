@@ -183,7 +183,10 @@ vcpus = "1"
 
 def test_a_spec_that_spans_nodes_is_refused(cluster: lc.ClusterState, tmp_path: Path) -> None:
     spec = tmp_path / "span.toml"
-    spec.write_text(SPEC.format(name="span", host0="node1", host1='host = "node2"'))
+    # shards on two hosts need memory_mode "dsm" (a spec error otherwise); Ray placement
+    # still keeps a VM on one node
+    text = SPEC.format(name="span", host0="node1", host1='host = "node2"')
+    spec.write_text(text.replace('memory = "256M"', 'memory = "256M"\nmemory_mode = "dsm"'))
     env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
     t0 = time.monotonic()
     proc = subprocess.run(

@@ -188,3 +188,30 @@ def test_shadow_drive_is_acceptable_to_every_front_end() -> None:
     # on the owner too); one that already is a snapshot is not made one twice.
     for args in ("file=/c.iso,if=none,id=c,read-only=on", "file=/d.img,id=d,snapshot=on"):
         assert shadow_drive(args) == f"{args},file.locking=off"
+
+
+def test_dsm_gives_every_shard_private_ram() -> None:
+    spec = parse_spec(SPEC.replace('memory = "1000M"', 'memory = "1000M"\nmemory_mode = "dsm"'))
+    paths = ShardPaths(Path("/r/s1.qmp"), None, (), Path("/r/router1/shard.sock"))
+    args = shard_argv(Path("/q"), spec, 1, paths, BOOT)
+    backends = [o for o in opt(args, "-object") if o.startswith("memory-backend")]
+    assert backends == [
+        f"memory-backend-ram,id=ram{i},size=500M,share=off,prealloc=off,merge=off,reserve=off"
+        for i in range(2)
+    ]
+    assert not any("/dev/shm" in a or "mem-path" in a for a in args)
+    shard = [o for o in opt(args, "-object") if o.startswith("dqemu-shard")]
+    assert shard[0].endswith(",dsm=on,dsm-homes=0:1,owners=dqdev1@1")
+
+
+def test_dsm_homes_striped_without_numa() -> None:
+    spec = parse_spec(
+        SPEC.replace('memory = "1000M"', 'memory = "1000M"\nmemory_mode = "dsm"\nnuma = false')
+    )
+    paths = ShardPaths(Path("/r/s0.qmp"), None, (), Path("/r/router0/shard.sock"))
+    shard = [
+        o
+        for o in opt(shard_argv(Path("/q"), spec, 0, paths, BOOT), "-object")
+        if o.startswith("dqemu-shard")
+    ]
+    assert "dsm-homes=-" in shard[0]

@@ -191,3 +191,52 @@ def test_data_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_spec(GOOD).data_path == "router"  # the default of a spec that names none
     direct = GOOD.replace('memory = "1G"', 'memory = "1G"\ndata_path = "direct"')
     assert parse_spec(direct).data_path == "direct"
+
+
+def test_memory_mode() -> None:
+    assert parse_spec(GOOD).memory_mode == "shared"
+    dsm = GOOD.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    assert parse_spec(dsm).memory_mode == "dsm"
+    assert "vm.memory_mode: 'numa' is not one of shared, dsm" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "numa"')
+    )
+
+
+def test_shards_on_different_hosts_need_dsm() -> None:
+    two_hosts = GOOD.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\nhost = "node-b"')
+    msg = _err(two_hosts)
+    assert "vm.memory_mode: shards 0 and 1 are on different hosts (this machine, node-b)" in msg
+    assert 'memory_mode must be "dsm", not "shared"' in msg
+    dsm = two_hosts.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    assert parse_spec(dsm).shards[1].host == "node-b"
+    # one host named on every shard is one host: shared is fine
+    same = two_hosts.replace('vcpus = "0-1"', 'vcpus = "0-1"\nhost = "node-b"')
+    assert parse_spec(same).memory_mode == "shared"
+
+
+@pytest.mark.parametrize(
+    ("kind", "args", "why"),
+    [
+        ("device", "vhost-vsock-pci,guest-cid=3", "vhost-vsock-pci reaches guest RAM"),
+        ("device", "ivshmem-plain,memdev=m", "ivshmem-plain reaches guest RAM"),
+        ("drive", "file=/d.img,if=none,id=d,cache=none", "cache=none pins guest pages"),
+        ("drive", "file=/d.img,if=none,id=d,aio=io_uring", "aio=io_uring pins guest pages"),
+    ],
+)
+def test_dsm_refuses_what_bypasses_the_host_mmu(kind: str, args: str, why: str) -> None:
+    spec = GOOD.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    spec += f'[[device]]\n{kind} = "{args}"\nshard = 0\n'
+    msg = _err(spec)
+    assert f"device[1].{kind}: {why}" in msg
+    assert 'not allowed with memory_mode "dsm"' in msg
+    # the same device is fine with shared memory
+    parse_spec(spec.replace('memory_mode = "dsm"', 'memory_mode = "shared"'))
+
+
+def test_dsm_refuses_extra_memory_backends() -> None:
+    spec = GOOD.replace(
+        'memory = "1G"',
+        'memory = "1G"\nmemory_mode = "dsm"\n'
+        'qemu_args = ["-object", "memory-backend-ram,id=m,size=1M"]',
+    )
+    assert "qemu_args that add memory backends" in _err(spec)

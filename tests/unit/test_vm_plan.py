@@ -99,7 +99,7 @@ def test_router_config_is_accepted_by_the_router() -> None:
 
 
 def test_four_shards_bsp_last_and_spec_hosts() -> None:
-    text = _shards("0", "1", "2", "3").replace(
+    text = _shards("0", "1", "2", "3", extra='memory_mode = "dsm"').replace(
         '[[shard]]\nid = 2\nvcpus = "2"\n', '[[shard]]\nid = 2\nvcpus = "2"\nhost = "node-b"\n'
     )
     plan = _plan(text)
@@ -150,3 +150,12 @@ def test_numa_one_ram_file_per_node() -> None:
 def test_qmp_dir_adds_an_operator_socket() -> None:
     plan = _plan(_shards("0", "1"), qmp_dir="/srv/qmp")
     assert "unix:/srv/qmp/shard1.qmp,server=on,wait=off" in _opt(plan.shards[1].argv, "-qmp")
+
+
+def test_dsm_has_no_ram_file() -> None:
+    plan = _plan(_shards("0-1", "2-3", extra='memory_mode = "dsm"'))
+    assert plan.ram == ()
+    for s in plan.shards:
+        objs = _opt(s.argv, "-object")
+        assert not any("mem-path" in o for o in objs)
+        assert sum(o.startswith("memory-backend-ram,") for o in objs) == 2
