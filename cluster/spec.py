@@ -90,6 +90,9 @@ class VMSpec:
     # how frames cross between shards: "router" (through both routers) or "direct" (the
     # routers hand each pair of shards an authenticated connection; docs/protocol.md)
     data_path: str = "router"
+    # what the routers' peer links run on: "tcp", or "rdma" (RC queue pairs; docs/protocol.md
+    # "RDMA links"), which fails before the VM starts where no RDMA device is usable
+    transport: str = "tcp"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -99,6 +102,7 @@ class VMSpec:
 
 
 DATA_PATHS = ("router", "direct")
+TRANSPORTS = ("tcp", "rdma")
 DEFAULT_DATA_PATH = "router"
 # DQEMU_DATA_PATH=direct makes "direct" the default of every spec that names none (to run
 # the whole test suite on either path without editing it)
@@ -300,6 +304,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "numa": bool,
             "io_shard": int,
             "data_path": str,
+            "transport": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -384,6 +389,13 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         raise r.fail(
             "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
         )
+    transport = vm.get("transport", "tcp")
+    if transport not in TRANSPORTS:
+        raise r.fail(
+            "vm", None, "transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}"
+        )
+    if transport == "rdma" and data_path == "direct":
+        raise r.fail("vm", None, "transport", '"rdma" needs data_path "router"')
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -437,6 +449,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         devices=tuple(devices),
         source=Path(r.origin) if base is not None else None,
         data_path=data_path,
+        transport=transport,
         **options,
     )
 
@@ -566,6 +579,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "machine"): "--machine",
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
+    ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
     ("vm", "sockets"): "--sockets",
@@ -650,6 +664,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "memory": ns.memory,
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
+            **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },
         "boot": boot,

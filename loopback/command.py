@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
-from cluster.spec import DATA_PATHS, DEVICE_KINDS, load_spec, spec_from_flags
+from cluster.spec import DATA_PATHS, DEVICE_KINDS, TRANSPORTS, load_spec, spec_from_flags
 from cluster.vm.registry import check_name
 from loopback.detach import detach, log_to_registry
 from loopback.terminal import console_terminal, interactive
@@ -60,6 +60,8 @@ def _run(ns: argparse.Namespace) -> int:
         spec = load_spec(ns.spec)
         if ns.data_path is not None:
             spec = dataclasses.replace(spec, data_path=ns.data_path)
+        if ns.transport is not None:
+            spec = dataclasses.replace(spec, transport=ns.transport)
     else:
         if ns.vcpus is None:
             ns.vcpus = 1
@@ -170,6 +172,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--data-path", choices=DATA_PATHS, default=None,
         help="frames between shards go through the routers, or on direct shard-to-shard "
         "links the routers set up (default: the spec's vm.data_path, else router); "
+        "may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--transport", choices=TRANSPORTS, default=None,
+        help="what the routers' links run on: tcp, or rdma (RC queue pairs; fails before the "
+        "VM starts if no RDMA device is usable; default: the spec's vm.transport, else tcp); "
         "may override a --spec",
     )  # fmt: skip
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")

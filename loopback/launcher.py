@@ -38,7 +38,13 @@ from cluster.vm.exit_policy import (
 from cluster.vm.orchestrator import Silence, VMOrchestrator, VMResult
 from cluster.vm.plan import make_plan
 from loopback.host import ROUTER_PORT, LoopbackHost
-from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
+from loopback.preflight import (
+    check_memory,
+    check_transport,
+    kernel_kind,
+    silence_ends_run,
+    silence_limit,
+)
 
 __all__ = [
     "EXIT_DESTROYED",
@@ -150,6 +156,7 @@ class LoopbackVM(VMOrchestrator):
         # the firmware boots a disk when there is no kernel
         kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
         check_memory(self.spec.memory_mib)
+        check_transport(self.spec.transport, len(self.spec.shards))
         qemu = self.qemu or ensure_qemu()
         if len(self.spec.shards) > 1:
             check_dqemu_build(qemu)

@@ -63,7 +63,9 @@ def _check_build() -> None:
     src = Path(__file__).with_name("_fastpath.c")
     if not src.exists():
         return  # installed without sources
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    # setup.py hashes _fastpath.c and the _rdma.c it includes
+    data = src.read_bytes() + src.with_name("_rdma.c").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
     if digest != _fastpath.SOURCE_HASH:
         raise ImportError(
             f"{_fastpath.__file__} was built from another version of {src} "
@@ -95,10 +97,12 @@ class DataLoop:
 
     # --- from any thread ---------------------------------------------------------------------
 
-    def link(self, sock: socket.socket, kind: str, name: str, peer_id: int) -> Link:
+    def link(
+        self, sock: socket.socket, kind: str, name: str, peer_id: int, handle: int | None = None
+    ) -> Link:
         """A link on ``sock``: it can send at once; `add` makes the loop read it and route
-        frames to it."""
-        return Link(self.engine, sock, kind, name, peer_id)
+        frames to it. ``handle``: one the engine made already (`rdma.connect_rdma`)."""
+        return Link(self.engine, sock, kind, name, peer_id, handle)
 
     def start(self, name: str) -> None:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -43,9 +43,22 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condit
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# DQEMU_TEST_TRANSPORT=rdma runs the router tests' meshes over RDMA links (inside the RDMA
+# test host, tests/integration/test_rdma.py), with DQEMU_TEST_RDMA_DEVICE as the device
+TRANSPORT_ENV = "DQEMU_TEST_TRANSPORT"
+
+
+def transport_config() -> dict[str, Any]:
+    """The router config keys that choose the transport the tests run over."""
+    if os.environ.get(TRANSPORT_ENV, "tcp") != "rdma":
+        return {}
+    return {"transport": "rdma", "rdma_device": os.environ.get("DQEMU_TEST_RDMA_DEVICE", "")}
+
+
 def router_config(
     shard: int, ids: list[int], tmp: Path, ports: dict[int, int], vm_id: str = "vm1", **extra: Any
 ) -> dict[str, Any]:
+    extra = {**transport_config(), **extra}
     return {
         "vm_id": vm_id,
         "shard_id": shard,
