@@ -26,7 +26,8 @@ every frame between shards goes through the routers; "direct": the routers hand 
 authenticated direct links, docs/protocol.md "Direct shard links").
 ``transport`` ("tcp" (default) or "rdma": peer links are RC queue pairs set up over the
 authenticated TCP connection, docs/protocol.md "RDMA links"), with ``rdma_device`` (default
-"": the first device with an active port), ``rdma_port`` (1) and ``rdma_gid_index`` (0: on rxe, the link-local RoCE v2 GID).
+"": the first device with an active port), ``rdma_port`` (1) and ``rdma_gid_index`` (0: on
+rxe, the link-local RoCE v2 GID).
 The secret is NOT part of the config; see `auth.py`.
 """
 

@@ -36,7 +36,9 @@ its CPU (often the very client or shard it waits for) runs at once. The CPU time
 spinning (the thread's own CPU time, so not the time sched_yield() gave to other tasks) is
 capped at ``busy_poll_cpu`` of one CPU per 100 ms (once reached, the loop blocks for the
 rest of those 100 ms), and an idle router never spins: it only spins after traffic.
-``busy_poll_us = 0`` turns spinning off.
+``busy_poll_us = 0`` turns spinning off. RDMA links (`_rdma.c`) are polled in the same
+window: each spin round also polls their completion queues, and when the loop sleeps their
+completion channels' fds wake it, in the same epoll set.
 """
 
 from __future__ import annotations

@@ -1141,6 +1141,7 @@ class Router:
             "handshakes": self._handshake_counts(),
             "data_loop": self._data.stats(),
             "data_path": self.cfg.data_path,
+            "transport": self.cfg.transport,
             "direct_links": self.direct.counted() if self.direct is not None else [],
         }
 
@@ -1195,6 +1196,7 @@ class Router:
             "uptime_s": round(time.time() - self.started_at, 3),
             "ok": local is not None and all_up and not down and direct_ok,
             "data_path": self.cfg.data_path,
+            "transport": self.cfg.transport,
             "direct_links": direct,
             "local": {
                 "connected": local is not None,

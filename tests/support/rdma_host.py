@@ -38,6 +38,7 @@ MODULES = (
 )
 RXE_DEVICES = ("rxe0", "rxe1")
 DONE_FILE = "rdma-host.status"
+LOG_FILE = "rdma-host.log"
 
 
 class RdmaHostUnavailable(Exception):
@@ -67,7 +68,7 @@ def generic_kernel() -> Path:
     return sorted(found)[-1]
 
 
-def _setup_script(command: list[str], status_file: Path) -> str:
+def _setup_script(command: list[str], status_file: Path, log_file: Path) -> str:
     mods = " ".join(MODULES)
     cmd = " ".join(shlex.quote(c) for c in command)
     return f"""set -u
@@ -78,19 +79,22 @@ for m in {mods}; do
   insmod "$f" 2>/dev/null || grep -q "^$(basename $m) " /proc/modules || fail "cannot load $m"
 done
 ip link set lo up
+# no duplicate address detection: a tentative link-local address can't resolve a path
+# (RTR fails with "Connection timed out")
+sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
 ip link add dqr0 type veth peer name dqr1 || fail "cannot add the veth pair"
 ip link set dqr0 up && ip link set dqr1 up || fail "cannot bring the veth pair up"
 rdma link add {RXE_DEVICES[0]} type rxe netdev dqr0 || fail "cannot add {RXE_DEVICES[0]}"
 rdma link add {RXE_DEVICES[1]} type rxe netdev dqr1 || fail "cannot add {RXE_DEVICES[1]}"
 # the link-local GIDs appear once IPv6 has configured the addresses (DAD off: at once)
 for i in $(seq 50); do
-  ip -6 addr show dev dqr1 | grep -q "fe80.*scope link" && \\
-    ip -6 addr show dev dqr0 | grep -q "fe80.*scope link" && break
+  ip -6 addr show dev dqr1 | grep "fe80.*scope link" | grep -vq tentative && \\
+    ip -6 addr show dev dqr0 | grep "fe80.*scope link" | grep -vq tentative && break
   sleep 0.1
 done
 cd {shlex.quote(str(ROOT))}
 export PATH={shlex.quote(str(VENV_BIN))}:$PATH PYTHONPATH={shlex.quote(str(ROOT))} DQEMU_RDMA_HOST=1
-{cmd}
+{cmd} > {log_file} 2>&1
 echo $? > {status_file}
 """
 
@@ -112,7 +116,8 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
         rw = Path(tmp)
         status = rw / DONE_FILE
         script = rw / "run.sh"
-        script.write_text(_setup_script(command, status))
+        log = rw / LOG_FILE  # the command's output, readable while it runs
+        script.write_text(_setup_script(command, status, log))
         argv = [
             str(vng), "--force-9p", "--disable-kvm", "-r", str(kernel),
             "-m", memory, "--cpus", str(cpus), f"--rwdir={rw}",
@@ -132,11 +137,13 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
                 f"the RDMA test host did not finish within {timeout:.0f} s; it printed:\n"
                 + out[-4000:]
             ) from None
+        cmd_out = log.read_text(errors="replace") if log.exists() else ""
         if not status.exists():
             return HostRun(
-                proc.returncode or 98, out + "\nrdma-host: the guest ended before the command"
+                proc.returncode or 98,
+                out + cmd_out + "\nrdma-host: the guest ended before the command did",
             )
-        return HostRun(int(status.read_text().strip() or 97), out)
+        return HostRun(int(status.read_text().strip() or 97), cmd_out)
 
 
 def main() -> int:

@@ -34,8 +34,13 @@ def free_port() -> int:
         return port
 
 
+# DQEMU_TEST_TIMEOUT_SCALE stretches every wait_for: the RDMA test host runs these tests
+# under TCG, many times slower than this machine
+TIMEOUT_SCALE = float(os.environ.get("DQEMU_TEST_TIMEOUT_SCALE", "1"))
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
     while time.monotonic() < deadline:
         if cond():
             return

@@ -46,7 +46,7 @@ def test_spec_transport() -> None:
     boot = BootFiles(Path("/k"), None, "", linux=True)
     plan = make_plan(spec, qemu="/q", boot=boot, vm_id="t-1")  # type: ignore[arg-type]
     assert all(s.router.config("/run", "127.0.0.1")["transport"] == "rdma" for s in plan.shards)
-    with pytest.raises(SpecError, match="vm.transport: 'ib' is not one of tcp, rdma"):
+    with pytest.raises(SpecError, match=r"vm\.transport: 'ib' is not one of tcp, rdma"):
         parse_spec(SPEC.format(extra='transport = "ib"'), origin="vm.toml")
     with pytest.raises(SpecError, match='needs data_path "router"'):
         parse_spec(SPEC.format(extra='transport = "rdma"\ndata_path = "direct"'))
