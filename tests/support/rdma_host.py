@@ -93,7 +93,8 @@ for i in $(seq 50); do
   sleep 0.1
 done
 cd {shlex.quote(str(ROOT))}
-export PATH={shlex.quote(str(VENV_BIN))}:$PATH PYTHONPATH={shlex.quote(str(ROOT))} DQEMU_RDMA_HOST=1
+export PATH={shlex.quote(str(VENV_BIN))}:$PATH PYTHONPATH={shlex.quote(str(ROOT))}
+export PYTHONUNBUFFERED=1 DQEMU_RDMA_HOST=1
 {cmd} > {log_file} 2>&1
 echo $? > {status_file}
 """
