@@ -285,7 +285,7 @@ class Bench:
                 cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
             paths.append(self.tmp / f"r{i + 1}")
-        deadline = time.monotonic() + (60 if self.args.transport == "rdma" else 15)
+        deadline = time.monotonic() + (240 if self.args.transport == "rdma" else 15)  # TCG: slow
         while time.monotonic() < deadline:
             try:
                 h = control_call(paths[0] / "control.sock", "health", timeout=1)

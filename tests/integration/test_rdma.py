@@ -20,6 +20,7 @@ TCP_CASES = [
     "tests/unit/test_router_inprocess.py::test_request_reply_broadcast",
     "tests/unit/test_router_inprocess.py::test_control_api",
     "tests/unit/test_router_inprocess.py::test_peer_loss_reported",
+    "tests/unit/test_router_processes.py::test_kill9_fails_pending_requests_promptly",
 ]
 
 

@@ -8,13 +8,10 @@ failures, a peer that dies, a port that goes down."""
 from __future__ import annotations
 
 import logging
-import os
 import random
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +22,10 @@ from cluster.router import protocol as p
 from cluster.router.auth import handshake
 from cluster.router.config import config_from_data
 from cluster.router.router import Router
-from tests.support.requests import LinkLost
 from tests.support.shard_client import ShardClient
 from tests.unit._router_support import (
     SECRET,
     InProcessMesh,
-    RouterProcess,
-    free_port,
     router_config,
     wait_for,
 )
@@ -165,46 +159,11 @@ def _port_state(dev: str) -> str:
     return next(d for d in list_devices() if d.name == dev).ports[0].state
 
 
-def test_remote_router_killed(tmp_path: Path) -> None:
-    """A peer router that dies (SIGKILL) is reported at once, as "remote gone", and the
-    requests pending on the link fail at once instead of timing out."""
-    ports = {1: free_port(), 2: free_port()}
-    procs = [
-        RouterProcess(router_config(i, [1, 2], tmp_path, ports, **RDMA), tmp_path) for i in (1, 2)
-    ]
-    try:
-        for r in procs:
-            r.start()
-        wait_for(lambda: procs[0].control("health")["peers"]["2"]["state"] == "up", 30, "link up")
-        c1 = ShardClient.connect(procs[0].shard_socket, 1)
-        c2 = ShardClient.connect(procs[1].shard_socket, 2)
-        # no handler on shard 2: the requests wait in its inbox, pending on the link
-        errors: list[BaseException] = []
-
-        def ask() -> None:
-            try:
-                c1.request(2, p.PioReq(1, 1, 0, 0, 0), timeout=30)
-            except BaseException as e:
-                errors.append(e)
-
-        ts = [threading.Thread(target=ask) for _ in range(3)]
-        for t in ts:
-            t.start()
-        wait_for(
-            lambda: procs[0].control("health")["peers"]["2"].get("pending_requests") == 3,
-            20,
-            "3 pending",
-        )
-        assert procs[1].proc is not None
-        os.kill(procs[1].proc.pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        for t in ts:
-            t.join(20)
-        assert len(errors) == 3 and all(isinstance(e, LinkLost) for e in errors), errors
-        assert time.monotonic() - t0 < 5.0  # not a 30 s request timeout
-        wait_for(lambda: "remote gone" in procs[0].log(), 10, "the loss in the log")
-        c1.close()
-        c2.close()
-    finally:
-        for r in procs:
-            r.kill()
+def test_remote_gone_is_named(mesh2: InProcessMesh, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer router that goes away is seen on the RDMA link's TCP connection and named so;
+    a SIGKILLed one fails the requests pending on the link at once (the TCP case
+    test_kill9_fails_pending_requests_promptly, run over RDMA by test_rdma.py)."""
+    caplog.set_level(logging.INFO, logger="dqemu.router")
+    mesh2.routers[2].close()
+    wait_for(lambda: mesh2.routers[1].health()["peers"]["2"]["state"] != "up", 10, "loss")
+    assert "remote gone: the peer router closed the connection of its RDMA link" in caplog.text
