@@ -3,7 +3,7 @@ host (tests/integration/test_rdma.py boots it; tests/conftest.py leaves this fol
 elsewhere). The TCP router tests' request, broadcast, control and loss cases run there too,
 over RDMA (DQEMU_TEST_TRANSPORT=rdma); these are the cases that only an RDMA link has:
 frames cut across RDMA messages, credits running out and coming back, the set-up's
-failures, a peer that dies, a port that goes down."""
+failures, a peer that goes away, a port that goes down."""
 
 from __future__ import annotations
 
