@@ -36,9 +36,11 @@ run_bench() {{
 }}
 run_bench rdma
 run_bench tcp
-ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} > /tmp/pp-srv.txt 2>&1 &
-sleep 1
-ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} 127.0.0.1 2>&1 | sed "s/^/[verbs] /"
+timeout 600 ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} > /tmp/pp-srv.txt 2>&1 &
+# under TCG the server takes seconds to listen: wait for it (a client that comes too early
+# gives up, and the server would then wait for ever)
+for i in $(seq 120); do ss -ltn | grep -q ':18515 ' && break; sleep 0.5; done
+timeout 600 ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} 127.0.0.1 2>&1 | sed "s/^/[verbs] /"
 wait
 """
 
