@@ -12,6 +12,8 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
     see the same machine load) and in C (bench/pingpong.c, compiled now).
 (c) one-way throughput over one router link: small frames from A's client to a sink on B.
 
+``--transport rdma`` links the two routers by RDMA (the raw figures stay TCP's).
+
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
 (raw = the Python one-hop p50). Needs root for namespaces; ``--no-netns`` runs everything
 on 127.0.0.1 instead. Every process and namespace is cleaned up on every exit path.
@@ -259,6 +261,8 @@ class Bench:
                 cfg["busy_poll_us"] = self.args.busy_poll_us
             if self.args.busy_poll_cpu is not None:
                 cfg["busy_poll_cpu"] = self.args.busy_poll_cpu
+            if self.args.transport == "rdma":
+                cfg.update(transport="rdma", rdma_device=self.args.rdma_device)
             if not self.topo:  # on 127.0.0.1 pick free ports
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", 0))
@@ -281,7 +285,7 @@ class Bench:
                 cwd=ROOT, stdout=log, stderr=log,
             )  # fmt: skip
             paths.append(self.tmp / f"r{i + 1}")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (240 if self.args.transport == "rdma" else 15)  # TCG: slow
         while time.monotonic() < deadline:
             try:
                 h = control_call(paths[0] / "control.sock", "health", timeout=1)
@@ -445,6 +449,12 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=300_000, help="frames per throughput round")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds")
     ap.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 only")
+    ap.add_argument(
+        "--transport", choices=("tcp", "rdma"), default="tcp",
+        help="the routers' link (rdma: an RDMA device is needed, e.g. in the RDMA test host "
+        "that bench/rdma.py boots)",
+    )  # fmt: skip
+    ap.add_argument("--rdma-device", default="", help="with --transport rdma (default: first)")
     ap.add_argument("--busy-poll-us", type=float, help="routers' busy_poll_us (default: theirs)")
     ap.add_argument("--busy-poll-cpu", type=float, help="routers' busy_poll_cpu (default: theirs)")
     ap.add_argument(

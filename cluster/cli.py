@@ -21,6 +21,7 @@ SUBCOMMANDS: list[str] = [
     "cluster.router.command",
     "cluster.vm.commands",
     "cluster.ray.command",
+    "cluster.rdma_devices",
 ]
 
 

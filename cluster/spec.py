@@ -94,6 +94,9 @@ class VMSpec:
     # guest RAM: "shared" (one RAM file per NUMA node mapped by every shard, one host only)
     # or "dsm" (private RAM per shard kept coherent page by page; docs/dsm.md)
     memory_mode: str = "shared"
+    # what the routers' peer links run on: "tcp", or "rdma" (RC queue pairs; docs/protocol.md
+    # "RDMA links"), which fails before the VM starts where no RDMA device is usable
+    transport: str = "tcp"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -103,6 +106,7 @@ class VMSpec:
 
 
 DATA_PATHS = ("router", "direct")
+TRANSPORTS = ("tcp", "rdma")
 DEFAULT_DATA_PATH = "direct"
 # DQEMU_DATA_PATH=router makes "router" the default of every spec that names none (to run
 # the whole test suite on either path without editing it)
@@ -318,6 +322,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "io_shard": int,
             "data_path": str,
             "memory_mode": str,
+            "transport": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -397,11 +402,20 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "shard", None, None, f"vCPU(s) {', '.join(map(str, unplaced))} not placed on any shard"
         )
 
-    data_path = vm.get("data_path") or default_data_path()
+    transport = vm.get("transport", "tcp")
+    if transport not in TRANSPORTS:
+        raise r.fail(
+            "vm", None, "transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}"
+        )
+    # RDMA links carry frames between routers, so an RDMA VM takes the router path
+    # unless its spec names another one (and then it is refused below)
+    data_path = vm.get("data_path") or ("router" if transport == "rdma" else default_data_path())
     if data_path not in DATA_PATHS:
         raise r.fail(
             "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
         )
+    if transport == "rdma" and data_path == "direct":
+        raise r.fail("vm", None, "transport", '"rdma" needs data_path "router"')
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -458,6 +472,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         source=Path(r.origin) if base is not None else None,
         data_path=data_path,
         memory_mode=memory_mode,
+        transport=transport,
         **options,
     )
 
@@ -653,6 +668,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
     ("vm", "memory_mode"): "--memory-mode",
+    ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
     ("vm", "sockets"): "--sockets",
@@ -738,6 +754,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
+            **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },
         "boot": boot,

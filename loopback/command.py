@@ -22,6 +22,7 @@ from cluster.spec import (
     DATA_PATHS,
     DEVICE_KINDS,
     MEMORY_MODES,
+    TRANSPORTS,
     load_spec,
     spec_from_flags,
     with_memory_mode,
@@ -69,6 +70,10 @@ def _run(ns: argparse.Namespace) -> int:
             spec = dataclasses.replace(spec, data_path=ns.data_path)
         if ns.memory_mode is not None:
             spec = with_memory_mode(spec, ns.memory_mode)
+        if ns.transport is not None:
+            spec = dataclasses.replace(spec, transport=ns.transport)
+            if ns.transport == "rdma" and ns.data_path is None:
+                spec = dataclasses.replace(spec, data_path="router")  # RDMA rides the routers
     else:
         if ns.vcpus is None:
             ns.vcpus = 1
@@ -186,6 +191,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="guest RAM: one RAM file every shard maps (shared), or private RAM per shard "
         "kept coherent page by page (dsm; docs/dsm.md); default: the spec's "
         "vm.memory_mode, else shared; may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--transport", choices=TRANSPORTS, default=None,
+        help="what the routers' links run on: tcp, or rdma (RC queue pairs; fails before the "
+        "VM starts if no RDMA device is usable; default: the spec's vm.transport, else tcp); "
+        "may override a --spec",
     )  # fmt: skip
     p.add_argument("--placement", help="vCPUs per shard, e.g. '0-1;2-3'")
     p.add_argument(

@@ -38,7 +38,13 @@ from cluster.vm.exit_policy import (
 from cluster.vm.orchestrator import Silence, VMOrchestrator, VMResult
 from cluster.vm.plan import make_plan
 from loopback.host import ROUTER_PORT, LoopbackHost
-from loopback.preflight import check_memory, kernel_kind, silence_ends_run, silence_limit
+from loopback.preflight import (
+    check_memory,
+    check_transport,
+    kernel_kind,
+    silence_ends_run,
+    silence_limit,
+)
 
 __all__ = [
     "EXIT_DESTROYED",
@@ -154,6 +160,7 @@ class LoopbackVM(VMOrchestrator):
             memory_mode=self.spec.memory_mode,
             shards=len(self.spec.shards),
         )
+        check_transport(self.spec.transport, len(self.spec.shards))
         qemu = self.qemu or ensure_qemu()
         if len(self.spec.shards) > 1:
             check_dqemu_build(qemu)

@@ -102,3 +102,16 @@ def silence_ends_run(kind: str, append: str) -> bool:
         and "quiet" not in words
         and not any(w.startswith("loglevel=") for w in words)
     )
+
+
+def check_transport(transport: str, shards: int) -> None:
+    """``transport = "rdma"`` needs a usable RDMA device here, checked before anything
+    starts; it never falls back to TCP."""
+    if transport != "rdma" or shards < 2:
+        return
+    from cluster.rdma_devices import RdmaUnavailable, check_usable
+
+    try:
+        check_usable()
+    except RdmaUnavailable as e:
+        raise DqemuError(f'transport "rdma" cannot run here: {e}') from None

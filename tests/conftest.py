@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 # so leftovers are found exactly, even with other dQEMU runs on the machine.
 TEST_TAG = f"dqemu-test-{os.getpid()}-{secrets.token_hex(4)}"
 TEST_ENV = {**os.environ, "DQEMU_TEST_TAG": TEST_TAG}
+# tests/rdma/ needs soft-RoCE devices: it runs inside the RDMA test host (which sets
+# DQEMU_RDMA_HOST: tests/support/rdma_host.py), booted by tests/integration/test_rdma.py
+collect_ignore = [] if os.environ.get("DQEMU_RDMA_HOST") else ["rdma"]
 
 
 @dataclass

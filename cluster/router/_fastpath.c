@@ -105,9 +105,25 @@ typedef struct {
     size_t cap, n;
 } PendTab;
 
+typedef struct Engine Engine;
+typedef struct RdmaLink RdmaLink; /* _rdma.c */
+
+/*
+ * What differs between kinds of link: how bytes are read in, how the queued
+ * bytes go out, what closing does to the transport. Framing, routing,
+ * counters and pending requests are shared (route_frames, queue_frame).
+ */
+typedef struct {
+    void (*read)(Engine *e, int slot);
+    int (*send)(Engine *e, int slot); /* 0 ok (maybe partial), -1 closed */
+    void (*close)(Engine *e, int slot);
+} LinkOps;
+
 typedef struct {
     int used, started, registered, closed, rx_dead, out_armed, dirty, local;
     int fd, peer_id;
+    const LinkOps *ops;
+    RdmaLink *rdma; /* an RDMA link (_rdma.c), else NULL */
     uint32_t gen;
     uint8_t *rbuf;
     size_t rs, re;
@@ -129,9 +145,10 @@ typedef struct {
     size_t len;
 } Event;
 
-typedef struct {
+struct Engine {
     PyObject_HEAD
     pthread_mutex_t mu;
+    int nrdma; /* RDMA links being served: their CQs are polled while spinning */
     int ep, evfd;
     int own;
     uint32_t lo[256], hi[256];
@@ -154,7 +171,7 @@ typedef struct {
     int64_t spin_ns;
     uint64_t hits, misses, cap_stops;
     double cpu_share;
-} Engine;
+};
 
 static int64_t now_ns(void)
 {
@@ -460,7 +477,7 @@ static int close_link(Engine *e, int slot, const char *reason)
         epoll_ctl(e->ep, EPOLL_CTL_DEL, l->fd, NULL);
         l->registered = 0;
     }
-    shutdown(l->fd, SHUT_RDWR);
+    l->ops->close(e, slot);
     l->oh = l->ot = 0;
     ev = push_event(e, EV_DOWN, handle_of(slot, l));
     if (ev) {
@@ -496,7 +513,6 @@ static void arm_out(Engine *e, int slot, int on)
 static int flush(Engine *e, int slot)
 {
     Link *l = e->links[slot];
-    ssize_t n;
 
     l->dirty = 0;
     if (l->closed) {
@@ -505,6 +521,15 @@ static int flush(Engine *e, int slot)
     if (!l->started) {
         return 0; /* held until start(): see Engine_start */
     }
+    return l->ops->send(e, slot);
+}
+
+/* a stream socket's send: what the socket takes now, the rest on EPOLLOUT */
+static int stream_send(Engine *e, int slot)
+{
+    Link *l = e->links[slot];
+    ssize_t n;
+
     while (l->ot > l->oh) {
         n = send(l->fd, l->ob + l->oh, l->ot - l->oh,
                  MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -744,15 +769,43 @@ static void route_frames(Engine *e, int slot, int64_t now)
     }
 }
 
+/*
+ * ``n`` bytes were appended to the link's read buffer: route the frames they
+ * complete and keep room for a whole frame after the data.
+ */
+static void got_bytes(Engine *e, int slot, size_t n)
+{
+    Link *l = e->links[slot];
+    int64_t now;
+
+    l->re += n;
+    now = now_ns();
+    l->last_rx = now;
+    route_frames(e, slot, now);
+    if (l->rs == l->re) {
+        l->rs = l->re = 0;
+    } else if (RBUF_SIZE - l->re < MAX_FRAME) {
+        memmove(l->rbuf, l->rbuf + l->rs, l->re - l->rs);
+        l->re -= l->rs;
+        l->rs = 0;
+    }
+}
+
 static void on_readable(Engine *e, int slot)
 {
     Link *l = e->links[slot];
-    ssize_t n;
-    int64_t now;
 
     if (l->rx_dead || !l->started) {
         return;
     }
+    l->ops->read(e, slot);
+}
+
+static void stream_read(Engine *e, int slot)
+{
+    Link *l = e->links[slot];
+    ssize_t n;
+
     n = recv(l->fd, l->rbuf + l->re, RBUF_SIZE - l->re, MSG_DONTWAIT);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -769,18 +822,17 @@ static void on_readable(Engine *e, int slot)
         }
         return;
     }
-    l->re += (size_t)n;
-    now = now_ns();
-    l->last_rx = now;
-    route_frames(e, slot, now);
-    if (l->rs == l->re) {
-        l->rs = l->re = 0;
-    } else if (RBUF_SIZE - l->re < MAX_FRAME) {
-        memmove(l->rbuf, l->rbuf + l->rs, l->re - l->rs);
-        l->re -= l->rs;
-        l->rs = 0;
-    }
+    got_bytes(e, slot, (size_t)n);
 }
+
+static void stream_close(Engine *e, int slot)
+{
+    shutdown(e->links[slot]->fd, SHUT_RDWR);
+}
+
+static const LinkOps stream_ops = { stream_read, stream_send, stream_close };
+
+#include "_rdma.c"
 
 /* handle what epoll reported; holds e->mu */
 static void handle_events(Engine *e, struct epoll_event *evs, int n)
@@ -877,6 +929,7 @@ static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
 static void free_link(Link *l)
 {
+    rdma_free(l);
     free(l->rbuf);
     free(l->ob);
     free(l->pend.tab);
@@ -985,6 +1038,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args)
         return PyErr_NoMemory();
     }
     l->used = 1;
+    l->ops = &stream_ops;
     l->fd = fd;
     l->local = local;
     l->peer_id = peer_id;
@@ -1034,6 +1088,15 @@ static PyObject *Engine_start(Engine *e, PyObject *args)
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
+    }
+    if (l->rdma && rdma_start(e, slot) < 0) {
+        int err = errno;
+
+        epoll_ctl(e->ep, EPOLL_CTL_DEL, l->fd, NULL);
+        unlock(e);
+        PyBuffer_Release(&nb);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     l->started = l->registered = 1;
     if (l->local) {
@@ -1201,6 +1264,7 @@ static PyObject *Engine_release(Engine *e, PyObject *arg)
             close_link(e, slot, "released");
         }
         l->used = 0;
+        rdma_free(l);
         free(l->rbuf);
         free(l->ob);
         free(l->pend.tab);
@@ -1461,14 +1525,18 @@ static PyObject *Engine_run(Engine *e, PyObject *unused)
         }
         if (e->spin_until) {
             int64_t spun;
+            int polled = 0;
 
             n = epoll_wait(e->ep, evs, 64, 0);
+            if (n == 0 && e->nrdma) {
+                polled = rdma_spin_poll(e); /* completions, not fds */
+            }
             now = now_ns();
-            if ((++e->spin_rounds & 7) == 0 || n > 0) {
+            if ((++e->spin_rounds & 7) == 0 || n > 0 || polled) {
                 e->spun = thread_cpu_ns() - e->spin_from_cpu; /* a syscall */
             }
             spun = e->spun;
-            if (n <= 0) {
+            if (n <= 0 && !polled) {
                 if (now < e->spin_until && e->epoch_spin + spun < e->cap) {
                     sched_yield();
                     continue;
@@ -1592,6 +1660,7 @@ static PyMethodDef Engine_methods[] = {
       "record(handle, ns): add a latency sample" },
     { "header_ok", (PyCFunction)Engine_header_ok, METH_O,
       "header_ok(header) -> bool: the data path's header check" },
+    RDMA_METHODS
     { "run", (PyCFunction)Engine_run, METH_NOARGS,
       "run() -> events, or None after stop(); serves links without the GIL" },
     { "events", (PyCFunction)Engine_events, METH_NOARGS,

@@ -24,6 +24,10 @@ busy polling) and ``busy_poll_cpu`` (fraction of one CPU that spinning may use, 
 see `dataloop.py` and docs/protocol.md "Liveness". ``data_path`` ("router" (default):
 every frame between shards goes through the routers; "direct": the routers hand their shards
 authenticated direct links, docs/protocol.md "Direct shard links").
+``transport`` ("tcp" (default) or "rdma": peer links are RC queue pairs set up over the
+authenticated TCP connection, docs/protocol.md "RDMA links"), with ``rdma_device`` (default
+"": the first device with an active port), ``rdma_port`` (1) and ``rdma_gid_index`` (0: on
+rxe, the link-local RoCE v2 GID).
 The secret is NOT part of the config; see `auth.py`.
 """
 
@@ -57,9 +61,14 @@ _KNOWN_KEYS = {
     "busy_poll_us",
     "busy_poll_cpu",
     "data_path",
+    "transport",
+    "rdma_device",
+    "rdma_port",
+    "rdma_gid_index",
 }
 SHARD_HEARTBEAT_MODES = ("auto", "on", "off")
 DATA_PATHS = ("router", "direct")
+TRANSPORTS = ("tcp", "rdma")
 
 
 class ConfigError(ValueError):
@@ -83,6 +92,10 @@ class RouterConfig:
     busy_poll_us: float = 200.0
     busy_poll_cpu: float = 0.5
     data_path: str = "router"
+    transport: str = "tcp"
+    rdma_device: str = ""
+    rdma_port: int = 1
+    rdma_gid_index: int = 0
 
     @property
     def shard_socket(self) -> Path:
@@ -107,6 +120,10 @@ class RouterConfig:
             "busy_poll_us": self.busy_poll_us,
             "busy_poll_cpu": self.busy_poll_cpu,
             "data_path": self.data_path,
+            "transport": self.transport,
+            "rdma_device": self.rdma_device,
+            "rdma_port": self.rdma_port,
+            "rdma_gid_index": self.rdma_gid_index,
         }
         if self.routes:
             out["routes"] = {
@@ -120,6 +137,13 @@ def _positive(data: dict[str, Any], key: str, default: float) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
         raise ConfigError(f"{key} must be a positive number of seconds, not {v!r}")
     return float(v)
+
+
+def _small_int(data: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = data.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ConfigError(f"{key} must be an integer {lo}..{hi}, not {v!r}")
+    return v
 
 
 def config_from_data(data: Any) -> RouterConfig:
@@ -190,6 +214,16 @@ def config_from_data(data: Any) -> RouterConfig:
     data_path = data.get("data_path", "router")
     if data_path not in DATA_PATHS:
         raise ConfigError(f"data_path must be one of {', '.join(DATA_PATHS)}, not {data_path!r}")
+    transport = data.get("transport", "tcp")
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    if transport == "rdma" and data_path == "direct":
+        raise ConfigError('transport "rdma" works with data_path "router" only')
+    rdma_device = data.get("rdma_device", "")
+    if not isinstance(rdma_device, str):
+        raise ConfigError(f"rdma_device must be a device name string, not {rdma_device!r}")
+    rdma_port = _small_int(data, "rdma_port", 1, 1, 255)
+    rdma_gid = _small_int(data, "rdma_gid_index", 0, 0, 255)
     features = data.get("features", p.FEATURES_KNOWN)
     if isinstance(features, bool) or not isinstance(features, int) or features < 0:
         raise ConfigError(f"features must be a non-negative integer, not {features!r}")
@@ -208,6 +242,10 @@ def config_from_data(data: Any) -> RouterConfig:
         busy_poll_us=float(bp_us),
         busy_poll_cpu=float(bp_cpu),
         data_path=data_path,
+        transport=transport,
+        rdma_device=rdma_device,
+        rdma_port=rdma_port,
+        rdma_gid_index=rdma_gid,
     )
     if cfg.link_timeout <= cfg.ping_interval:
         raise ConfigError("link_timeout must be longer than ping_interval")

@@ -36,7 +36,9 @@ its CPU (often the very client or shard it waits for) runs at once. The CPU time
 spinning (the thread's own CPU time, so not the time sched_yield() gave to other tasks) is
 capped at ``busy_poll_cpu`` of one CPU per 100 ms (once reached, the loop blocks for the
 rest of those 100 ms), and an idle router never spins: it only spins after traffic.
-``busy_poll_us = 0`` turns spinning off.
+``busy_poll_us = 0`` turns spinning off. RDMA links (`_rdma.c`) are polled in the same
+window: each spin round also polls their completion queues, and when the loop sleeps their
+completion channels' fds wake it, in the same epoll set.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def _check_build() -> None:
     src = Path(__file__).with_name("_fastpath.c")
     if not src.exists():
         return  # installed without sources
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    # setup.py hashes _fastpath.c and the _rdma.c it includes
+    data = src.read_bytes() + src.with_name("_rdma.c").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:16]
     if digest != _fastpath.SOURCE_HASH:
         raise ImportError(
             f"{_fastpath.__file__} was built from another version of {src} "
@@ -95,10 +99,12 @@ class DataLoop:
 
     # --- from any thread ---------------------------------------------------------------------
 
-    def link(self, sock: socket.socket, kind: str, name: str, peer_id: int) -> Link:
+    def link(
+        self, sock: socket.socket, kind: str, name: str, peer_id: int, handle: int | None = None
+    ) -> Link:
         """A link on ``sock``: it can send at once; `add` makes the loop read it and route
-        frames to it."""
-        return Link(self.engine, sock, kind, name, peer_id)
+        frames to it. ``handle``: one the engine made already (`rdma.connect_rdma`)."""
+        return Link(self.engine, sock, kind, name, peer_id, handle)
 
     def start(self, name: str) -> None:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -55,6 +55,7 @@ from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
 from cluster.router.direct import DirectLinks
 from cluster.router.loglimit import LogLimiter
+from cluster.router.rdma import RdmaSetupError, connect_rdma
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.shardproc import HUNG_LINE, Sample, describe, peer_pid, sample
 from cluster.router.transport import (
@@ -159,6 +160,11 @@ class Router:
     def start(self) -> None:
         """Create the sockets. Raises OSError with a message naming the problem."""
         cfg = self.cfg
+        if cfg.transport == "rdma":
+            # asked for RDMA: no usable device is an error now, never a silent TCP link
+            from cluster.rdma_devices import check_usable
+
+            check_usable(cfg.rdma_device, cfg.rdma_port, cfg.rdma_gid_index)
         self._created_dir = ensure_private_dir(cfg.socket_dir)
         try:
             try:
@@ -542,18 +548,31 @@ class Router:
         if ident.kind == p.ROLE_DATA:
             self._data_conn_up(sid, sock, addr)
             return
+        handle = None
+        if self.cfg.transport == "rdma":
+            try:
+                handle = connect_rdma(self._data.engine, sock, sid, self.cfg)
+            except RdmaSetupError as e:
+                sock.close()
+                why = f"RDMA link to shard {sid} ({addr}) failed: {e}"
+                self._refused(addr, HandshakeRefused(why, p.ERR_LINK_DOWN, sid), dialed)
+                return
+        kind = "rdma " if handle is not None else ""
         with self._lock:
             if self._stopping.is_set():
                 sock.close()
                 return
             why = self._duplicate_locked(sid)
             if why is None:
-                link = self._data.link(sock, KIND_PEER, f"shard {sid} ({addr})", sid)
+                link = self._data.link(sock, KIND_PEER, f"shard {sid} ({kind}{addr})", sid, handle)
                 link.features = ident.features
                 if self.direct is not None:
                     link.stats.extra = lambda d=self.direct, s=sid: d.counters(s)
                 self.peers[sid] = link
         if why is not None:  # another link for this peer came up during our handshake
+            if handle is not None:
+                self._data.engine.close(handle, "refused: a duplicate")
+                self._data.engine.release(handle)
             err = p.encode_frame(p.Error(p.ERR_DUPLICATE, why), src=self.id, dst=p.DST_ROUTER)
             with contextlib.suppress(OSError):
                 sock.settimeout(1.0)
@@ -1122,6 +1141,7 @@ class Router:
             "handshakes": self._handshake_counts(),
             "data_loop": self._data.stats(),
             "data_path": self.cfg.data_path,
+            "transport": self.cfg.transport,
             "direct_links": self.direct.counted() if self.direct is not None else [],
         }
 
@@ -1176,6 +1196,7 @@ class Router:
             "uptime_s": round(time.time() - self.started_at, 3),
             "ok": local is not None and all_up and not down and direct_ok,
             "data_path": self.cfg.data_path,
+            "transport": self.cfg.transport,
             "direct_links": direct,
             "local": {
                 "connected": local is not None,

@@ -7,8 +7,9 @@ table of requests pending on it. `Link` is the router's handle on that: a send p
 never blocks the caller (a non-blocking send; the rest is queued in C and sent when the
 socket is writable, so two routers can't deadlock on full buffers), an idempotent close,
 and read access to the counters, the pending requests and the time of the last read.
-The data path serves stream sockets only; another transport (RDMA) would need its own
-read and send functions in `_fastpath.c`.
+Each link in the data path has its own read, send and close (a `LinkOps` table in C):
+a stream socket's, or an RDMA link's (`_rdma.c`: an RC queue pair, set up by
+`cluster/router/rdma.py`), which shares the framing, routing and counters.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ class Link:
     end (our own id for the local link), which every frame it sends must carry as src."""
 
     def __init__(
-        self, engine: Engine, sock: socket.socket, kind: str, name: str, peer_id: int
+        self,
+        engine: Engine,
+        sock: socket.socket,
+        kind: str,
+        name: str,
+        peer_id: int,
+        handle: int | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -48,7 +55,10 @@ class Link:
         self.peer_id = peer_id
         self.features = 0
         self._engine = engine
-        self.handle: int = engine.add(sock.fileno(), kind == KIND_LOCAL, peer_id)
+        # ``handle``: a link the engine made already (an RDMA link over ``sock``)
+        self.handle: int = (
+            engine.add(sock.fileno(), kind == KIND_LOCAL, peer_id) if handle is None else handle
+        )
         self.lock = threading.Lock()
         self.closed = False
         self.close_reason = ""

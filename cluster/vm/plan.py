@@ -61,6 +61,7 @@ class RouterPlan:
     peers: tuple[int, ...]  # the other shards' ids; their addresses come from the hosts
     vcpu_routes: tuple[tuple[int, int], ...]  # (vCPU index, its shard)
     data_path: str = "router"  # the spec's vm.data_path: "router" or "direct"
+    transport: str = "tcp"  # the spec's vm.transport: "tcp" or "rdma"
 
     @property
     def shard_socket(self) -> str:
@@ -85,6 +86,7 @@ class RouterPlan:
             "peers": {str(p): got.get(p) for p in self.peers},
             "routes": {"vcpus": {str(c): s for c, s in self.vcpu_routes}},
             "data_path": self.data_path,
+            **({"transport": self.transport} if self.transport != "tcp" else {}),
         }
 
 
@@ -183,6 +185,7 @@ def make_plan(
                 peers=tuple(o.id for o in spec.shards if o.id != s.id),
                 vcpu_routes=routes,
                 data_path=spec.data_path,
+                transport=spec.transport,
             )
         serial = SERIAL_SOCKET if s.id == spec.io_shard else None
         qmp = f"shard{s.id}.qmp"

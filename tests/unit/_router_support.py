@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
+# DQEMU_TEST_TIMEOUT_SCALE stretches every wait_for and the routers' liveness timers: the
+# RDMA test host runs these tests under TCG, many times slower than this machine
+TIMEOUT_SCALE = float(os.environ.get("DQEMU_TEST_TIMEOUT_SCALE", "1"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,7 +40,7 @@ def free_port() -> int:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
     while time.monotonic() < deadline:
         if cond():
             return
@@ -43,9 +48,31 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condit
     raise AssertionError(f"timed out waiting for {what}")
 
 
+# DQEMU_TEST_TRANSPORT=rdma runs the router tests' meshes over RDMA links (inside the RDMA
+# test host, tests/integration/test_rdma.py), with DQEMU_TEST_RDMA_DEVICE as the device
+TRANSPORT_ENV = "DQEMU_TEST_TRANSPORT"
+
+
+def transport_config() -> dict[str, Any]:
+    """The router config keys that choose the transport the tests run over, and liveness
+    timers stretched by DQEMU_TEST_TIMEOUT_SCALE (under TCG a router thread can stall for
+    over a second: the default 1 s heartbeat timeout would drop healthy links)."""
+    out: dict[str, Any] = {}
+    if TIMEOUT_SCALE > 1:
+        out.update(
+            ping_interval=0.2 * TIMEOUT_SCALE,
+            link_timeout=1.0 * TIMEOUT_SCALE,
+            handshake_timeout=2.0 * TIMEOUT_SCALE,
+        )
+    if os.environ.get(TRANSPORT_ENV, "tcp") == "rdma":
+        out.update(transport="rdma", rdma_device=os.environ.get("DQEMU_TEST_RDMA_DEVICE", ""))
+    return out
+
+
 def router_config(
     shard: int, ids: list[int], tmp: Path, ports: dict[int, int], vm_id: str = "vm1", **extra: Any
 ) -> dict[str, Any]:
+    extra = {**transport_config(), **extra}
     return {
         "vm_id": vm_id,
         "shard_id": shard,

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""RDMA link benchmark (not a test): boots the RDMA test host (tests/support/rdma_host.py:
+Debian's generic kernel with soft-RoCE under TCG) and runs, inside it, in one boot:
+
+* ``bench/router_latency.py --transport rdma``: the router round trip over an RDMA link
+  (both routers on ``rxe0``);
+* the same with ``--transport tcp``, in the same guest;
+* rdma-core's ``ibv_rc_pingpong`` on the same rxe device (64-byte messages): the raw verbs
+  round trip.
+
+Under TCG the absolute numbers mean little, so it reports ratios. Last line:
+``rdma_rtt_us=<p50> tcp_rtt_us=<p50> verbs_rtt_us=<p50> ratio=<rdma/verbs>``
+(ibv_rc_pingpong reports a mean per iteration, not a p50). The goal is that the router adds
+at most 2x the raw verbs round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import rdma_host  # noqa: E402
+
+INNER = """
+set -u
+run_bench() {{
+  python bench/router_latency.py --no-netns --transport "$1" --rdma-device rxe0 \\
+    --iters {iters} --messages {messages} --rounds 1 --cpus all > /tmp/bench-$1.txt 2>&1 \\
+    || {{ echo "router_latency --transport $1 failed:"; cat /tmp/bench-$1.txt; exit 3; }}
+  sed "s/^/[$1] /" /tmp/bench-$1.txt
+}}
+run_bench rdma
+run_bench tcp
+timeout 600 ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} > /tmp/pp-srv.txt 2>&1 &
+# under TCG the server takes seconds to listen: wait for it (a client that comes too early
+# gives up, and the server would then wait for ever)
+for i in $(seq 120); do ss -ltn | grep -q ':18515 ' && break; sleep 0.5; done
+timeout 600 ibv_rc_pingpong -d rxe0 -g 0 -s 64 -n {iters} 127.0.0.1 2>&1 | sed "s/^/[verbs] /"
+wait
+"""
+
+
+def last_kv(text: str, tag: str, key: str) -> float:
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"[{tag}] ") and f"{key}=" in ln]
+    if not lines:
+        raise SystemExit(f"bench/rdma.py: no {key}= line from [{tag}]:\n{text[-3000:]}")
+    m = re.search(rf"{key}=([0-9.]+)", lines[-1])
+    assert m is not None
+    return float(m.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--iters", type=int, default=1000, help="round trips per measurement")
+    ap.add_argument("--messages", type=int, default=5000, help="frames for the throughput part")
+    args = ap.parse_args()
+    script = INNER.format(iters=args.iters, messages=args.messages)
+    try:
+        r = rdma_host.run(["sh", "-c", script], timeout=1800)
+    except (rdma_host.RdmaHostUnavailable, TimeoutError) as e:
+        print(f"bench/rdma.py: {e}", file=sys.stderr)
+        return 2
+    out = r.output
+    for ln in out.splitlines():
+        if ln.startswith(("[rdma]", "[tcp]", "[verbs]")):
+            print(ln)
+    if r.returncode != 0:
+        print(out[-4000:], file=sys.stderr)
+        return 1
+    rdma = last_kv(out, "rdma", "router_rtt_us")
+    tcp = last_kv(out, "tcp", "router_rtt_us")
+    m = re.findall(r"\[verbs\] .*?([0-9.]+) usec/iter", out)
+    if not m:
+        raise SystemExit(f"bench/rdma.py: no ibv_rc_pingpong figure:\n{out[-3000:]}")
+    verbs = float(m[-1])
+    print(
+        f"rdma_rtt_us={rdma:.1f} tcp_rtt_us={tcp:.1f} verbs_rtt_us={verbs:.1f} "
+        f"ratio={rdma / verbs:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The RDMA transport for real: one boot of the RDMA test host (Debian's generic kernel
+with soft-RoCE, tests/support/rdma_host.py) runs, over rxe devices, the TCP router tests'
+request, broadcast, control and loss cases with DQEMU_TEST_TRANSPORT=rdma, and the
+RDMA link's own cases (tests/rdma/). One boot for all of it: a boot costs 30-90 s."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import rdma_host
+
+pytestmark = [pytest.mark.integration, pytest.mark.testhost]
+
+# the TCP router tests that run unchanged over RDMA links (the fuzz cases stay on TCP: they
+# fuzz the local link and the handshake, which RDMA shares; tests/rdma fuzzes its set-up)
+TCP_CASES = [
+    "tests/unit/test_router_inprocess.py::test_request_reply_broadcast",
+    "tests/unit/test_router_inprocess.py::test_control_api",
+    "tests/unit/test_router_inprocess.py::test_peer_loss_reported",
+    "tests/unit/test_router_processes.py::test_kill9_fails_pending_requests_promptly",
+]
+
+
+def _kernel_installable() -> bool:
+    r = subprocess.run(
+        ["apt-cache", "policy", rdma_host.KERNEL_PACKAGE],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return "Candidate:" in r.stdout and "Candidate: (none)" not in r.stdout
+
+
+def test_rdma_links_in_the_test_host() -> None:
+    try:
+        rdma_host.generic_kernel()
+    except rdma_host.RdmaHostUnavailable as e:
+        if not _kernel_installable():
+            pytest.skip(f"{e}, and apt has no {rdma_host.KERNEL_PACKAGE} to install")
+        raise
+    cmd = [
+        "env", "DQEMU_TEST_TRANSPORT=rdma", "DQEMU_TEST_RDMA_DEVICE=rxe0",
+        "DQEMU_TEST_TIMEOUT_SCALE=10",
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+        *TCP_CASES, "tests/rdma",
+    ]  # fmt: skip
+    r = rdma_host.run(cmd, timeout=1500)
+    tail = r.output[-8000:]
+    assert r.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail and " skipped" not in tail, tail

@@ -1,0 +1,162 @@
+"""A test host with RDMA: Debian's generic kernel, whose soft-RoCE (rdma_rxe) works under
+TCG, booted by virtme-ng over this machine's own root file system (read-only, so the
+repository, its venv and rdma-core are there unchanged), with rxe devices added; it runs one
+command and returns its status and output.
+
+This machine's kernel has no RDMA, so the RDMA link is tested for real in there. One boot
+costs 30-90 s (TCG, shared CPUs): callers run everything they need in one command.
+
+Inside: the modules load in dependency order (the kernel package's modules.dep may be
+missing), a veth pair ``dqr0``/``dqr1`` comes up, and ``rdma link add`` puts an rxe device
+on each end (``rxe0``, ``rxe1``), all in the guest's root network namespace: Linux 6.1's
+rxe ignores namespaces (docs/ARCHITECTURE.md, "RDMA links"). No IP address is needed: each
+device's GID 0 is its link-local IPv6 address (RoCE v2).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+KERNEL_PACKAGE = "linux-image-amd64"
+# module paths under /lib/modules/<version>/kernel, in the order their depends= need
+MODULES = (
+    "crypto/crc32_generic",
+    "drivers/infiniband/core/ib_core",
+    "drivers/infiniband/core/ib_uverbs",
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "drivers/infiniband/sw/rxe/rdma_rxe",
+    "drivers/net/veth",
+)
+RXE_DEVICES = ("rxe0", "rxe1")
+DONE_FILE = "rdma-host.status"
+LOG_FILE = "rdma-host.log"
+
+
+class RdmaHostUnavailable(Exception):
+    """The test host cannot boot here; the message says what is missing."""
+
+
+@dataclass
+class HostRun:
+    returncode: int
+    output: str  # the command's stdout and stderr, as the guest printed them
+
+
+def generic_kernel() -> Path:
+    """The newest /boot/vmlinuz-* of Debian's generic flavour (``-amd64``, not ``-cloud``)
+    whose modules include rdma_rxe. Raises RdmaHostUnavailable."""
+    found = []
+    for k in Path("/boot").glob("vmlinuz-*-amd64"):
+        version = k.name.removeprefix("vmlinuz-")
+        mod = Path("/lib/modules", version, "kernel", MODULES[5] + ".ko")
+        if mod.exists() or mod.with_suffix(".ko.xz").exists():
+            found.append(k)
+    if not found:
+        raise RdmaHostUnavailable(
+            f"no generic Debian kernel with rdma_rxe in /boot (apt-get install {KERNEL_PACKAGE}; "
+            "scripts/bootstrap does it)"
+        )
+    return sorted(found)[-1]
+
+
+def _setup_script(command: list[str], status_file: Path, log_file: Path) -> str:
+    mods = " ".join(MODULES)
+    cmd = " ".join(shlex.quote(c) for c in command)
+    return f"""set -u
+fail() {{ echo "rdma-host: $*" >&2; echo 99 > {status_file}; exit 99; }}
+K=/lib/modules/$(uname -r)/kernel
+for m in {mods}; do
+  f=$K/$m.ko; [ -e "$f" ] || f=$f.xz
+  insmod "$f" 2>/dev/null || grep -q "^$(basename $m) " /proc/modules || fail "cannot load $m"
+done
+ip link set lo up
+# no duplicate address detection: a tentative link-local address can't resolve a path
+# (RTR fails with "Connection timed out")
+sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
+ip link add dqr0 type veth peer name dqr1 || fail "cannot add the veth pair"
+ip link set dqr0 up && ip link set dqr1 up || fail "cannot bring the veth pair up"
+rdma link add {RXE_DEVICES[0]} type rxe netdev dqr0 || fail "cannot add {RXE_DEVICES[0]}"
+rdma link add {RXE_DEVICES[1]} type rxe netdev dqr1 || fail "cannot add {RXE_DEVICES[1]}"
+# the link-local GIDs appear once IPv6 has configured the addresses (DAD off: at once)
+for i in $(seq 50); do
+  ip -6 addr show dev dqr1 | grep "fe80.*scope link" | grep -vq tentative && \\
+    ip -6 addr show dev dqr0 | grep "fe80.*scope link" | grep -vq tentative && break
+  sleep 0.1
+done
+cd {shlex.quote(str(ROOT))}
+export PATH={shlex.quote(str(VENV_BIN))}:$PATH PYTHONPATH={shlex.quote(str(ROOT))}
+export PYTHONUNBUFFERED=1 DQEMU_RDMA_HOST=1
+{cmd} > {log_file} 2>&1
+echo $? > {status_file}
+"""
+
+
+def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int = 2) -> HostRun:
+    """Boot the test host, run ``command`` (argv, in the repository, with the venv's bin
+    first on PATH) and return its exit status and output. Raises RdmaHostUnavailable when
+    the kernel or virtme-ng is missing, TimeoutError when the whole run takes longer than
+    ``timeout`` seconds."""
+    kernel = generic_kernel()
+    vng = VENV_BIN / "vng"
+    if not vng.exists():
+        raise RdmaHostUnavailable(f"{vng} is missing (pip install virtme-ng; scripts/bootstrap)")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise RdmaHostUnavailable("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dqemu-rdma-host-") as tmp:
+        rw = Path(tmp)
+        status = rw / DONE_FILE
+        script = rw / "run.sh"
+        log = rw / LOG_FILE  # the command's output, readable while it runs
+        script.write_text(_setup_script(command, status, log))
+        argv = [
+            str(vng), "--force-9p", "--disable-kvm", "-r", str(kernel),
+            "-m", memory, "--cpus", str(cpus), f"--rwdir={rw}",
+            "--exec", f"sh {script}",
+        ]  # fmt: skip
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, env=env, cwd=tmp, start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, _ = proc.communicate()
+            raise TimeoutError(
+                f"the RDMA test host did not finish within {timeout:.0f} s; it printed:\n"
+                + out[-4000:]
+            ) from None
+        cmd_out = log.read_text(errors="replace") if log.exists() else ""
+        if not status.exists():
+            return HostRun(
+                proc.returncode or 98,
+                out + cmd_out + "\nrdma-host: the guest ended before the command did",
+            )
+        return HostRun(int(status.read_text().strip() or 97), cmd_out)
+
+
+def main() -> int:
+    """``python -m tests.support.rdma_host CMD...``: run a command in the test host."""
+    try:
+        r = run(sys.argv[1:] or ["dqemu", "rdma-check"])
+    except (RdmaHostUnavailable, TimeoutError) as e:
+        print(f"rdma-host: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(r.output)
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
