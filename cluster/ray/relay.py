@@ -89,11 +89,15 @@ class RelayServer:
     def _reap(self) -> None:
         while True:
             time.sleep(IDLE / 4)
-            now = time.monotonic()
-            with self._lock:
-                idle = [cid for cid, (_s, used) in self._conns.items() if now - used[0] > IDLE]
-            for cid in idle:
-                self.close(cid)
+            self.reap_idle()
+
+    def reap_idle(self) -> None:
+        """Close the connections nobody has called for IDLE seconds (their client died)."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [cid for cid, (_s, used) in self._conns.items() if now - used[0] > IDLE]
+        for cid in idle:
+            self.close(cid)
 
 
 def relay_connect(actor: Any, timeout: float) -> socket.socket:
