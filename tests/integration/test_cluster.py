@@ -285,10 +285,9 @@ def test_a_lost_node_ends_the_vm_and_leaves_nothing(
             time.sleep(0.1)
         ended = time.monotonic() - t0
         _out, err = proc.communicate(timeout=300)
-        print(
-            f"after the raylet's SIGKILL: the shards and routers ended in {gone} s, "
-            f"the driver reported it in {ended:.1f} s"
-        )
+        gone_s = "-" if gone is None else f"{gone:.1f}"
+        print(f"after the raylet's SIGKILL: the shards and routers ended in {gone_s} s, "
+              f"the driver reported it in {ended:.1f} s")  # fmt: skip
     finally:
         if proc.poll() is None:
             proc.kill()
