@@ -1,7 +1,8 @@
 """``dqemu list|info|suspend|resume|reset|shutdown|destroy|qmp``: drive running VMs by name.
 
-Each command finds the VM in the registry (``cluster/vm/registry.py``) and talks to its
-control API (``docs/control.md``); the names follow virsh.
+Each command finds the VM in the registry (``cluster/vm/registry.py``), or on the Ray
+cluster of ``--ray``/``$RAY_ADDRESS`` (``cluster/vm/client.py``'s ``find_vm``), and talks
+to its control API (``docs/control.md``) the same way for both; the names follow virsh.
 """
 
 from __future__ import annotations
