@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from collections.abc import Iterable
@@ -127,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", action="store_true",
                    help="serve the console over HTTP on localhost (textual-serve)")  # fmt: skip
     p.add_argument("--port", type=int, default=8000, help="the port of --serve (8000)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="also the VMs of this Ray cluster (default: $RAY_ADDRESS)")  # fmt: skip
     ns = p.parse_args(argv)
+    if ns.ray:
+        os.environ["RAY_ADDRESS"] = ns.ray  # read by the client, and by --serve's consoles
     if sum(x is not None for x in (ns.name, ns.spec, ns.place)) > 1:
         p.error("give one of a VM name, --spec or --place")
     for spec in (ns.spec, ns.place):

@@ -20,7 +20,16 @@ from typing import Any, TypeVar
 from cluster.errors import DqemuError
 from cluster.router.control import ControlError
 from cluster.vm import registry
-from cluster.vm.client import StreamReader, info_or_starting, open_stream, uptime
+from cluster.vm.client import (
+    StreamReader,
+    VMHandle,
+    find_vm,
+    info_or_starting,
+    open_stream,
+    ray_address,
+    running_vms,
+    uptime,
+)
 from cluster.vm.control import vm_call
 
 Stream = StreamReader
@@ -119,11 +128,10 @@ class VMRow:
 
 
 def list_vms() -> list[VMRow]:
-    """Every running VM on this machine, with what its ``info`` says (``starting`` when its
-    control API does not answer yet)."""
-    live, _gone = registry.entries()
+    """Every running VM on this machine and on the Ray cluster at ``$RAY_ADDRESS``, with
+    what its ``info`` says (``starting`` when its control API does not answer yet)."""
     rows = []
-    for e in live:
+    for e in running_vms(ray_address()):
         info = info_or_starting(e)
         rows.append(VMRow(e.name, str(info.get("state")), len(info.get("shards") or []),
                           info.get("vcpus"), info.get("started")))  # fmt: skip
@@ -136,13 +144,13 @@ class VMClient:
 
     name: str
     timeout: float = 10.0
-    _entry: registry.Entry | None = field(default=None, repr=False)
+    _entry: VMHandle | None = field(default=None, repr=False)
 
-    def entry(self) -> registry.Entry:
+    def entry(self) -> VMHandle:
         if self._entry is not None and self._entry.alive():
             return self._entry
         try:
-            self._entry = registry.find(self.name)
+            self._entry = find_vm(self.name, ray_address())
         except DqemuError as e:
             raise VMGone(str(e)) from None
         return self._entry
@@ -160,7 +168,7 @@ class VMClient:
     def call(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
         entry = self.entry()
         try:
-            return vm_call(entry.control, cmd, timeout=timeout or self.timeout, **args)
+            return vm_call(entry, cmd, timeout=timeout or self.timeout, **args)
         except ControlError as e:
             raise ClientError(str(e)) from None
         except (OSError, ValueError) as e:
@@ -178,7 +186,7 @@ class VMClient:
         """A stream connection; raises ClientError with the VM's refusal, VMGone, ConnectionLost."""
         entry = self.entry()
         try:
-            return Stream(open_stream(entry.control, req, timeout=self.timeout))
+            return Stream(open_stream(entry, req, timeout=self.timeout))
         except ControlError as e:
             raise ClientError(str(e)) from None
         except (OSError, ValueError) as e:

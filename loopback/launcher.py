@@ -120,17 +120,31 @@ class LoopbackVM(VMOrchestrator):
 
     def run(self) -> VMResult:
         """Claim the VM's name, serve its control API, and run it to its end."""
-        from loopback.vm_api import LoopbackControl  # it reads this module's classes
-
         claim = registry.claim(self.name)
         self.name = claim.name
         self.entry = claim.entry
-        self.spec = dataclasses.replace(self.spec, name=claim.name)
         claim.write_meta(pid=self.launcher_pid, started=self.started,
                          spec=str(self.spec.source or ""))  # fmt: skip
-        self.events.state_is("starting", name=claim.name)
+        result: VMResult | None = None
+        try:
+            result = self.serve(claim.entry.control)
+            return result
+        finally:
+            if result is None:
+                claim.release()
+            else:
+                claim.release(result.exit_code, result.reason)
+
+    def serve(self, control: Path) -> VMResult:
+        """Serve the VM's control API on the socket ``control`` while it runs (``_run``)
+        to its end; the API's commands are :mod:`loopback.vm_api`'s, for every kind of VM."""
+        from loopback.vm_api import LoopbackControl  # it reads this module's classes
+
+        assert self.name is not None
+        self.spec = dataclasses.replace(self.spec, name=self.name)
+        self.events.state_is("starting", name=self.name)
         api = LoopbackControl(self)
-        control = ControlServer(claim.entry.control, api.commands(), api.streams()).start()
+        server = ControlServer(control, api.commands(), api.streams()).start()
         result: VMResult | None = None
         links = threading.Thread(target=self.watch_links, name="links", daemon=True)
         try:
@@ -145,11 +159,7 @@ class LoopbackVM(VMOrchestrator):
             self.events.state_is("ended")
             self.events.close()
             links.join(timeout=3)
-            control.close()
-            if result is None:
-                claim.release()
-            else:
-                claim.release(result.exit_code, result.reason)
+            server.close()
 
     def _run(self) -> VMResult:
         boot = resolve_boot(self.spec)

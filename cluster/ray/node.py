@@ -24,7 +24,9 @@ import contextlib
 import dataclasses
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +202,7 @@ class NodeActor:
         self.vms: dict[str, NodeHost] = {}
         self.events: dict[tuple[str, int], list[QMPEvent]] = {}
         self.seen: dict[str, float] = {}  # each VM's last call from its orchestrator
+        self.boot_dirs: dict[str, Path] = {}  # each VM's shipped boot files
         self.lock = threading.RLock()
         threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
 
@@ -224,21 +227,44 @@ class NodeActor:
                       "stopping it", file=sys.stderr, flush=True)  # fmt: skip
                 self.teardown(vm)
 
-    def boot_files(self, spec: VMSpec) -> tuple[str, BootFiles, str]:
+    def boot_files(
+        self, spec: VMSpec, vm: str = "", shipped: Mapping[str, Sequence[Any]] | None = None
+    ) -> tuple[str, BootFiles, str]:
         """The QEMU binary and the spec's boot files as this node sees them (``guest:``
-        flavours built or found in the node's cache), and the kernel's kind; the checks
-        of ``dqemu loopback`` (memory, a dQEMU build) on this node."""
+        flavours built or found in the node's cache; a user's own file that the driver
+        ``shipped`` through the object store, as ``{part: [object ref]}``, written into
+        the VM's directory on this node, removed at its teardown), and the kernel's kind;
+        the checks of ``dqemu loopback`` (memory, a dQEMU build) on this node."""
         from cluster.qemu_build import ensure_qemu
         from loopback.launcher import check_dqemu_build, resolve_boot
         from loopback.preflight import check_memory, kernel_kind
 
+        if shipped:
+            spec = self._receive(spec, vm, shipped)
         boot = resolve_boot(spec)
         kind = kernel_kind(boot.kernel) if boot.kernel is not None else "disk"
         check_memory(spec.memory_mib, memory_mode=spec.memory_mode, shards=len(spec.shards))
         qemu = ensure_qemu()
         if len(spec.shards) > 1:
             check_dqemu_build(qemu)
+        if shipped:
+            with self.lock:  # from now on, a lost controller's files go with the lease
+                self.seen[vm] = time.monotonic()
         return str(qemu), boot, kind
+
+    def _receive(self, spec: VMSpec, vm: str, shipped: Mapping[str, Sequence[Any]]) -> VMSpec:
+        """The spec with its shipped boot files written on this node."""
+        import ray
+
+        where = Path(tempfile.mkdtemp(prefix=f"dqemu-boot-{vm[:20]}-"))
+        with self.lock:
+            self.boot_dirs[vm] = where
+        boot = spec.boot
+        for part, (ref,) in shipped.items():
+            path = where / f"{part}-{Path(str(getattr(boot, part))).name}"
+            path.write_bytes(ray.get(ref, timeout=CALL_TIMEOUT))
+            boot = dataclasses.replace(boot, **{part: str(path)})
+        return dataclasses.replace(spec, boot=boot)
 
     def info(self) -> dict[str, Any]:
         """Where the actor runs: its node, pid, network namespace and VMs."""
@@ -327,6 +353,9 @@ class NodeActor:
             self.seen.pop(vm, None)
             for key in [k for k in self.events if k[0] == vm]:
                 del self.events[key]
+            boot_dir = self.boot_dirs.pop(vm, None)
+        if boot_dir is not None:
+            shutil.rmtree(boot_dir, ignore_errors=True)
         if host is not None:
             host.stop()
             host.teardown()
@@ -353,6 +382,10 @@ def node_actor(node_id: str) -> Any:
     ).remote()
 
 
+class NodeLost(DqemuError):
+    """A node actor is gone or does not answer: every later call to it fails the same way."""
+
+
 def _get(ref: Any, timeout: float = CALL_TIMEOUT, where: str = "?", lost: str = "") -> Any:
     """The result of an actor call on node ``where``; DqemuError if it failed, naming the
     node (and ``lost``: what is lost with it) when the actor is gone or does not answer."""
@@ -367,8 +400,8 @@ def _get(ref: Any, timeout: float = CALL_TIMEOUT, where: str = "?", lost: str = 
         raise DqemuError(f"node {where}: actor call failed: {_first_line(exc)}",
                          EXIT_SHARD_FAILED) from None  # fmt: skip
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-        raise DqemuError(f"node {where} lost: its dQEMU actor is gone or does not answer "
-                         f"({_first_line(exc)}){lost}", EXIT_SHARD_FAILED) from None  # fmt: skip
+        raise NodeLost(f"node {where} lost: its dQEMU actor is gone or does not answer "
+                       f"({_first_line(exc)}){lost}", EXIT_SHARD_FAILED) from None  # fmt: skip
 
 
 def _first_line(exc: BaseException) -> str:
@@ -439,7 +472,7 @@ class RemoteSerial:
     def recv(self) -> bytes:
         while not self.ended:
             try:
-                data, self.offset, eof = _get(
+                data, self.offset, eof = self.host.call(
                     self.host.actor.serial_read.remote(self.host.vm, self.offset)
                 )
             except DqemuError:
@@ -468,18 +501,26 @@ class RemoteHost(ShardHost):
         self.vm = vm
         self.where = where  # the node, for messages
         self.shards: list[int] = []
+        self.lost: NodeLost | None = None  # once the node is lost, calls fail at once
 
     def call(self, ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        if self.lost is not None:
+            raise NodeLost(str(self.lost), self.lost.exit_code)
         ids = ", ".join(str(k) for k in self.shards)
         lost = f"; shard(s) {ids} of VM {self.vm} ran there" if ids else ""
-        return _get(ref, timeout, self.where, lost)
+        try:
+            return _get(ref, timeout, self.where, lost)
+        except NodeLost as e:
+            self.lost = e
+            raise
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
         self.shards = list(shards)
         self.call(self.actor.prepare.remote(self.vm, plan, list(shards)))
 
     def start_router(self, shard: int, secret: bytes) -> Started:
-        return self.call(self.actor.start_router.remote(self.vm, shard, secret))  # type: ignore[no-any-return]
+        st = self.call(self.actor.start_router.remote(self.vm, shard, secret))
+        return dataclasses.replace(st, where=self.where)
 
     def router_ready(self, shard: int, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -494,7 +535,8 @@ class RemoteHost(ShardHost):
         self.call(self.actor.set_peers.remote(self.vm, shard, dict(peers)))
 
     def start_shard(self, shard: int) -> Started:
-        return self.call(self.actor.start_shard.remote(self.vm, shard))  # type: ignore[no-any-return]
+        return dataclasses.replace(self.call(self.actor.start_shard.remote(self.vm, shard)),
+                                   where=self.where)  # fmt: skip
 
     def open_serial(self, shard: int) -> SerialLink:
         return RemoteSerial(self, shard)

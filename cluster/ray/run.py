@@ -1,37 +1,44 @@
 """``dqemu run``: run a VM on a Ray cluster, in the foreground, like ``dqemu loopback``.
 
 The driver joins the cluster (``RAY_ADDRESS``, or ``--address``; under ``ray job submit``
-Ray sets it), reserves the shards' places (:mod:`cluster.ray.placement`), has the node's
-actor (:mod:`cluster.ray.node`) find the QEMU build and the boot files there, plans the VM
-and runs the orchestrator (:mod:`cluster.vm.orchestrator`) over the node's
-:class:`~cluster.ray.node.RemoteHost`. The serial console goes to stdout (``ray job
-logs`` shows it), and the exit status is the VM's, as for ``dqemu loopback``. Ctrl-C and
-SIGTERM (``ray job stop``) stop the VM on its node before the driver ends; a driver killed
-outright loses its VM to the node actor's lease (``node.LEASE``).
+Ray sets it), ships a user's own kernel and initrd through the object store (``guest:``
+flavours are built or found on the node), and starts the VM's controller
+(:mod:`cluster.ray.controller`), a detached actor that places, runs and serves the VM.
+The driver then only follows it: it prints where the VM runs, copies its serial console
+(the control API's ``serial`` stream, relayed) to stdout (``ray job logs`` shows it), and
+exits with the VM's status, as for ``dqemu loopback``. Ctrl-C and SIGTERM (``ray job
+stop``) destroy the VM before the driver ends. A driver killed outright leaves its VM
+running, as ``dqemu loopback --detach`` would: ``dqemu destroy NAME`` ends it.
 
-Not yet: the detached, named VM controller actor (the VM outlives its driver and serves the
-control API), shipping a user's own kernel file to the node (a path must exist there; the
-``guest:`` flavours are built or found on the node), and VMs that span nodes (DSM).
+Not yet: VMs that span nodes (DSM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
 import socket
 import sys
-from typing import BinaryIO
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from cluster.errors import DqemuError
-from cluster.ray import placement
-from cluster.ray.node import BUILD_TIMEOUT, NAMESPACE, RemoteHost, _get, node_actor
-from cluster.spec import VMSpec
-from cluster.vm.orchestrator import Silence, VMOrchestrator, VMResult
-from cluster.vm.plan import make_plan
-from loopback.preflight import silence_ends_run, silence_limit
+from cluster.ray.controller import PREFIX
+from cluster.ray.node import CALL_TIMEOUT, LEASE, NAMESPACE, _first_line
+from cluster.router.control import ControlError
+from cluster.spec import GUEST_PREFIX, VMSpec
+from cluster.vm.client import StreamReader, open_stream
+from cluster.vm.control import vm_call
+from cluster.vm.exit_policy import EXIT_INTERRUPTED, EXIT_SHARD_FAILED
+from cluster.vm.orchestrator import VMResult
+from cluster.vm.registry import check_name
+from cluster.vm.signals import Terminated, terminate_on_signals
 
 GCS_CHECK = 10.0  # seconds to reach the GCS before joining
+DESTROY_WAIT = 60.0  # seconds for a destroyed VM's controller to report its end
 
 
 def connect(address: str | None) -> None:
@@ -58,25 +65,121 @@ def connect(address: str | None) -> None:
         raise DqemuError(f"cannot join the Ray cluster at {addr}: {first}") from None
 
 
+def ship_boot_files(spec: VMSpec) -> dict[str, list[Any]]:
+    """The spec's own kernel and initrd files (not ``guest:`` flavours) put into the
+    object store, as ``{part: [object ref]}``: the nodes need no shared filesystem."""
+    import ray
+
+    out: dict[str, list[Any]] = {}
+    for part in ("kernel", "initrd"):
+        value = getattr(spec.boot, part)
+        if value is None or value.startswith(GUEST_PREFIX):
+            continue
+        try:
+            data = Path(value).read_bytes()
+        except OSError as e:
+            raise DqemuError(f"boot.{part} {value}: cannot read it: {e.strerror or e}", 2) from None
+        out[part] = [ray.put(data)]
+    return out
+
+
 def run_on_ray(spec: VMSpec, console: BinaryIO, address: str | None = None) -> VMResult:
+    from cluster.ray.controller import start_controller
+    from cluster.ray.vms import RayVM
+
     connect(address)
-    name = spec.name or f"vm-{secrets.token_hex(3)}"
-    placed = placement.reserve([s.host for s in spec.shards])
+    name = check_name(spec.name or f"vm-{secrets.token_hex(3)}")
+    spec = dataclasses.replace(spec, name=name)
+    actor = start_controller(spec, ship_boot_files(spec))
+    vm = RayVM(name, actor)
     try:
-        node = placed.nodes[0]  # one node per VM until DSM (placement makes sure)
-        actor = node_actor(node.node_id)
-        qemu, boot, kind = _get(actor.boot_files.remote(spec), BUILD_TIMEOUT, node.name)
-        # every shard's plan host is the node, so that the node is prepared once
-        where = node.labels.get(placement.HOST_LABEL) or node.ip
-        spec = dataclasses.replace(
-            spec, name=name, shards=tuple(dataclasses.replace(s, host=where) for s in spec.shards)
-        )
-        plan = make_plan(spec, qemu=qemu, boot=boot, vm_id=f"{name[:20]}-{secrets.token_hex(3)}")
-        host = RemoteHost(actor, name, node.name)
-        timeout = spec.boot.timeout
-        silence = Silence(silence_limit(timeout), silence_ends_run(kind, spec.boot.append))
-        print(f"dqemu: VM {name}: {len(spec.shards)} shard(s) on {node.name}",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return VMOrchestrator(console=console).run_plan(plan, {where: host}, silence)
+        with terminate_on_signals():
+            _follow(vm, console)
+            return _outcome(vm, None)
+    except KeyboardInterrupt:
+        _destroy(vm)
+        return VMResult(EXIT_INTERRUPTED, "interrupted", [])
+    except Terminated as t:
+        _destroy(vm)
+        return VMResult(EXIT_SHARD_FAILED, f"terminated by {t}", [], signal=t.signum)
+
+
+def _ask(vm: Any, method: str, *args: Any) -> Any:
+    """An answer of the VM's controller; DqemuError (exit 4) when it is gone."""
+    import ray
+
+    try:
+        return ray.get(getattr(vm.actor, method).remote(*args), timeout=CALL_TIMEOUT)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+        raise DqemuError(
+            f"VM {vm.name}: its controller (actor {NAMESPACE}/{PREFIX}{vm.name}) is gone or "
+            f"does not answer ({_first_line(e)}); the node actors stop what it started "
+            f"within their {LEASE:g} s lease", EXIT_SHARD_FAILED,
+        ) from None  # fmt: skip
+
+
+def _follow(vm: Any, console: BinaryIO) -> None:
+    """Say where the VM runs, then copy its console to ``console`` until it ends."""
+    node = ""
+    while not node:
+        meta = _ask(vm, "meta")
+        node = meta.get("node", "")
+        if not node and _ended(vm):
+            return
+        time.sleep(0.2)
+    print(f"dqemu: VM {vm.name}: shard(s) on {node}; its controller: pid {meta.get('pid')} "
+          f"on {meta.get('controller_node')} (actor {NAMESPACE}/{PREFIX}{vm.name})",
+          file=sys.stderr, flush=True)  # fmt: skip
+    sock: socket.socket | None = None
+    while sock is None:
+        try:
+            sock = open_stream(vm, {"cmd": "serial"})
+        except (OSError, ControlError, ValueError):
+            if _ended(vm):
+                return  # it ended before its console was read: the result says why
+            time.sleep(0.2)
+    reader = StreamReader(sock)
+    try:
+        while (data := reader.read()) is not None:
+            if data:
+                with contextlib.suppress(OSError, ValueError):
+                    console.write(data)
+                    console.flush()
     finally:
-        placed.release()
+        reader.close()
+
+
+def _ended(vm: Any) -> bool:
+    return bool(_ask(vm, "wait", 0.0)[0] != "running")
+
+
+def _outcome(vm: Any, timeout: float | None) -> VMResult:
+    """The VM's result from its controller (which may then go); DqemuError if it could
+    not run at all. Waits for the end (up to ``timeout`` seconds, None for ever)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state, got = _ask(vm, "wait", 5.0)
+        if state != "running":
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise DqemuError(f"VM {vm.name} did not end within {timeout:g} s", EXIT_SHARD_FAILED)
+    with contextlib.suppress(DqemuError):
+        _ask(vm, "take")
+    if state == "failed":
+        message, code = got
+        raise DqemuError(message, code)
+    return got  # type: ignore[no-any-return]
+
+
+def _destroy(vm: Any) -> None:
+    """Destroy the VM for an interrupted driver; its controller is killed if it cannot
+    be asked (the node actors' lease then stops what it started)."""
+    import ray
+
+    try:
+        vm_call(vm, "destroy")
+        _outcome(vm, DESTROY_WAIT)
+    except (ControlError, OSError, ValueError, DqemuError) as e:
+        print(f"dqemu: {vm.name}: {e}; stopping its controller", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            ray.kill(vm.actor)

@@ -64,10 +64,24 @@ def handle_line(line: bytes, commands: dict[str, CommandFn]) -> bytes:
 
 def control_call(path: str | Path, cmd: str, timeout: float = 5.0, **args: Any) -> Any:
     """Call one control command; returns its result or raises ControlError."""
+    return call_on(connect_unix(path, timeout), cmd, **args)
+
+
+def connect_unix(path: str | Path, timeout: float) -> socket.socket:
+    """A connection to the UNIX socket ``path``, with ``timeout`` on its operations."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def call_on(sock: socket.socket, cmd: str, **args: Any) -> Any:
+    """One command on a connected control socket, which is closed after the answer."""
+    try:
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         buf = bytearray()
         while b"\n" not in buf:

@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from cluster.errors import DqemuError
 from cluster.router.control import ControlError
 from cluster.vm import registry
-from cluster.vm.control import API_VERSION, vm_call
+from cluster.vm.control import API_VERSION, Connector, connect_to, vm_call
 
 READ_POLL_S = 0.5
 
 
-def open_stream(path: Path, req: dict[str, Any], timeout: float = 10.0) -> socket.socket:
+def open_stream(
+    target: Path | Connector, req: dict[str, Any], timeout: float = 10.0
+) -> socket.socket:
     """The connection of a stream request, once the VM has said yes. Raises ControlError
     with the VM's refusal, OSError when it cannot be reached or closes, ValueError when
     its answer is not JSON. The answer is read a byte at a time: the stream's own bytes
     (a console's) follow it at once and must stay in the socket."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    sock = connect_to(target, timeout)
     try:
-        sock.connect(str(path))
         sock.sendall(json.dumps({"v": API_VERSION, **req}).encode() + b"\n")
         first = bytearray()
         while not first.endswith(b"\n"):
@@ -100,11 +103,72 @@ class StreamReader:
             self.sock.close()
 
 
-def info_or_starting(entry: registry.Entry, timeout: float = 3.0) -> dict[str, Any]:
+class VMHandle(Connector, Protocol):
+    """A running VM, wherever it runs: a registry entry on this machine
+    (:class:`cluster.vm.registry.Entry`) or a VM controller on a Ray cluster
+    (:class:`cluster.ray.vms.RayVM`). Every command reaches it the same way."""
+
+    @property
+    def name(self) -> str: ...
+
+    def alive(self) -> bool:
+        """True while the VM runs (its launcher or controller lives)."""
+        ...
+
+    def meta(self) -> dict[str, Any]:
+        """What is known of it without its control API (``started``)."""
+        ...
+
+
+def ray_address(given: str | None = None) -> str | None:
+    """The Ray cluster whose VMs the commands see beside this machine's: ``--ray``, else
+    ``$RAY_ADDRESS``; None for none."""
+    return given or os.environ.get("RAY_ADDRESS") or None
+
+
+def find_vm(name: str, ray: str | None = None) -> VMHandle:
+    """The running VM called ``name``: on this machine, else on the Ray cluster ``ray``.
+    A DqemuError naming what runs where when there is none."""
+    try:
+        return registry.find(name)
+    except DqemuError as e:
+        if not ray:
+            raise
+        from cluster.ray.vms import find_ray_vm
+
+        found, running = find_ray_vm(name, ray)
+        if found is not None:
+            return found
+        there = ", ".join(running) or "none"
+        raise DqemuError(f"{e}; none on the Ray cluster at {ray} either (running there: {there})",
+                         1) from None  # fmt: skip
+
+
+def ray_vms(ray: str | None) -> list[VMHandle]:
+    """The VMs running on the Ray cluster ``ray`` (none without one); an unreachable
+    cluster is a warning on stderr, so that this machine's VMs are still listed."""
+    if not ray:
+        return []
+    from cluster.ray.vms import list_ray_vms
+
+    try:
+        return list(list_ray_vms(ray))
+    except DqemuError as e:
+        print(f"dqemu: warning: {e}; listing this machine's VMs only", file=sys.stderr)
+        return []
+
+
+def running_vms(ray: str | None = None) -> list[VMHandle]:
+    """Every running VM: this machine's (stale entries removed), then the Ray cluster's."""
+    live, _gone = registry.entries()
+    return [*live, *ray_vms(ray)]
+
+
+def info_or_starting(entry: VMHandle, timeout: float = 3.0) -> dict[str, Any]:
     """A running VM's ``info``; while its control API does not answer yet, a stand-in
     that says ``starting`` with what its registry entry knows."""
     try:
-        return dict(vm_call(entry.control, "info", timeout=timeout))
+        return dict(vm_call(entry, "info", timeout=timeout))
     except (ControlError, OSError, ValueError):
         return {"name": entry.name, "state": "starting", "shards": [], "vcpus": None,
                 "started": entry.meta().get("started")}  # fmt: skip

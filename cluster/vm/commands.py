@@ -1,7 +1,8 @@
 """``dqemu list|info|suspend|resume|reset|shutdown|destroy|qmp``: drive running VMs by name.
 
-Each command finds the VM in the registry (``cluster/vm/registry.py``) and talks to its
-control API (``docs/control.md``); the names follow virsh.
+Each command finds the VM in the registry (``cluster/vm/registry.py``), or on the Ray
+cluster of ``--ray``/``$RAY_ADDRESS`` (``cluster/vm/client.py``'s ``find_vm``), and talks
+to its control API (``docs/control.md``) the same way for both; the names follow virsh.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 from cluster.errors import DqemuError
 from cluster.router.control import ControlError
-from cluster.vm import registry
-from cluster.vm.client import StreamReader, info_or_starting, open_stream, uptime
+from cluster.vm import client, registry
+from cluster.vm.client import StreamReader, VMHandle, info_or_starting, open_stream, uptime
 from cluster.vm.control import vm_call
 from loopback.terminal import interactive, raw_terminal
 
@@ -33,9 +34,13 @@ VM_COMMANDS = {
 }
 
 
-def _call(entry: registry.Entry, cmd: str, **args: Any) -> Any:
+def _find(ns: argparse.Namespace) -> VMHandle:
+    return client.find_vm(ns.name, client.ray_address(ns.ray))
+
+
+def _call(entry: VMHandle, cmd: str, **args: Any) -> Any:
     try:
-        return vm_call(entry.control, cmd, **args)
+        return vm_call(entry, cmd, **args)
     except ControlError as e:
         raise DqemuError(f"{entry.name}: {e}", 1) from None
     except (OSError, ValueError) as e:
@@ -47,7 +52,7 @@ def _call(entry: registry.Entry, cmd: str, **args: Any) -> Any:
 def _list(ns: argparse.Namespace) -> int:
     live, gone = registry.entries(reap=not ns.all)
     rows: list[dict[str, Any]] = []
-    for e in live:
+    for e in [*live, *client.ray_vms(client.ray_address(ns.ray))]:
         rows.append(info_or_starting(e))
     for e in gone if ns.all else []:
         rows.append({"name": e.name, "state": "gone", "shards": [], "vcpus": None,
@@ -70,7 +75,7 @@ def _list(ns: argparse.Namespace) -> int:
 
 
 def _info(ns: argparse.Namespace) -> int:
-    info = _call(registry.find(ns.name), "info")
+    info = _call(_find(ns), "info")
     if ns.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -96,7 +101,7 @@ def _info(ns: argparse.Namespace) -> int:
 
 
 def _vm_command(ns: argparse.Namespace) -> int:
-    result = _call(registry.find(ns.name), ns.command)
+    result = _call(_find(ns), ns.command)
     print(f"{ns.name}: {result}")
     return 0
 
@@ -113,7 +118,7 @@ def _qmp(ns: argparse.Namespace) -> int:
     args = req.get("arguments", {})
     if not isinstance(args, dict):
         raise DqemuError("qmp: 'arguments' must be a JSON object")
-    out = _call(registry.find(ns.name), "qmp", shard=ns.shard, execute=req["execute"],
+    out = _call(_find(ns), "qmp", shard=ns.shard, execute=req["execute"],
                 arguments=args)  # fmt: skip
     json.dump(out, sys.stdout, indent=1)
     print()
@@ -137,7 +142,7 @@ def _print_stats(snap: dict[str, Any]) -> None:
 
 
 def _stats(ns: argparse.Namespace) -> int:
-    entry = registry.find(ns.name)
+    entry = _find(ns)
     if not ns.watch:
         snap = _call(entry, "stats")
         if ns.json:
@@ -154,10 +159,10 @@ def _stats(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_lines(entry: registry.Entry, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _stream_lines(entry: VMHandle, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The JSON lines of a stream request, until the VM ends it."""
     try:
-        reader = StreamReader(open_stream(entry.control, req))
+        reader = StreamReader(open_stream(entry, req))
     except ControlError as e:
         raise DqemuError(f"{entry.name}: {e}", 1) from None
     except (OSError, ValueError) as e:
@@ -169,7 +174,7 @@ def _stream_lines(entry: registry.Entry, req: dict[str, Any]) -> Iterator[dict[s
 
 
 def _events(ns: argparse.Namespace) -> int:
-    entry = registry.find(ns.name)
+    entry = _find(ns)
     for ev in _stream_lines(entry, {"cmd": "events", "since": ns.since}):
         if ns.json:
             print(json.dumps(ev, sort_keys=True), flush=True)
@@ -184,10 +189,10 @@ def _events(ns: argparse.Namespace) -> int:
 DETACH_KEY = b"\x1d"  # Ctrl-], as in virsh console
 
 
-def _open_serial(entry: registry.Entry, write: bool) -> tuple[socket.socket | None, str | None]:
+def _open_serial(entry: VMHandle, write: bool) -> tuple[socket.socket | None, str | None]:
     """A serial stream of the VM; the error line instead, if the VM refused it."""
     try:
-        sock = open_stream(entry.control, {"cmd": "serial", "write": write})
+        sock = open_stream(entry, {"cmd": "serial", "write": write})
     except ControlError as e:
         return None, str(e)
     except (OSError, ValueError) as e:
@@ -197,7 +202,7 @@ def _open_serial(entry: registry.Entry, write: bool) -> tuple[socket.socket | No
 
 
 def _console(ns: argparse.Namespace) -> int:
-    entry = registry.find(ns.name)
+    entry = _find(ns)
     sock, err = _open_serial(entry, write=not ns.read_only)
     if err is not None and not ns.read_only:
         print(f"dqemu: {err}: attaching read-only", file=sys.stderr)
@@ -250,41 +255,49 @@ def _attach(sock: socket.socket) -> str:
                 return "detached"
 
 
+def _add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                help: str) -> argparse.ArgumentParser:  # fmt: skip
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="also the VMs of this Ray cluster (default: $RAY_ADDRESS)")  # fmt: skip
+    return p
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("list", help="list the VMs running on this machine")
+    p = _add_parser(sub, "list", help="list the VMs running on this machine (and on Ray)")
     p.add_argument("--all", action="store_true", help="also VMs whose launcher died")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=_list)
 
-    p = sub.add_parser("info", help="a VM's state, shards, processes and links")
+    p = _add_parser(sub, "info", help="a VM's state, shards, processes and links")
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.set_defaults(func=_info)
 
     for cmd, text in VM_COMMANDS.items():
-        p = sub.add_parser(cmd, help=text)
+        p = _add_parser(sub, cmd, help=text)
         p.add_argument("name")
         p.set_defaults(func=_vm_command)
 
-    p = sub.add_parser("stats", help="forwarding counters, rates and latencies of a VM")
+    p = _add_parser(sub, "stats", help="forwarding counters, rates and latencies of a VM")
     p.add_argument("name")
     p.add_argument("--watch", action="store_true", help="a new snapshot every 1/HZ s")
     p.add_argument("--hz", type=float, default=1.0, help="snapshots per second, up to 10")
     p.add_argument("--json", action="store_true", help="JSON (lines, with --watch)")
     p.set_defaults(func=_stats)
 
-    p = sub.add_parser("events", help="a VM's events, from the start, until it ends")
+    p = _add_parser(sub, "events", help="a VM's events, from the start, until it ends")
     p.add_argument("name")
     p.add_argument("--since", type=int, default=0, help="only events after this seq")
     p.add_argument("--json", action="store_true", help="JSON lines")
     p.set_defaults(func=_events)
 
-    p = sub.add_parser("console", help="the VM's serial console (Ctrl-] detaches)")
+    p = _add_parser(sub, "console", help="the VM's serial console (Ctrl-] detaches)")
     p.add_argument("name")
     p.add_argument("--read-only", action="store_true", help="watch only, never type")
     p.set_defaults(func=_console)
 
-    p = sub.add_parser("qmp", help="run one QMP command on one shard of a VM")
+    p = _add_parser(sub, "qmp", help="run one QMP command on one shard of a VM")
     p.add_argument("name")
     p.add_argument("--shard", type=int, default=0, help="the shard (default 0)")
     p.add_argument("json_cmd", metavar="JSON", help='e.g. \'{"execute": "query-status"}\'')

@@ -16,13 +16,14 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cluster.router.control import (
     MAX_LINE,
     CommandFn,
     ControlError,
-    control_call,
+    call_on,
+    connect_unix,
     handle_line,
 )
 
@@ -156,6 +157,21 @@ class ControlServer:
         return self.streams[req["cmd"]], req
 
 
-def vm_call(path: Path, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
-    """One request to a VM's control socket; raises ControlError with the VM's message."""
-    return control_call(path, cmd, timeout=timeout, **{"v": API_VERSION, **args})
+class Connector(Protocol):
+    """Whatever reaches a VM's control API: a connected stream socket per request (a
+    registry entry's UNIX socket, or a Ray VM controller's relay, ``cluster/ray/relay.py``)."""
+
+    def connect(self, timeout: float) -> socket.socket: ...
+
+
+def connect_to(target: Path | Connector, timeout: float) -> socket.socket:
+    """A connection to the control API at ``target`` (a socket path, or a Connector),
+    with ``timeout`` on its operations. Raises OSError when it cannot be reached."""
+    if isinstance(target, str | Path):
+        return connect_unix(target, timeout)
+    return target.connect(timeout)
+
+
+def vm_call(target: Path | Connector, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
+    """One request to a VM's control API; raises ControlError with the VM's message."""
+    return call_on(connect_to(target, timeout), cmd, **{"v": API_VERSION, **args})

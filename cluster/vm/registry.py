@@ -25,12 +25,14 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
+from cluster.router.control import connect_unix
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RULE = "1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -85,6 +87,10 @@ class Entry:
     @property
     def log(self) -> Path:
         return self.path / LOG
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A connection to the VM's control API (``cluster.vm.client.VMHandle``)."""
+        return connect_unix(self.control, timeout)
 
     def meta(self) -> dict[str, Any]:
         try:

@@ -5,6 +5,8 @@ driver, and prints one JSON object with what it saw. The test asserts on it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import secrets
 import sys
@@ -122,10 +124,48 @@ def place() -> dict[str, Any]:
     return out
 
 
+def _dqemu(*argv: str) -> list[Any]:
+    """``dqemu ARGV...`` in this driver (its Ray connection is the commands'): status,
+    stdout, stderr."""
+    from cluster.cli import main as dqemu_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = dqemu_main(list(argv))
+    return [code, out.getvalue(), err.getvalue()]
+
+
+def commands(name: str) -> dict[str, Any]:
+    """The dqemu commands and dqconsole's client on the running Ray VM ``name`` (found
+    through $RAY_ADDRESS), beside this machine's registry."""
+    from dqconsole.client import VMClient, list_vms
+
+    out: dict[str, Any] = {
+        "list": _dqemu("list", "--json"),
+        "info": _dqemu("info", name, "--json"),
+        "suspend": _dqemu("suspend", name),
+        "paused": _dqemu("qmp", name, "--shard", "1", '"query-status"'),
+        "resume": _dqemu("resume", name),
+        "stats": _dqemu("stats", name, "--json"),
+        "missing": _dqemu("info", "no-such-vm"),
+    }
+    client = VMClient(name)
+    out["console_info"] = client.info()["state"]
+    stream = client.open_stream({"cmd": "serial"})
+    got = b""
+    deadline = time.monotonic() + 30
+    while b"sleeping" not in got and time.monotonic() < deadline:
+        got += stream.read() or b""
+    stream.close()
+    out["console_serial"] = b"sleeping" in got
+    out["console_list"] = [r.name for r in list_vms()]
+    return out
+
+
 def main() -> int:
     ray.init(logging_level="ERROR", log_to_driver=False)
-    check = {"mesh": mesh, "place": place}[sys.argv[1]]
-    print(json.dumps(check()))
+    checks = {"mesh": mesh, "place": place, "commands": commands}
+    print(json.dumps(checks[sys.argv[1]](*sys.argv[2:])))
     return 0
 
 
