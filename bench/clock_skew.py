@@ -16,10 +16,22 @@
    fastest handoff, not measure it below that. Printed per pair of CPUs on different
    shards, with the midpoint as the estimate; dqtest's largest backward step is printed too.
 
-Last line: ``max_skew_ns=<n>``, the largest spread of the shards' virtual clocks found by
-the QEMU-side measurement (after the start and after a stop/cont at one instant); the line
-before it, ``guest_skew_bound_ns=<n>``, the largest guest-side bound. Run from the
-repository with the venv's python: ``.venv/bin/python bench/clock_skew.py [--shards 2 4]``.
+3. Across hosts, played on one machine (``--skew OFFSET_NS DRIFT_PPM``): shard 1's view of its
+   host clock is skewed by the test knob of docs/spec.md (``test_clock_skew_ns``,
+   ``test_clock_drift_ppm``), with ``clock_sync`` on (and, with ``--also-off``, off). Every
+   ``--interval`` s for ``--duration`` s it prints the true error of shard 1's virtual clock
+   against shard 0's (``clock-virtual-minus-host-ns`` of each: the virtual clock minus the
+   one real host clock, so the difference is the error whatever QMP's latency) next to the
+   error bound shard 1 states (``clock-sync-bound-ns``), its drift estimate and residual.
+   Last lines: ``offset_error_max_ns=<n>`` (after the first ``--settle`` s) and
+   ``offset_error_within_bound=<k>/<n>`` per mode.
+
+Last line (modes 1 and 2): ``max_skew_ns=<n>``, the largest spread of the shards' virtual
+clocks found by the QEMU-side measurement (after the start and after a stop/cont at one
+instant); the line before it, ``guest_skew_bound_ns=<n>``, the largest guest-side bound.
+Run from the repository with the venv's python:
+``.venv/bin/python bench/clock_skew.py [--shards 2 4]``, or for mode 3
+``.venv/bin/python bench/clock_skew.py --skew 5000000000 200 [--also-off]``.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +102,35 @@ class Shards:
             m.close()
 
 
+@contextmanager
+def running_vm(cmd: list[str], qmp_dir: Path, shards: int) -> Iterator[Shards]:
+    """``dqemu loopback`` by ``cmd`` with QMP sockets in ``qmp_dir``, every shard's clock
+    running; torn down on the way out."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sh: Shards | None = None
+    try:
+        alive = lambda: proc.poll() is None  # noqa: E731
+        sh = Shards(qmp_dir, shards, alive)
+        s = sh
+        wait_for("every shard's clock to run",
+                 lambda: all(s.get(k, "clock-running") for k in range(shards)),
+                 alive, START_TIMEOUT)  # fmt: skip
+        yield sh
+    except DqemuError as e:
+        raise Bench(str(e)) from e
+    finally:
+        if sh is not None:
+            sh.close()
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def spread(values: list[int]) -> int:
     return max(values) - min(values)
 
@@ -110,16 +152,7 @@ def qemu_side(shards: int, vcpus: int, samples: int) -> int:
             "--initrd", "guest:cloud", "--append", "dq.run=sleep", "--vcpus", str(vcpus),
             "--shards", str(shards), "--timeout", "600", "--qmp-dir", str(qmp_dir),
         ]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-        sh: Shards | None = None
-        try:
-            alive = lambda: proc.poll() is None  # noqa: E731
-            sh = Shards(qmp_dir, shards, alive)
-            s = sh
-            wait_for("every shard's clock to run",
-                     lambda: all(s.get(k, "clock-running") for k in range(shards)),
-                     alive, START_TIMEOUT)  # fmt: skip
+        with running_vm(cmd, qmp_dir, shards) as sh:
             est, rtt = sh.all("clock-estimate-ns"), sh.all("clock-rtt-ns")
             used = sh.all("clock-offset-ns")
             for k in range(1, shards):
@@ -159,18 +192,6 @@ def qemu_side(shards: int, vcpus: int, samples: int) -> int:
             offs, naive = vm_offsets(sh, samples)
             print(f"shards={shards} stop/cont without instants (stock): skew_ns={naive}")
             return max(start_skew, cont_skew, late_skew)
-        except DqemuError as e:
-            raise Bench(str(e)) from e
-        finally:
-            if sh is not None:
-                sh.close()
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def guest_side(shards: int, vcpus: int, iters: int) -> int:
@@ -201,6 +222,77 @@ def guest_side(shards: int, vcpus: int, iters: int) -> int:
     return max(bounds)
 
 
+SKEW_SPEC = """
+[vm]
+vcpus = 2
+memory = 256
+clock_sync = "{sync}"
+[boot]
+kernel = "guest:cloud"
+initrd = "guest:cloud"
+append = "dq.run=sleep"
+timeout = 600
+[[shard]]
+id = 0
+vcpus = [0]
+[[shard]]
+id = 1
+vcpus = [1]
+test_clock_skew_ns = {offset}
+test_clock_drift_ppm = {drift}
+"""
+
+
+def skew_run(sync: str, offset: int, drift: int, duration: float, interval: float,
+             settle: float) -> int:  # fmt: skip
+    """Shard 1's virtual clock error against shard 0's under the knob; the largest |error|
+    after ``settle`` s."""
+    with tempfile.TemporaryDirectory(prefix="dqemu-clockskew-") as tmp:
+        spec = Path(tmp) / "vm.toml"
+        spec.write_text(SKEW_SPEC.format(sync=sync, offset=offset, drift=drift))
+        qmp_dir = Path(tmp) / "qmp"
+        qmp_dir.mkdir()
+        cmd = [sys.executable, "-m", "cluster.cli", "loopback", "--spec", str(spec),
+               "--qmp-dir", str(qmp_dir)]  # fmt: skip
+        with running_vm(cmd, qmp_dir, 2) as sh:
+            used, rtt = sh.get(1, "clock-offset-ns"), sh.get(1, "clock-rtt-ns")
+            print(f"sync={sync} skew={offset} ns drift={drift} ppm: "
+                  f"shard1 offset to shard0 used={used} rtt={rtt} ns")  # fmt: skip
+            t0 = time.monotonic()
+            worst, within, counted = 0, 0, 0
+            while (t := time.monotonic() - t0) < duration:
+                v0, v1 = sh.all("clock-virtual-minus-host-ns")
+                err = v1 - v0
+                bound = int(sh.get(1, "clock-sync-bound-ns"))
+                print(f"sync={sync} t={t:5.1f}s error_ns={err} bound_ns={bound} "
+                      f"drift_ppb={sh.get(1, 'clock-sync-drift-ppb')} "
+                      f"residual_ns={sh.get(1, 'clock-sync-residual-ns')} "
+                      f"estimates={sh.get(1, 'clock-sync-estimates')}")  # fmt: skip
+                if t >= settle:
+                    worst = max(worst, abs(err))
+                    counted += 1
+                    within += sync == "on" and abs(err) <= bound
+                time.sleep(interval)
+            print(f"sync={sync} offset_error_max_ns={worst}")
+            if sync == "on":
+                print(f"sync={sync} offset_error_within_bound={within}/{counted}")
+            return worst
+
+
+def skew_main(args: argparse.Namespace) -> int:
+    offset, drift = args.skew
+    modes = ["on", "off"] if args.also_off else ["on"]
+    try:
+        worst = {m: skew_run(m, offset, drift, args.duration, args.interval, args.settle)
+                 for m in modes}  # fmt: skip
+    except (Bench, DqemuError) as e:
+        print(f"clock_skew: {e}", file=sys.stderr)
+        return 1
+    for m in modes:
+        print(f"clock_sync={m} offset_error_max_ns={worst[m]}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, nargs="+", default=[2, 4])
@@ -208,7 +300,16 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=5, help="QMP readings per phase")
     ap.add_argument("--iters", type=int, default=200, help="dqtest TSC handoffs per pair")
     ap.add_argument("--no-guest", action="store_true", help="skip the dqtest measurement")
+    ap.add_argument("--skew", type=int, nargs=2, metavar=("OFFSET_NS", "DRIFT_PPM"),
+                    help="mode 3: shard 1's host clock skewed by the test knob")  # fmt: skip
+    ap.add_argument("--also-off", action="store_true", help="--skew: also without clock sync")
+    ap.add_argument("--duration", type=float, default=30.0, help="--skew: seconds measured")
+    ap.add_argument("--interval", type=float, default=1.0, help="--skew: seconds between reads")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="--skew: seconds before errors count")  # fmt: skip
     args = ap.parse_args()
+    if args.skew is not None:
+        return skew_main(args)
     bad = [n for n in args.shards if n < 2 or n > args.vcpus]
     if bad:
         ap.error(f"--shards: each count must be 2..{args.vcpus} (got {bad[0]})")

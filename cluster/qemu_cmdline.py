@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.spec import DeviceSpec, VMSpec
+from cluster.spec import DeviceSpec, VMSpec, clock_sync_enabled
 from cluster.vm_options import smp_arg
 
 # Added to a Linux (bzImage) kernel's command line: serial console, and a panic that
@@ -128,6 +128,14 @@ def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
     )
     if spec.memory_mode == "dsm":
         obj += f",dsm=on,dsm-homes={dsm_homes(spec)}"
+    if clock_sync_enabled(spec):
+        obj += ",clock-sync=on"
+    knob = spec.shards[shard]
+    if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
+        obj += (
+            f",test-clock-skew-ns={knob.test_clock_skew_ns}"
+            f",test-clock-drift-ppm={knob.test_clock_drift_ppm}"
+        )
     return f"{obj},owners={owners}" if owners else obj
 
 

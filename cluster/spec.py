@@ -53,6 +53,10 @@ class ShardSpec:
     host: str | None = None
     numa_nodes: int = 1  # NUMA nodes of this shard's vCPUs and RAM slice (vm.numa on)
     qemu_args: tuple[str, ...] = ()  # unsupported: appended to this shard's QEMU only
+    # test knob (docs/spec.md): this shard's view of its host clock runs ahead by the skew
+    # and fast by the drift, so that one machine can play shards on different hosts
+    test_clock_skew_ns: int = 0
+    test_clock_drift_ppm: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,28 @@ class VMSpec:
     # what the routers' peer links run on: "tcp", or "rdma" (RC queue pairs; docs/protocol.md
     # "RDMA links"), which fails before the VM starts where no RDMA device is usable
     transport: str = "tcp"
+    # clock sync across hosts (docs/shard-design.md, Clock): "auto", "on" or "off"
+    clock_sync: str = "auto"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
             if vcpu in s.vcpus:
                 return s.id
         raise KeyError(vcpu)
+
+
+CLOCK_SYNC_MODES = ("auto", "on", "off")
+# the test knob's drift limit (the dqemu-shard object's own is larger)
+MAX_TEST_CLOCK_DRIFT_PPM = 10_000
+
+
+def clock_sync_enabled(spec: VMSpec) -> bool:
+    """Whether the shards synchronise their clocks over the routers: ``auto`` turns it on
+    when the shards name more than one host (a shard without ``host`` counts as one more,
+    unnamed, host only if another shard names one)."""
+    if spec.clock_sync != "auto":
+        return spec.clock_sync == "on"
+    return len({s.host for s in spec.shards}) > 1
 
 
 DATA_PATHS = ("router", "direct")
@@ -323,6 +343,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "data_path": str,
             "memory_mode": str,
             "transport": str,
+            "clock_sync": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -372,7 +393,13 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "shard",
             i,
             required={"id", "vcpus"},
-            optional={"host": str, "numa_nodes": int, "qemu_args": list},
+            optional={
+                "host": str,
+                "numa_nodes": int,
+                "qemu_args": list,
+                "test_clock_skew_ns": int,
+                "test_clock_drift_ppm": int,
+            },
             types={"id": int, "vcpus": (str, list)},
         )
         sid = s["id"]
@@ -395,7 +422,9 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         if not cpus:
             raise r.fail("shard", i, "vcpus", "a shard must run at least one vCPU")
         options = _shard_options(r, i, s, len(cpus))
-        shards.append(ShardSpec(sid, tuple(sorted(cpus)), s.get("host"), *options))
+        shards.append(
+            ShardSpec(sid, tuple(sorted(cpus)), s.get("host"), *options, *_clock_knob(r, i, s))
+        )
     unplaced = [c for c in range(vcpus) if c not in placed]
     if unplaced:
         raise r.fail(
@@ -416,6 +445,11 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         )
     if transport == "rdma" and data_path == "direct":
         raise r.fail("vm", None, "transport", '"rdma" needs data_path "router"')
+    clock_sync = vm.get("clock_sync", "auto")
+    if clock_sync not in CLOCK_SYNC_MODES:
+        raise r.fail(
+            "vm", None, "clock_sync", f"{clock_sync!r} is not one of {', '.join(CLOCK_SYNC_MODES)}"
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -473,6 +507,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         data_path=data_path,
         memory_mode=memory_mode,
         transport=transport,
+        clock_sync=clock_sync,
         **options,
     )
 
@@ -566,6 +601,15 @@ def _shard_options(r: _Reader, i: int, s: dict[str, Any], cpus: int) -> tuple[in
         return nodes, check_qemu_args(s.get("qemu_args", []))
     except ValueError as exc:
         raise r.fail("shard", i, "qemu_args", str(exc)) from None
+
+
+def _clock_knob(r: _Reader, i: int, s: dict[str, Any]) -> tuple[int, int]:
+    """A shard's test clock skew (ns) and drift (ppm)."""
+    drift = s.get("test_clock_drift_ppm", 0)
+    if abs(drift) > MAX_TEST_CLOCK_DRIFT_PPM:
+        why = f"{drift} is outside -{MAX_TEST_CLOCK_DRIFT_PPM}..{MAX_TEST_CLOCK_DRIFT_PPM}"
+        raise r.fail("shard", i, "test_clock_drift_ppm", why)
+    return s.get("test_clock_skew_ns", 0), drift
 
 
 def _vm_options(

@@ -23,8 +23,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster.cache import content_key, locked
 from cluster.errors import DqemuError
@@ -313,11 +315,17 @@ def dqtest_spec(
     timeout: float = 300,
     data_path: str | None = None,
     memory_mode: str | None = None,
+    vm_extra: Mapping[str, Any] | None = None,
+    shard_extra: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> VMSpec:
     """dqtest's VM: debug-exit, edu (MSI/INTx) and an IDE disk on ``disk`` (if given) on
     shard 0; pc-testdev (ISA IRQ lines) and a VGA on the last shard, which is not the
-    platform shard when there are several."""
-    placement = [{"id": i, "vcpus": c} for i, c in enumerate(even_placement(vcpus, shards))]
+    platform shard when there are several. ``vm_extra`` and ``shard_extra`` (by shard id)
+    add spec keys to ``[vm]`` and to ``[[shard]]`` tables."""
+    placement = [
+        {"id": i, "vcpus": c, **(shard_extra or {}).get(i, {})}
+        for i, c in enumerate(even_placement(vcpus, shards))
+    ]
     devices = [{"device": DEBUG_EXIT_DEVICE, "shard": 0}]
     if msi_device:
         devices.append({"device": "edu", "shard": 0})
@@ -329,7 +337,8 @@ def dqtest_spec(
     data = {
         "vm": {"vcpus": vcpus, "memory": memory_mib, "machine": machine}
         | ({"data_path": data_path} if data_path else {})
-        | ({"memory_mode": memory_mode} if memory_mode else {}),
+        | ({"memory_mode": memory_mode} if memory_mode else {})
+        | dict(vm_extra or {}),
         "boot": {"kernel": str(kernel), "append": append, "timeout": timeout},
         "shard": placement,
         "device": devices,
@@ -351,6 +360,8 @@ def run_dqtest(
     ide_disk: bool = True,
     data_path: str | None = None,
     memory_mode: str | None = None,
+    vm_extra: Mapping[str, Any] | None = None,
+    shard_extra: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> DqtestRun:
     """Boot dqtest with the loopback launcher and parse its output; nothing outlives it.
     With ``ide_disk`` the VM has a scratch IDE disk (1 MiB, deleted afterwards)."""
@@ -365,6 +376,7 @@ def run_dqtest(
             kernel, shards=shards, append=append, vcpus=vcpus, memory_mib=memory_mib,
             machine=machine, msi_device=msi_device, disk=disk, timeout=timeout,
             data_path=data_path, memory_mode=memory_mode,
+            vm_extra=vm_extra, shard_extra=shard_extra,
         )  # fmt: skip
         vm = LoopbackVM(spec, qemu=qemu, console=console).run()
     text = console.getvalue().decode(errors="replace")

@@ -104,7 +104,10 @@ def test_dqtest_passes(
     )  # fmt: skip
     assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
     assert run.result.complete, f"exit {run.returncode}: {run.stderr}\n{run.output[-2000:]}"
-    assert run.returncode == EXIT_PASS, f"{run.result.summary()}\n{run.output[-2000:]}"
+    # the launcher's stderr names a failure outside the guest (a shard or link lost)
+    assert run.returncode == EXIT_PASS, (
+        f"{run.result.summary()}\nlauncher: {run.stderr[-3000:]}\n{run.output[-2000:]}"
+    )
     assert_full_pass(run.result, run.output, machine)
     if shards > 1:
         assert run.forwarded["ipi"] > 0 and run.forwarded["pio"] > 0, run.forwarded

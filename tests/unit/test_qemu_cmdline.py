@@ -97,6 +97,24 @@ def test_shard_object() -> None:
     ]
 
 
+def test_shard_object_clock_sync_and_knob() -> None:
+    spec = parse_spec(
+        SPEC.replace('memory = "1000M"', 'memory = "1000M"\nclock_sync = "on"').replace(
+            'vcpus = "2-3"', 'vcpus = "2-3"\ntest_clock_skew_ns = 5\ntest_clock_drift_ppm = -3'
+        )
+    )
+
+    def obj(shard: int) -> str:
+        ram = (Path("/dev/shm/r0"), Path("/dev/shm/r1"))
+        paths = ShardPaths(qmp=Path("/q"), serial=None, ram=ram, router=Path("/r"))
+        args = shard_argv(Path("/q"), spec, shard, paths, BOOT)
+        return next(o for o in opt(args, "-object") if o.startswith("dqemu-shard"))
+
+    assert ",clock-sync=on," in obj(0) and "test-clock" not in obj(0)
+    assert ",test-clock-skew-ns=5,test-clock-drift-ppm=-3" in obj(1)
+    assert "clock-sync" not in next(o for o in opt(argv(1), "-object") if "dqemu-shard" in o)
+
+
 def test_unsharded_has_no_shard_object() -> None:
     spec = parse_spec('[vm]\nvcpus = 2\nmemory = 256\n[boot]\nkernel = "guest:cloud"\n')
     paths = ShardPaths(Path("/q.qmp"), Path("/c.sock"), (Path("/dev/shm/r0"),), None)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster.spec import SpecError, load_spec, parse_cpu_list, parse_memory, parse_spec
+from cluster.spec import (
+    SpecError,
+    clock_sync_enabled,
+    load_spec,
+    parse_cpu_list,
+    parse_memory,
+    parse_spec,
+)
 
 GOOD = """\
 [vm]
@@ -240,3 +247,31 @@ def test_dsm_refuses_extra_memory_backends() -> None:
         'qemu_args = ["-object", "memory-backend-ram,id=m,size=1M"]',
     )
     assert "qemu_args that add memory backends" in _err(spec)
+
+
+def test_clock_sync_and_test_knob() -> None:
+    spec = parse_spec(GOOD)
+    assert spec.clock_sync == "auto"
+    assert not clock_sync_enabled(spec)  # one host: off
+    two_hosts = (
+        GOOD.replace('vcpus = "0-1"', 'vcpus = "0-1"\nhost = "a"')
+        .replace("vcpus = [2, 3]", 'vcpus = [2, 3]\nhost = "b"')
+        .replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    )
+    assert clock_sync_enabled(parse_spec(two_hosts))
+    off = two_hosts.replace('memory = "1G"', 'memory = "1G"\nclock_sync = "off"')
+    assert not clock_sync_enabled(parse_spec(off))
+    on = GOOD.replace('memory = "1G"', 'memory = "1G"\nclock_sync = "on"')
+    assert clock_sync_enabled(parse_spec(on))
+    assert "vm.clock_sync: 'yes' is not one of auto, on, off" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nclock_sync = "yes"')
+    )
+    knob = GOOD.replace(
+        "vcpus = [2, 3]", "vcpus = [2, 3]\ntest_clock_skew_ns = -7\ntest_clock_drift_ppm = 200"
+    )
+    s1 = parse_spec(knob).shards[1]
+    assert (s1.test_clock_skew_ns, s1.test_clock_drift_ppm) == (-7, 200)
+    assert parse_spec(knob).shards[0].test_clock_drift_ppm == 0
+    assert "shard[1].test_clock_drift_ppm: 20000 is outside -10000..10000" in _err(
+        knob.replace("= 200", "= 20000")
+    )

@@ -3,7 +3,7 @@
  *
  * QEMU passes "<kernel path> <-append string>"; tokens without '=' are ignored.
  * Recognised: only=G1,G2  skip=G1,G2  iters=N  litmus_iters=N  xmc_rounds=N
- * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N
+ * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N  delay_ms=N
  * idle=hlt|poll  pause=0|1  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi intx
  * mem litmus xmc tsc (CPU bring-up always runs).
  */
@@ -59,6 +59,7 @@ static void parse_token(const char *tok, size_t len)
         {"timeout_ms", &opt.timeout_ms},
         {"settle_us", &opt.settle_us},
         {"cpus", &opt.max_cpus},
+        {"delay_ms", &opt.delay_ms},
     };
     for (size_t i = 0; i < ARRAY_SIZE(nums); i++) {
         if (key_is(tok, klen, nums[i].key)) {

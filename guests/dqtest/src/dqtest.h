@@ -48,6 +48,7 @@ struct options {
     uint64_t xmc_rounds;     /* rounds per cross-modifying-code pair */
     uint64_t atomic_iters;   /* increments per CPU in the atomic counter test */
     uint64_t tsc_bound_ns;   /* allowed backward TSC step between CPUs */
+    uint64_t delay_ms;       /* wait this long after CPU bring-up, before the groups */
     uint64_t timeout_ms;     /* how long to wait for anything before failing */
     uint64_t settle_us;      /* quiet time before counting deliveries */
     uint64_t max_cpus;       /* bring up at most this many CPUs (0: all) */

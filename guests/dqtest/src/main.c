@@ -74,6 +74,10 @@ void kmain(void)
 
     tsc_crosscheck_hpet();
     smp_boot_aps();
+    if (opt.delay_ms) {
+        kprintf("# delay %lu ms before the groups\n", opt.delay_ms);
+        mdelay(opt.delay_ms);
+    }
 
     static const struct { const char *group; void (*fn)(void); } suite[] = {
         {"ipi", test_ipi},     {"apic", test_apic_state},   {"pingpong", test_pingpong},
