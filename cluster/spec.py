@@ -118,11 +118,11 @@ MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
 def clock_sync_enabled(spec: VMSpec) -> bool:
     """Whether the shards synchronise their clocks over the routers: ``auto`` turns it on
-    when the shards name more than one host (a shard without ``host`` counts as one more,
-    unnamed, host only if another shard names one)."""
+    when the shards name more than one host (a shard without ``host`` goes where the
+    named ones go, as for memory_mode)."""
     if spec.clock_sync != "auto":
         return spec.clock_sync == "on"
-    return len({s.host for s in spec.shards}) > 1
+    return len({s.host for s in spec.shards if s.host}) > 1
 
 
 DATA_PATHS = ("router", "direct")
@@ -523,10 +523,13 @@ def _check_memory_mode(
     reach guest RAM behind the host MMU's back or add memory backends of its own."""
     if mode not in MEMORY_MODES:
         raise r.fail("vm", None, "memory_mode", f"{mode!r} is not one of {', '.join(MEMORY_MODES)}")
-    first = shards[0]
-    other = next((s for s in shards if s.host != first.host), None)
+    # a shard that names no host goes where the others go (loopback: this machine; Ray:
+    # the node the named shards are on), so only two different named hosts span hosts
+    named = [s for s in shards if s.host]
+    first = named[0] if named else shards[0]
+    other = next((s for s in named if s.host != first.host), None)
     if other is not None and mode != "dsm":
-        where = f"{first.host or 'this machine'}, {other.host or 'this machine'}"
+        where = f"{first.host}, {other.host}"
         raise r.fail(
             "vm",
             None,

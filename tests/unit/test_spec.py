@@ -210,14 +210,17 @@ def test_memory_mode() -> None:
 
 
 def test_shards_on_different_hosts_need_dsm() -> None:
-    two_hosts = GOOD.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\nhost = "node-b"')
+    one_named = GOOD.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\nhost = "node-b"')
+    # a shard that names no host goes where the named one goes: one host, shared is fine
+    assert parse_spec(one_named).memory_mode == "shared"
+    two_hosts = one_named.replace('vcpus = "0-1"', 'vcpus = "0-1"\nhost = "node-a"')
     msg = _err(two_hosts)
-    assert "vm.memory_mode: shards 0 and 1 are on different hosts (this machine, node-b)" in msg
+    assert "vm.memory_mode: shards 0 and 1 are on different hosts (node-a, node-b)" in msg
     assert 'memory_mode must be "dsm", not "shared"' in msg
     dsm = two_hosts.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
     assert parse_spec(dsm).shards[1].host == "node-b"
     # one host named on every shard is one host: shared is fine
-    same = two_hosts.replace('vcpus = "0-1"', 'vcpus = "0-1"\nhost = "node-b"')
+    same = one_named.replace('vcpus = "0-1"', 'vcpus = "0-1"\nhost = "node-b"')
     assert parse_spec(same).memory_mode == "shared"
 
 
