@@ -336,7 +336,13 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
                            env=env, timeout=120, check=False)  # fmt: skip
         return r.stdout
 
-    assert _wait_for(lambda: "DQ KV sleeping=1" in logs(), 900), logs()[-3000:]
+    def ended() -> bool:  # a job that failed (a spec error, say) will never print the line
+        r = subprocess.run([ray, "job", "status", *addr, job], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)  # fmt: skip
+        return any(w in r.stdout for w in ("FAILED", "SUCCEEDED", "STOPPED"))
+
+    assert _wait_for(lambda: "DQ KV sleeping=1" in logs() or ended(), 900), logs()[-3000:]
+    assert "DQ KV sleeping=1" in logs(), f"the job ended before the guest slept:\n{logs()[-3000:]}"
     assert len(_vm_children(node.netns)) == 4
     # the shards boot the shipped copies, in the VM's own directory on the node
     booted = [a for pid in _in_netns(node.netns, "qemu-system")
