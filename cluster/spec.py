@@ -8,7 +8,6 @@ reports the first problem as a :class:`SpecError` that names the key and its lin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import tomllib
@@ -236,8 +235,12 @@ class _Reader:
         self.loc = _Locator(text)
         self.origin = origin
         self.flags: dict[tuple[str | None, str | None], str] | None = None
+        # [vm] keys that a command-line flag set over the spec file: key -> flag
+        self.overrides: dict[str, str] = {}
 
     def fail(self, table: str | None, index: int | None, key: str | None, msg: str) -> SpecError:
+        if table == "vm" and key in self.overrides:
+            return SpecError(f"{self.overrides[key]} (over {self.origin}): {msg}")
         if self.flags is not None:
             flag = self.flags.get((table, key)) or self.flags.get((table, None))
             return SpecError(f"{flag}: {msg}" if flag else msg)
@@ -303,20 +306,35 @@ def _toml_type(v: object) -> str:
     )
 
 
-def load_spec(path: Path) -> VMSpec:
+def load_spec(path: Path, overrides: dict[str, tuple[str, str]] | None = None) -> VMSpec:
+    """The spec in ``path``. ``overrides`` maps [vm] keys to (flag, value) given on the
+    command line: they replace the file's values *before* the spec is checked, so every
+    rule holds for the spec as it will run, and an error names the flag."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"cannot read spec {path}: {exc.strerror}") from exc
-    return parse_spec(text, origin=str(path), base=path.parent)
+    return parse_spec(text, origin=str(path), base=path.parent, overrides=overrides)
 
 
-def parse_spec(text: str, origin: str = "<spec>", base: Path | None = None) -> VMSpec:
+def parse_spec(
+    text: str,
+    origin: str = "<spec>",
+    base: Path | None = None,
+    overrides: dict[str, tuple[str, str]] | None = None,
+) -> VMSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{origin}: not valid TOML: {exc}") from exc
-    return spec_from_data(data, _Reader(text, origin), base)
+    r = _Reader(text, origin)
+    if overrides:
+        vm = data.get("vm")
+        if isinstance(vm, dict):  # else spec_from_data names the missing [vm]
+            for key, (flag, value) in overrides.items():
+                vm[key] = value
+                r.overrides[key] = flag
+    return spec_from_data(data, r, base)
 
 
 def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpec:
@@ -565,19 +583,6 @@ def _check_memory_mode(
         raise r.fail(
             "vm", None, "memory_mode", 'qemu_args that add memory backends do not work with "dsm"'
         )
-
-
-def with_memory_mode(spec: VMSpec, mode: str) -> VMSpec:
-    """``spec`` with its memory mode overridden (``--memory-mode`` over a ``--spec``),
-    checked as the spec's own key would be."""
-    _check_memory_mode(
-        flag_reader(_FLAG_KEYS),
-        mode,
-        list(spec.shards),
-        list(spec.devices),
-        {"qemu_args": spec.qemu_args},
-    )
-    return dataclasses.replace(spec, memory_mode=mode)
 
 
 # [vm] keys of the guest-visible machine options (cluster/vm_options.py checks them).

@@ -25,7 +25,6 @@ from cluster.spec import (
     TRANSPORTS,
     load_spec,
     spec_from_flags,
-    with_memory_mode,
 )
 from cluster.vm.registry import check_name
 from loopback.detach import detach, log_to_registry
@@ -65,15 +64,12 @@ def _run(ns: argparse.Namespace) -> int:
         mixed += [f"--{k}" for k in DEVICE_KINDS if getattr(ns, k)]
         if mixed:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
-        spec = load_spec(ns.spec)
-        if ns.data_path is not None:
-            spec = dataclasses.replace(spec, data_path=ns.data_path)
-        if ns.memory_mode is not None:
-            spec = with_memory_mode(spec, ns.memory_mode)
-        if ns.transport is not None:
-            spec = dataclasses.replace(spec, transport=ns.transport)
-            if ns.transport == "rdma" and ns.data_path is None:
-                spec = dataclasses.replace(spec, data_path="router")  # RDMA rides the routers
+        overrides = {
+            key: (f"--{key.replace('_', '-')}", value)
+            for key in ("data_path", "memory_mode", "transport")
+            if (value := getattr(ns, key)) is not None
+        }
+        spec = load_spec(ns.spec, overrides)
     else:
         if ns.vcpus is None:
             ns.vcpus = 1

@@ -120,3 +120,25 @@ def test_rdma_check_says_there_is_none() -> None:
     r = dqemu("rdma-check")
     assert r.returncode != 0
     assert "no RDMA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_flags_over_a_spec_are_checked_as_the_spec(tmp_path: Path) -> None:
+    from cluster.spec import load_spec
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text(SPEC.format(extra=""))
+    direct = tmp_path / "direct.toml"
+    direct.write_text(SPEC.format(extra='data_path = "direct"'))
+    # no data_path in the file: --transport rdma takes the routers' path, as the file would
+    spec = load_spec(plain, {"transport": ("--transport", "rdma")})
+    assert (spec.transport, spec.data_path) == ("rdma", "router")
+    # a file that asks for direct links is not switched silently: the flag is refused
+    with pytest.raises(SpecError, match=rf'^--transport \(over {direct}\): "rdma" needs data_path'):
+        load_spec(direct, {"transport": ("--transport", "rdma")})
+    with pytest.raises(SpecError, match=r'^--transport .*needs data_path "router"'):
+        load_spec(
+            plain, {"transport": ("--transport", "rdma"), "data_path": ("--data-path", "direct")}
+        )
+    with pytest.raises(SpecError, match=r"^--memory-mode \(over .*\): 'big' is not one of"):
+        load_spec(plain, {"memory_mode": ("--memory-mode", "big")})
+    assert load_spec(plain, {"data_path": ("--data-path", "router")}).data_path == "router"
