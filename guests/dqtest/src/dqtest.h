@@ -208,6 +208,7 @@ static inline void smp_beat(void)
 {
     this_cpu()->beat++;
 }
+void handoff_relax(uint64_t t0);
 void smp_init_bsp(void);
 void smp_boot_aps(void);
 bool smp_call_async(unsigned cpu, void (*fn)(void *), void *arg);

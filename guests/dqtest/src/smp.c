@@ -187,6 +187,27 @@ bool smp_wait(unsigned cpu)
     return true;
 }
 
+/* A CPU that waits for its partner in a hand-off calls this in its spin loop,
+ * with t0 the TSC when it began to wait.  After HANDOFF_SPIN_US of spinning it
+ * halts for HANDOFF_NAP_US at a time, on its LAPIC timer, and so gives its host
+ * CPU back.  On an overcommitted host the partner's vCPU thread may be waiting
+ * for that very CPU: two vCPU threads that spin in turn, and are seldom run at
+ * the same time, make every hand-off cost a host time slice.  ci8 and ci12
+ * timed out on 1 shard that way, and the litmus group alone took 154 s under
+ * load.  A real OS yields in such a wait too (PAUSE exits, futexes).  Quiet
+ * hand-offs take a few microseconds and never reach the nap. */
+#define HANDOFF_SPIN_US 200
+#define HANDOFF_NAP_US 50
+void handoff_relax(uint64_t t0)
+{
+    if (opt.idle_poll || rdtsc() - t0 < ns_to_cycles(HANDOFF_SPIN_US * 1000))
+        return;
+    uint64_t f = irq_save();
+    lapic_timer_oneshot_us(HANDOFF_NAP_US);
+    sti_hlt();
+    irq_restore(f);
+}
+
 bool smp_call(unsigned cpu, void (*fn)(void *), void *arg)
 {
     if (cpu == 0) {

@@ -38,11 +38,13 @@ static void mp_producer(void *p)
         for (unsigned j = 0; j < 8; j++)
             c->data[j] = i * 8 + j;
         c->flag = i;
-        while (c->ack != i)
+        while (c->ack != i) {
             if (rdtsc() - t0 > to) {
                 c->timeouts++;
                 return;
             }
+            handoff_relax(t0);
+        }
         samples[i - 1] = rdtsc_ordered() - t0;
         c->done = i;
     }
@@ -55,9 +57,11 @@ static void mp_consumer(void *p)
     for (uint64_t i = 1; i <= c->n; i++) {
         smp_beat();
         uint64_t t0 = rdtsc();
-        while (c->flag != i)
+        while (c->flag != i) {
             if (rdtsc() - t0 > to)
                 return;
+            handoff_relax(t0);
+        }
         for (unsigned j = 0; j < 8; j++)
             if (c->data[j] != i * 8 + j)
                 c->stale++;
@@ -95,11 +99,13 @@ static void atom_worker(void *p)
     struct atom_ctl *c = p;
     uint64_t to = wait_timeout(), t0 = rdtsc();
     __atomic_fetch_add(&c->arrive, 1, __ATOMIC_SEQ_CST);
-    while (c->arrive < c->participants)
+    while (c->arrive < c->participants) {
         if (rdtsc() - t0 > to) {
             __atomic_fetch_add(&c->barrier_timeouts, 1, __ATOMIC_SEQ_CST);
             break;
         }
+        handoff_relax(t0);
+    }
     uint64_t retries = 0;
     for (uint64_t i = 0; i < c->iters; i++) {
         smp_beat();
@@ -193,11 +199,13 @@ static void sb_a(void *p)
             ;
         uint32_t r1 = sb_side(&c->x, &c->y, c->fence);
         uint64_t t0 = rdtsc();
-        while (c->b_done != i)
+        while (c->b_done != i) {
             if (rdtsc() - t0 > to) {
                 c->timeouts++;
                 return;
             }
+            handoff_relax(t0);
+        }
         uint32_t r2 = c->r2;
         c->counts[(r1 & 1) * 2 + (r2 & 1)]++;
         /* Adapt the lead time: double when B was late, shrink after 16 on-time rounds. */
@@ -219,9 +227,11 @@ static void sb_b(void *p)
     for (uint64_t i = 1; i <= c->iters; i++) {
         smp_beat();
         uint64_t t0 = rdtsc();
-        while (c->round != i)
+        while (c->round != i) {
             if (rdtsc() - t0 > to)
                 return;
+            handoff_relax(t0);
+        }
         uint64_t go = c->t_go;
         if (rdtsc() >= go)
             c->late++;

@@ -72,11 +72,13 @@ static void xmc_writer(void *p)
         xmc_set_imm(XMC_MAGIC + r);
         c->flag = r;                              /* release: after the code store */
         t0 = rdtsc();
-        while (c->ack != r)
+        while (c->ack != r) {
             if (rdtsc() - t0 > to) {
                 c->timeouts++;
                 return;
             }
+            handoff_relax(t0);
+        }
     }
 }
 
@@ -99,6 +101,7 @@ static void xmc_executor(void *p)
             }
             if (rdtsc() - t0 > to)
                 return;
+            handoff_relax(t0);
         }
         serialize();                              /* CPUID: the SDM's required serialisation */
         if (fn() != XMC_MAGIC + r && !c->stale++)
