@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.paths import cache_root
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 KERNEL_PACKAGE = "linux-image-amd64"
@@ -38,6 +40,7 @@ MODULES = (
 )
 RXE_DEVICES = ("rxe0", "rxe1")
 DONE_FILE = "rdma-host.status"
+CACHE = cache_root()
 LOG_FILE = "rdma-host.log"
 
 
@@ -79,6 +82,11 @@ for m in {mods}; do
   insmod "$f" 2>/dev/null || grep -q "^$(basename $m) " /proc/modules || fail "cannot load $m"
 done
 ip link set lo up
+if [ -d {shlex.quote(str(CACHE))} ]; then
+  mkdir -p /run/dqcache/upper /run/dqcache/work
+  mount -t overlay -o lowerdir={shlex.quote(str(CACHE))},upperdir=/run/dqcache/upper,\
+workdir=/run/dqcache/work dqcache {shlex.quote(str(CACHE))} || fail "cannot overlay the cache"
+fi
 # no duplicate address detection: a tentative link-local address can't resolve a path
 # (RTR fails with "Connection timed out")
 sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
@@ -98,6 +106,14 @@ export PYTHONUNBUFFERED=1 DQEMU_RDMA_HOST=1
 {cmd} > {log_file} 2>&1
 echo $? > {status_file}
 """
+
+
+def _cache_dirs() -> list[str]:
+    """The build cache (QEMU builds, dqtest, guest images), which the guest would otherwise
+    not see (vng puts a tmpfs on /var/cache): shared read-only, and made writable in the
+    guest by an overlay of its own (``_setup_script``), so that nothing in there changes
+    the host's cache."""
+    return [f"--rodir={CACHE}"] if CACHE.is_dir() else []
 
 
 def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int = 2) -> HostRun:
@@ -122,7 +138,7 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
         argv = [
             str(vng), "--force-9p", "--disable-kvm", "-r", str(kernel),
             "-m", memory, "--cpus", str(cpus), f"--rwdir={rw}",
-            "--exec", f"sh {script}",
+            *_cache_dirs(), "--exec", f"sh {script}",
         ]  # fmt: skip
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
         proc = subprocess.Popen(
