@@ -92,7 +92,7 @@ EOF_SPEC
 ( while sleep 2; do
     rdma link | grep -q 'dq[0-9]*rxe1' && {{ rdma link > /tmp/links.txt; break; }}
   done ) &
-T0=$(date +%s)
+mkdir -p /tmp/dqlogs; T0=$(date +%s)
 dqemu loopback --spec /tmp/dqtest.toml --transport rdma --log-dir /tmp/dqlogs > /tmp/out.txt 2>&1
 RC=$?
 echo "loopback exit $RC in $(( $(date +%s) - T0 )) s"

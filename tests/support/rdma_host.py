@@ -42,6 +42,7 @@ RXE_DEVICES = ("rxe0", "rxe1")
 DONE_FILE = "rdma-host.status"
 CACHE = cache_root()
 LOG_FILE = "rdma-host.log"
+CONSOLE_FILE = "rdma-host.console"
 
 
 class RdmaHostUnavailable(Exception):
@@ -141,19 +142,22 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
             *_cache_dirs(), "--exec", f"sh {script}",
         ]  # fmt: skip
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, env=env, cwd=tmp, start_new_session=True,
-        )  # fmt: skip
+        console = rw / CONSOLE_FILE  # vng's own output, readable while it boots
+        with console.open("w") as con:
+            proc = subprocess.Popen(
+                argv, stdout=con, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                text=True, env=env, cwd=tmp, start_new_session=True,
+            )  # fmt: skip
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            out, _ = proc.communicate()
+            proc.wait()
             raise TimeoutError(
                 f"the RDMA test host did not finish within {timeout:.0f} s; it printed:\n"
-                + out[-4000:]
+                + console.read_text(errors="replace")[-4000:]
             ) from None
+        out = console.read_text(errors="replace")
         cmd_out = log.read_text(errors="replace") if log.exists() else ""
         if not status.exists():
             return HostRun(
