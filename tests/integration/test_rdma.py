@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,35 +53,21 @@ def test_rdma_links_in_the_test_host() -> None:
     assert " passed" in tail and " failed" not in tail and " skipped" not in tail, tail
 
 
-# dqtest's VM (loopback/dqtest.py's dqtest_spec, without the scratch disk) over 2 shards
-DQTEST_SPEC = """
-[vm]
-vcpus = 4
-memory = 256
-machine = "q35"
-[boot]
-kernel = "{kernel}"
-append = "{append}"
-timeout = {timeout}
-[[shard]]
-id = 0
-vcpus = "0-1"
-[[shard]]
-id = 1
-vcpus = "2-3"
-[[device]]
-device = "isa-debug-exit,iobase=0xf4,iosize=4"
-shard = 0
-[[device]]
-device = "edu"
-shard = 0
-[[device]]
-device = "pc-testdev"
-shard = 1
-[[device]]
-device = "VGA,romfile="
-shard = 1
-"""
+def dqtest_toml(kernel: Path, append: str, timeout: float) -> str:
+    """dqtest's VM over 2 shards as a spec file: loopback/dqtest.py's devices (its
+    ``dqtest_spec`` without the scratch disk), for ``dqemu loopback --spec``."""
+    from loopback.dqtest import DEBUG_EXIT_DEVICE, ISA_IRQ_DEVICE, VGA_DEVICE
+
+    devices = [(DEBUG_EXIT_DEVICE, 0), ("edu", 0), (ISA_IRQ_DEVICE, 1), (VGA_DEVICE, 1)]
+    return "\n".join(
+        [
+            '[vm]\nvcpus = 4\nmemory = 256\nmachine = "q35"',
+            f'[boot]\nkernel = "{kernel}"\nappend = "{append}"\ntimeout = {timeout:g}',
+            '[[shard]]\nid = 0\nvcpus = "0-1"\n[[shard]]\nid = 1\nvcpus = "2-3"',
+            *(f'[[device]]\ndevice = "{d}"\nshard = {k}' for d, k in devices),
+        ]
+    )
+
 
 # in the test host: dqtest over RDMA, the launcher's rxe devices seen while it runs and
 # gone after it; then a SIGKILLed launcher's devices, reaped by `dqemu cleanup`
@@ -117,7 +104,7 @@ def test_loopback_dqtest_over_rxe() -> None:
     from loopback.dqtest import EXIT_PASS, build_dqtest
 
     kernel = build_dqtest()  # here: the test host sees the build cache read-only
-    spec = DQTEST_SPEC.format(kernel=kernel, append="iters=100", timeout=3000)
+    spec = dqtest_toml(kernel, append="iters=100", timeout=3000)
     r = rdma_host.run(["sh", "-c", LOOPBACK_SCRIPT.format(spec=spec)], timeout=3600)
     out = r.output
     assert r.returncode == EXIT_PASS, out[-6000:]
