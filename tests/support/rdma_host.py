@@ -157,6 +157,10 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
                 f"the RDMA test host did not finish within {timeout:.0f} s; it printed:\n"
                 + console.read_text(errors="replace")[-4000:]
             ) from None
+        except BaseException:  # Ctrl-C: the guest is in a session of its own
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
         out = console.read_text(errors="replace")
         cmd_out = log.read_text(errors="replace") if log.exists() else ""
         if not status.exists():
