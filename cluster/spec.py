@@ -462,7 +462,10 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
         )
     if transport == "rdma" and data_path == "direct":
-        raise r.fail("vm", None, "transport", '"rdma" needs data_path "router"')
+        raise r.fail(
+            "vm", None, "transport",
+            '"rdma" needs data_path "router", not "direct" (RDMA links join routers only)',
+        )  # fmt: skip
     clock_sync = vm.get("clock_sync", "auto")
     if clock_sync not in CLOCK_SYNC_MODES:
         raise r.fail(

@@ -44,6 +44,7 @@ from cluster.vm.plan import VMPlan
 from loopback.netns import NetnsError, Topology
 from loopback.procs import Child, Supervisor
 from loopback.qmp import ShardQMP
+from loopback.rxe import RxeDevices
 from loopback.stale import RUNDIR_PREFIX, reap_stale
 from loopback.unix_socket import connect_when_ready
 
@@ -133,10 +134,14 @@ class LoopbackHost(ShardHost):
 
     ``log_dir``: where the children's logs and ``pids.json`` go (default: the run
     directory, removed at the end); ``qmp_dir``: where the plan's operator QMP sockets
-    are (removed at the end)."""
+    are (removed at the end); ``rxe``: a sharded plan's routers get soft-RoCE devices of
+    their own (:mod:`loopback.rxe`, for ``transport = "rdma"``)."""
 
-    def __init__(self, *, log_dir: Path | None = None, qmp_dir: Path | None = None) -> None:
+    def __init__(
+        self, *, log_dir: Path | None = None, qmp_dir: Path | None = None, rxe: bool = False
+    ) -> None:
         self.keep_logs = log_dir
+        self.use_rxe = rxe  # give each shard's router an rxe device of its own
         self.qmp_dir = qmp_dir
         self.sup = Supervisor()
         self.meter = ProcessMeter()
@@ -145,6 +150,8 @@ class LoopbackHost(ShardHost):
         self.rundir: Path | None = None
         self.log_dir = Path()
         self.topo: Topology | None = None
+        self.rxe: RxeDevices | None = None  # transport "rdma" over soft-RoCE (loopback.rxe)
+        self.rdma_device: dict[int, str] = {}  # shard -> its router's rxe device
         self.ram: list[Path] = []  # the RAM files made and not yet unlinked
         self.netns: dict[int, str] = {}  # shard -> its namespace
         self.ips: dict[int, str] = {}  # shard -> its router's IP
@@ -187,6 +194,17 @@ class LoopbackHost(ShardHost):
             for k, h in zip(self.shard_ids, self.topo.hosts, strict=True):
                 self.netns[k] = h.netns
                 self.ips[k] = h.ip
+            if self.use_rxe:
+                self._add_rxe()
+
+    def _add_rxe(self) -> None:
+        assert self.topo is not None
+        self.rxe = RxeDevices(self.topo.bridge_ns)
+        try:
+            devices = self.rxe.add(len(self.shard_ids))
+        except NetnsError as exc:
+            raise DqemuError(f"loopback RDMA devices: {exc}") from None
+        self.rdma_device = dict(zip(self.shard_ids, devices, strict=True))
 
     def _plan(self) -> VMPlan:
         assert self.plan is not None and self.rundir is not None, "prepare() comes first"
@@ -200,6 +218,8 @@ class LoopbackHost(ShardHost):
         (self.rundir / router.socket_dir).mkdir(mode=0o700)
         cfg_path = self.rundir / router.config_file
         config = router.config(str(self.rundir), self.ips[shard])
+        if shard in self.rdma_device:
+            config["rdma_device"] = self.rdma_device[shard]
         cfg_path.write_text(json.dumps(config, indent=1))
         rfd, wfd = os.pipe()
         try:
@@ -355,6 +375,9 @@ class LoopbackHost(ShardHost):
                         os.killpg(c.pid, sig)
 
     def teardown(self) -> None:
+        if self.rxe is not None:  # before the namespaces: its veth peers are in one
+            self.rxe.remove()
+            self.rxe = None
         if self.topo is not None:
             self.topo.teardown()
             self.topo = None

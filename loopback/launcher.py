@@ -170,11 +170,11 @@ class LoopbackVM(VMOrchestrator):
             memory_mode=self.spec.memory_mode,
             shards=len(self.spec.shards),
         )
-        check_transport(self.spec.transport, len(self.spec.shards))
+        rxe = check_transport(self.spec.transport, len(self.spec.shards))
         qemu = self.qemu or ensure_qemu()
         if len(self.spec.shards) > 1:
             check_dqemu_build(qemu)
-        host = LoopbackHost(log_dir=self.keep_logs, qmp_dir=self.qmp_dir)
+        host = LoopbackHost(log_dir=self.keep_logs, qmp_dir=self.qmp_dir, rxe=rxe)
         try:
             plan = make_plan(
                 self.spec,

@@ -104,14 +104,22 @@ def silence_ends_run(kind: str, append: str) -> bool:
     )
 
 
-def check_transport(transport: str, shards: int) -> None:
-    """``transport = "rdma"`` needs a usable RDMA device here, checked before anything
-    starts; it never falls back to TCP."""
+def check_transport(transport: str, shards: int) -> bool:
+    """``transport = "rdma"`` needs RDMA here, checked before anything starts; it never
+    falls back to TCP. True: the launcher adds soft-RoCE devices of its own for the routers
+    (the kernel has rdma_rxe, :mod:`loopback.rxe`); False: TCP, or an existing device."""
     if transport != "rdma" or shards < 2:
-        return
-    from cluster.rdma_devices import RdmaUnavailable, check_usable
+        return False
+    from cluster.rdma_devices import SYS_IB, RdmaUnavailable, check_usable
+    from loopback.rxe import unavailable
 
+    why_no_rxe = unavailable()
+    if why_no_rxe is None:
+        return True
     try:
         check_usable()
     except RdmaUnavailable as e:
-        raise DqemuError(f'transport "rdma" cannot run here: {e}') from None
+        # a kernel without RDMA has no soft-RoCE either: the first reason says it all
+        rxe = f"; and no soft-RoCE: {why_no_rxe}" if os.path.isdir(SYS_IB) else ""
+        raise DqemuError(f'transport "rdma" cannot run here: {e}{rxe}') from None
+    return False

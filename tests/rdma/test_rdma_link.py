@@ -167,3 +167,70 @@ def test_remote_gone_is_named(mesh2: InProcessMesh, caplog: pytest.LogCaptureFix
     mesh2.routers[2].close()
     wait_for(lambda: mesh2.routers[1].health()["peers"]["2"]["state"] != "up", 10, "loss")
     assert "remote gone: the peer router closed the connection of its RDMA link" in caplog.text
+
+
+class TwoDeviceMesh(InProcessMesh):
+    """Router 1 on rxe0 and router 2 on rxe1: their RDMA traffic crosses the veth pair
+    dqr0/dqr1 (rxe delivers within one device without the wire)."""
+
+    def __init__(self, tmp: Path) -> None:  # the routers made here, not by InProcessMesh
+        self.routers = {}
+        ports = {1: 0, 2: 0}
+        for i, dev in ((1, "rxe0"), (2, "rxe1")):
+            cfg = router_config(i, [1, 2], tmp, ports, transport="rdma", rdma_device=dev)
+            self.routers[i] = Router(config_from_data(cfg), SECRET)
+            self.routers[i].start()
+        r1, r2 = self.routers[1], self.routers[2]
+        r1.routes.set_route("shard", 2, str(r2.listen_addr))
+        r2.routes.set_route("shard", 1, str(r1.listen_addr))
+        for r in (r1, r2):
+            threading.Thread(target=r.serve_forever, name=f"router-{r.id}", daemon=True).start()
+        self.clients = []
+
+
+@pytest.fixture
+def mesh_two_devices(tmp_path: Path) -> Iterator[InProcessMesh]:
+    with TwoDeviceMesh(tmp_path) as m:
+        m.wait_links(30)
+        yield m
+
+
+def test_queue_pair_error_fails_pending_requests(mesh_two_devices: InProcessMesh) -> None:
+    """rxe1's port goes down under a live link: router 1's next send is never acknowledged,
+    its queue pair goes to the error state (retries exceeded), and that is named on the
+    link; the request pending on it fails at once, not after its own timeout, and the
+    router stays up and answers (its TCP side over 127.0.0.1 never noticed anything)."""
+    m = mesh_two_devices
+    c1, c2 = m.client(1), m.client(2)
+    c2.on(p.MSG_PIO_REQ, lambda f: p.PioReply(7, 0))
+    assert c1.request(2, p.PioReq(1, 1, 0, 0, 0), timeout=30) == p.PioReply(7, 0)
+    c2.on(p.MSG_PIO_REQ, lambda f: None)  # the next request stays pending
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            c1.request(2, p.PioReq(2, 1, 0, 0, 0), timeout=600)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    r1 = m.routers[1]
+    wait_for(lambda: r1.stats()["links"]["shard:2"]["pending_requests"] == 1, 30, "pending")
+    subprocess.run(["ip", "link", "set", "dqr1", "down"], check=True)
+    try:
+        c1.send(2, page(1))  # a send that rxe1 can no longer acknowledge
+        t.join(120)
+        assert not t.is_alive(), "the pending request was not failed"
+        assert len(errors) == 1 and "queue pair in the error state" in str(errors[0]), errors
+        assert "link to shard 2 lost" in str(errors[0])
+        health = r1.health()
+        assert health["peers"]["2"]["state"] != "up"
+        lost = [e for e in health["events"] if e["event"] == "link_lost"]
+        assert lost and lost[0]["failed_requests"] == 1, health["events"]
+        why = lost[0]["reason"]
+        assert why.startswith("RDMA link on rxe0: queue pair in the error state"), why
+        assert c1.ping_router(timeout=10) >= 0
+    finally:
+        subprocess.run(["ip", "link", "set", "dqr1", "up"], check=True)
+        wait_for(lambda: _port_state("rxe1") == "ACTIVE", 10, "rxe1 up again")

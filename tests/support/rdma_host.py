@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.paths import cache_root
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 KERNEL_PACKAGE = "linux-image-amd64"
@@ -38,7 +40,9 @@ MODULES = (
 )
 RXE_DEVICES = ("rxe0", "rxe1")
 DONE_FILE = "rdma-host.status"
+CACHE = cache_root()
 LOG_FILE = "rdma-host.log"
+CONSOLE_FILE = "rdma-host.console"
 
 
 class RdmaHostUnavailable(Exception):
@@ -79,6 +83,11 @@ for m in {mods}; do
   insmod "$f" 2>/dev/null || grep -q "^$(basename $m) " /proc/modules || fail "cannot load $m"
 done
 ip link set lo up
+if [ -d {shlex.quote(str(CACHE))} ]; then
+  mkdir -p /run/dqcache/upper /run/dqcache/work
+  mount -t overlay -o lowerdir={shlex.quote(str(CACHE))},upperdir=/run/dqcache/upper,\
+workdir=/run/dqcache/work dqcache {shlex.quote(str(CACHE))} || fail "cannot overlay the cache"
+fi
 # no duplicate address detection: a tentative link-local address can't resolve a path
 # (RTR fails with "Connection timed out")
 sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
@@ -98,6 +107,14 @@ export PYTHONUNBUFFERED=1 DQEMU_RDMA_HOST=1
 {cmd} > {log_file} 2>&1
 echo $? > {status_file}
 """
+
+
+def _cache_dirs() -> list[str]:
+    """The build cache (QEMU builds, dqtest, guest images), which the guest would otherwise
+    not see (vng puts a tmpfs on /var/cache): shared read-only, and made writable in the
+    guest by an overlay of its own (``_setup_script``), so that nothing in there changes
+    the host's cache."""
+    return [f"--rodir={CACHE}"] if CACHE.is_dir() else []
 
 
 def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int = 2) -> HostRun:
@@ -122,22 +139,29 @@ def run(command: list[str], timeout: float = 900, memory: str = "2G", cpus: int 
         argv = [
             str(vng), "--force-9p", "--disable-kvm", "-r", str(kernel),
             "-m", memory, "--cpus", str(cpus), f"--rwdir={rw}",
-            "--exec", f"sh {script}",
+            *_cache_dirs(), "--exec", f"sh {script}",
         ]  # fmt: skip
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, env=env, cwd=tmp, start_new_session=True,
-        )  # fmt: skip
+        console = rw / CONSOLE_FILE  # vng's own output, readable while it boots
+        with console.open("w") as con:
+            proc = subprocess.Popen(
+                argv, stdout=con, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                text=True, env=env, cwd=tmp, start_new_session=True,
+            )  # fmt: skip
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-            out, _ = proc.communicate()
+            proc.wait()
             raise TimeoutError(
                 f"the RDMA test host did not finish within {timeout:.0f} s; it printed:\n"
-                + out[-4000:]
+                + console.read_text(errors="replace")[-4000:]
             ) from None
+        except BaseException:  # Ctrl-C: the guest is in a session of its own
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
+        out = console.read_text(errors="replace")
         cmd_out = log.read_text(errors="replace") if log.exists() else ""
         if not status.exists():
             return HostRun(
