@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster.vm.stats import StatsView
 from loopback.dqtest import EXIT_PASS, build_dqtest, dqtest_spec, parse_dqtest_output
 from loopback.launcher import LoopbackVM
 from tests.conftest import run_dqemu
@@ -74,3 +75,14 @@ def test_dqtest_memory_model_over_two_dsm_shards(qemu: Path) -> None:
     assert len(seen) == 2, seen
     assert all(not maps for maps in seen.values()), seen
     assert vm.forwarded["page"] > 0, vm.forwarded
+    # every shard's PAGE_STATS reached its router, read before teardown (docs/dsm.md §12)
+    pages = {s["shard_id"]: s.get("page") for s in vm.router_stats}
+    assert sorted(pages) == [0, 1] and all(pages.values()), pages
+    merged = StatsView().snapshot({s["shard_id"]: s for s in vm.router_stats})
+    page = merged["mechanisms"]["page"]
+    c = page["counters"]
+    assert c["read_faults"] + c["write_faults"] + c["upgrades"] > 0, c
+    assert c["pages_in"] > 0 and c["pages_out"] > 0, c
+    assert c["bytes_in"] > c["pages_in"] * 4096, c
+    assert sum(page["shards"][k]["counters"]["resident_pages"] for k in ("0", "1")) > 0, page
+    assert any(v["read_fault"]["count"] or v["write_fault"]["count"] for v in pages.values()), pages
