@@ -30,12 +30,20 @@ def _grown(now: Sequence[int], before: Sequence[int]) -> LatencyHistogram:
     return LatencyHistogram(hist, sum(hist), 0, _bucket_low(top + 1) if top >= 0 else 0)
 
 
-def _latency(h: LatencyHistogram) -> dict[str, float | int]:
+def _latency(h: LatencyHistogram) -> dict[str, Any]:
     return {
         "count": h.count,
         "p50_us": round(h.percentile(50) / 1000.0, 2),
         "p99_us": round(h.percentile(99) / 1000.0, 2),
     }
+
+
+def _since_start(hist: Sequence[int]) -> dict[str, Any]:
+    """The latencies since the shard started, with the non-empty buckets (so that a
+    reader can merge shards)."""
+    out = _latency(_grown(hist, [0] * len(hist)))
+    out["buckets"] = {str(i): n for i, n in enumerate(hist) if n}
+    return out
 
 
 class PageStatsView:
@@ -88,4 +96,8 @@ class PageStatsView:
             },
             "read_fault": _latency(reads),
             "write_fault": _latency(writes),
+            "since_start": {
+                "read_fault": _since_start(last.read_hist),
+                "write_fault": _since_start(last.write_hist),
+            },
         }

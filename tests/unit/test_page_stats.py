@@ -62,6 +62,9 @@ def test_view_rates_and_latency_over_the_last_interval() -> None:
     assert s["read_fault"]["count"] == 100
     assert 35 <= s["read_fault"]["p50_us"] <= 45, s  # not the old 5 ms faults
     assert s["write_fault"]["count"] == 10 and 180 <= s["write_fault"]["p99_us"] <= 220
+    total = s["since_start"]["read_fault"]
+    assert total["count"] == 1100 and total["p50_us"] > 4000
+    assert sum(total["buckets"].values()) == 1100 and len(total["buckets"]) == 2
 
 
 def test_merged_stats_show_page_counters_per_shard() -> None:
