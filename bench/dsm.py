@@ -22,15 +22,16 @@ import argparse
 import json
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from boot import boot_run  # noqa: E402
 
 from cluster.router.stats import LatencyHistogram  # noqa: E402
 
@@ -41,18 +42,9 @@ def boot_once(mode: str, vcpus: int, timeout: int) -> tuple[float, float, list[d
     """(wall seconds, guest seconds at power-off, every router's stats) of one boot."""
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.json"
-        cmd = [
-            sys.executable, "-m", "cluster.cli", "loopback", "--kernel", "guest:cloud",
-            "--initrd", "guest:cloud", "--append", "dq.run=cpus", "--vcpus", str(vcpus),
-            "--shards", "2", "--memory-mode", mode, "--timeout", str(timeout),
-            "--stats-file", str(stats),
-        ]  # fmt: skip
-        t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-        elapsed = time.monotonic() - t0
-        if proc.returncode != 0 or f"DQ KV online_cpus={vcpus}" not in proc.stdout:
-            tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
-            sys.exit(f"bench/dsm.py: {mode} boot failed: {tail[0]}")
+        elapsed, proc = boot_run(
+            vcpus, 2, "--memory-mode", mode, "--stats-file", str(stats), timeout=timeout
+        )
         m = POWER_DOWN.search(proc.stdout)
         routers = json.loads(stats.read_text()).get("routers", []) if stats.exists() else []
         return elapsed, float(m.group(1)) if m else 0.0, routers

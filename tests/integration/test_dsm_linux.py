@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Run, run_dqemu
-from tests.integration.test_shards import GUEST
+from tests.integration.test_shards import GUEST, assert_smp_passed, blk_on_shard1
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,13 +43,7 @@ def test_smp_over_two_dsm_shards(tmp_path: Path) -> None:
     r, fwd, pages = run_dsm(
         tmp_path, "--vcpus", "4", "--shards", "2", "--append", "dq.run=smp dq.cpus=4"
     )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.passed("smp"), r.stdout[-3000:]
-    kv = r.kv()
-    assert kv["online_cpus"] == "4"
-    assert kv["atomics_xadd"] == kv["atomics_cmpxchg"] == kv["atomics_expected"]
-    assert kv["shootdown_stale"] == "0"
-    assert kv["migrate_wrong_cpu"] == "0"
+    assert_smp_passed(r, cpus=4)
     assert fwd["ipi"] > 0 and fwd["page"] > 0, fwd
     # the races of docs/dsm.md §6 happened on the way (not forced: counted), and every
     # check above still came out right: requests that found their page busy at its home
@@ -62,14 +56,7 @@ def test_smp_over_two_dsm_shards(tmp_path: Path) -> None:
 def test_virtio_blk_dma_over_dsm(tmp_path: Path) -> None:
     # the disk's owner (shard 1) writes the guest's buffers by DMA, and CPU 0 on shard 0
     # checks them: every page reaches it through the DSM (docs/dsm.md §6.4, §9)
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(b"\0" * (16 << 20))
-    r, fwd, _ = run_dsm(
-        tmp_path, "--vcpus", "4", "--placement", "0-1;2-3", "--io-shard", "1",
-        "--append", "dq.run=blk dq.cpu=0",
-        "--drive", f"file={disk},if=none,id=d0,format=raw@1",
-        "--device", "virtio-blk-pci,drive=d0@1",
-    )  # fmt: skip
+    r, fwd, _ = run_dsm(tmp_path, *blk_on_shard1(tmp_path))
     assert r.passed("blk"), r.stdout[-3000:]
     assert r.kv()["blk_bad_chunks"] == "0"
     assert fwd["page"] > 0, fwd

@@ -10,6 +10,7 @@ from cluster.router._fastpath import NBUCKETS, bucket
 from cluster.router.page_stats import PageStatsView
 from cluster.vm.stats import StatsView
 from tests.unit._router_support import InProcessMesh, wait_for
+from tests.unit.test_vm_stats import Clock
 
 
 def report(faults: int, read_ns: list[int], write_ns: list[int], **kw: int) -> p.PageStats:
@@ -30,14 +31,6 @@ def test_codec_round_trip() -> None:
     assert m.counters()["lent_pages"] == 2
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_view_rates_and_latency_over_the_last_interval() -> None:
     clock = Clock()
     view = PageStatsView(clock)
@@ -46,12 +39,12 @@ def test_view_rates_and_latency_over_the_last_interval() -> None:
     first = view.summary()
     assert first is not None and first["read_fault"]["count"] == 0
     # 1000 slow faults long ago, then 100 fast ones in the last second
-    clock.t += 0.5
+    clock.now += 0.5
     view.update(report(1000, [5_000_000] * 1000, []))
     for _ in range(4):
-        clock.t += 0.5
+        clock.now += 0.5
         view.update(report(1000, [5_000_000] * 1000, [], pages_in=0))
-    clock.t += 0.5
+    clock.now += 0.5
     view.update(report(1100, [5_000_000] * 1000 + [40_000] * 100, [200_000] * 10, pages_in=50))
     s = view.summary()
     assert s is not None
