@@ -3,7 +3,7 @@
 VENV := .venv
 DQEMU := $(VENV)/bin/dqemu
 
-.PHONY: demo test test-rdma setup unit lint
+.PHONY: demo test test-rdma test-dsm setup unit lint
 
 setup:
 	@scripts/bootstrap
@@ -14,7 +14,11 @@ demo: setup
 	$(DQEMU) loopback --spec examples/demo.toml
 
 test: setup lint
-	$(VENV)/bin/python -m pytest tests -m "not testhost" --durations=25
+	$(VENV)/bin/python -m pytest tests -m "not testhost and not dsmlinux" --durations=25
+
+# the Linux checks over memory_mode "dsm" (minutes each)
+test-dsm: setup
+	$(VENV)/bin/python -m pytest tests -m dsmlinux
 
 # the RDMA transport's tests, inside a nested TCG guest with soft-RoCE (5-10 min)
 test-rdma: setup

@@ -18,19 +18,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def boot_once(vcpus: int, shards: int) -> float:
+def boot_run(
+    vcpus: int, shards: int, *extra: str, timeout: int = 600
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Boot the test guest with ``dq.run=cpus`` (plus ``extra`` loopback arguments): the
+    wall time from launch to its end, and the run; exits naming the failure."""
     cmd = [
         sys.executable, "-m", "cluster.cli", "loopback", "--kernel", "guest:cloud",
         "--initrd", "guest:cloud", "--append", "dq.run=cpus", "--vcpus", str(vcpus),
-        "--shards", str(shards), "--timeout", "600",
+        "--shards", str(shards), "--timeout", str(timeout), *extra,
     ]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - t0
     if proc.returncode != 0 or f"DQ KV online_cpus={vcpus}" not in proc.stdout:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
-        sys.exit(f"boot over {shards} shard(s) failed: {tail[0]}")
-    return elapsed
+        sys.exit(f"boot over {shards} shard(s) {' '.join(extra)} failed: {tail[0]}")
+    return elapsed, proc
+
+
+def boot_once(vcpus: int, shards: int) -> float:
+    return boot_run(vcpus, shards)[0]
 
 
 def main() -> int:

@@ -80,6 +80,7 @@ MSG_PAGE_INVALIDATE = 0x62
 MSG_PAGE_UPGRADE = 0x63
 MSG_PAGE_GRANT = 0x64
 MSG_PAGE_RECALL = 0x65
+MSG_PAGE_STATS = 0x67
 
 # --- enumerations carried in bodies ----------------------------------------------------------
 
@@ -157,6 +158,10 @@ PAGE_SIZE = 4096
 # PAGE_GRANT.result
 PAGE_GRANT_OK = 0
 PAGE_GRANT_NEED_DATA = 1
+
+# PAGE_STATS
+PAGE_STATS_BUCKETS = STATS_NBUCKETS  # buckets of each latency histogram
+PAGE_STATS_INTERVAL_MS = 500  # a shard sends its router PAGE_STATS this often
 
 # LINK_STATE.state
 LINK_DOWN = 0
@@ -316,6 +321,8 @@ class Message:
     TYPE: ClassVar[int]
     NAME: ClassVar[str]
     LAYOUT: ClassVar[Layout]
+    # u64 array fields carried as a tuple of ints (the others are one big integer)
+    ARRAYS: ClassVar[frozenset[str]] = frozenset()
     # filled in by _register()
     _getters: ClassVar[list[tuple[str, str, int]]]
 
@@ -333,6 +340,10 @@ class Message:
                 v = getattr(self, name)
                 if kind == "int":
                     vals.append(v)
+                elif kind == "array":
+                    if len(v) != count:
+                        raise ValueError(f"{self.NAME}.{name} must have {count} values")
+                    vals.extend(v)
                 elif kind == "limbs":
                     if not 0 <= v < (1 << (64 * count)):
                         raise ValueError(f"{self.NAME}.{name} out of range")
@@ -381,6 +392,10 @@ class Message:
             if kind in ("zero", "bytes0"):
                 i += 1
                 continue
+            if kind == "array":
+                kw[name] = tuple(raw[i : i + count])
+                i += count
+                continue
             if kind == "limbs":
                 v = 0
                 for k in range(count):
@@ -424,11 +439,11 @@ def _register(cls: type[Message]) -> type[Message]:
         elif f.ctype == "u8" and f.count > 1:
             getters.append((f.name, "bytes", f.count))
         elif f.count > 1:
-            getters.append((f.name, "limbs", f.count))
+            getters.append((f.name, "array" if f.name in cls.ARRAYS else "limbs", f.count))
         else:
             getters.append((f.name, "int", 1))
     cls._getters = getters
-    names = [g[0] for g in getters if g[1] in ("int", "limbs", "str", "bytes")]
+    names = [g[0] for g in getters if g[1] in ("int", "limbs", "array", "str", "bytes")]
     if lay.tail:
         names.append(lay.tail)
     dc_names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -837,6 +852,79 @@ class PageRecall(Message):
     LAYOUT = _layout("DQMsgPageRecall", "u64 gpa", "u32 access", "u32 reserved0")
     gpa: int
     access: int
+
+
+PAGE_STATS_COUNTERS = (
+    "read_faults",
+    "write_faults",
+    "upgrades",
+    "local_faults",
+    "joined_faults",
+    "dma_pages",
+    "invalidations_in",
+    "recalls_in",
+    "invalidations_out",
+    "recalls_out",
+    "home_queued",
+    "need_data",
+    "deferred_hold",
+    "pages_in",
+    "pages_out",
+    "bytes_in",
+    "bytes_out",
+    "fault_count",
+    "fault_sum_ns",
+    "fault_max_ns",
+    "resident_pages",
+    "lent_pages",
+    "exclusive_reads",
+)
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class PageStats(Message):
+    """A shard's DSM counters for its router (docs/dsm.md §12); cumulative but for the
+    gauges resident_pages and lent_pages."""
+
+    TYPE = MSG_PAGE_STATS
+    NAME = "PAGE_STATS"
+    ARRAYS = frozenset({"read_hist", "write_hist"})
+    LAYOUT = _layout(
+        "DQMsgPageStats",
+        *(f"u64 {n}" for n in PAGE_STATS_COUNTERS),
+        "u64 reserved0",
+        f"u64 read_hist[{PAGE_STATS_BUCKETS}]",
+        f"u64 write_hist[{PAGE_STATS_BUCKETS}]",
+    )
+    read_faults: int
+    write_faults: int
+    upgrades: int
+    local_faults: int
+    joined_faults: int
+    dma_pages: int
+    invalidations_in: int
+    recalls_in: int
+    invalidations_out: int
+    recalls_out: int
+    home_queued: int
+    need_data: int
+    deferred_hold: int
+    pages_in: int
+    pages_out: int
+    bytes_in: int
+    bytes_out: int
+    fault_count: int
+    fault_sum_ns: int
+    fault_max_ns: int
+    resident_pages: int
+    lent_pages: int
+    exclusive_reads: int
+    read_hist: tuple[int, ...]  # read-fault latency, the router's buckets (ns)
+    write_hist: tuple[int, ...]  # write faults and upgrades
+
+    def counters(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in PAGE_STATS_COUNTERS}
 
 
 # request type -> reply type (a reply may instead be an ERROR body with FLAG_ERROR)

@@ -55,6 +55,7 @@ from cluster.router.control import ControlConnection, ControlError
 from cluster.router.dataloop import DataLoop, Event
 from cluster.router.direct import DirectLinks
 from cluster.router.loglimit import LogLimiter
+from cluster.router.page_stats import PageStatsView
 from cluster.router.rdma import RdmaSetupError, connect_rdma
 from cluster.router.routing import Address, RoutingTable
 from cluster.router.shardproc import HUNG_LINE, Sample, describe, peer_pid, sample
@@ -124,6 +125,7 @@ class Router:
         self._loop_thread: threading.Thread | None = None
         self._data = DataLoop(cfg.shard_id, cfg.busy_poll_us, cfg.busy_poll_cpu, self._on_event)
         self.local_rtt_us: float | None = None
+        self.page_stats = PageStatsView()  # the local shard's DSM counters
         self._last_housekeeping = time.monotonic()
         # liveness: the local shard's heartbeat state, and what we know of down shards
         self._shard_hb = cfg.shard_heartbeat == "on"
@@ -1045,6 +1047,12 @@ class Router:
         if f.type == p.MSG_LINK_STATE and local and isinstance(msg, p.LinkState):
             self._direct_link_lost(msg)
             return
+        if f.type == p.MSG_PAGE_STATS and isinstance(msg, p.PageStats):
+            if local and link is self.local:
+                self.page_stats.update(msg)
+            else:
+                link.stats.drop("PAGE_STATS not from the local shard")
+            return
         if f.is_reply and f.type == p.MSG_PONG and isinstance(msg, p.Pong):
             rtt_us = round((time.monotonic_ns() - msg.t_send) / 1000.0, 1)
             if local:
@@ -1143,6 +1151,7 @@ class Router:
             "data_path": self.cfg.data_path,
             "transport": self.cfg.transport,
             "direct_links": self.direct.counted() if self.direct is not None else [],
+            "page": self.page_stats.summary(),
         }
 
     def _handshake_counts(self) -> dict[str, int]:

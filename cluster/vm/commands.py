@@ -138,6 +138,13 @@ def _print_stats(snap: dict[str, Any]) -> None:
             f"{link['requests']} requests p50 {link['latency_p50_us']:g} us "
             f"p99 {link['latency_p99_us']:g} us"
         )
+    for sid, page in (snap["mechanisms"].get("page", {}).get("shards") or {}).items():
+        r, w = page["read_fault"], page["write_fault"]
+        print(
+            f"  page shard {sid}: {page['rates']['faults_per_s']:g} faults/s, "
+            f"read p50 {r['p50_us']:g} p99 {r['p99_us']:g} us, "
+            f"write p50 {w['p50_us']:g} p99 {w['p99_us']:g} us"
+        )
     sys.stdout.flush()
 
 

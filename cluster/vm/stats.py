@@ -35,7 +35,7 @@ class StatsView:
         prev = self._prev or {}
         dt = now - self._prev_t if self._prev is not None else 0.0
         links: dict[str, Any] = {}
-        mechs: dict[str, dict[str, float]] = {
+        mechs: dict[str, dict[str, Any]] = {
             m: {"total": 0, "msgs_per_s": 0.0, "bytes_per_s": 0.0} for m in MECHANISMS.values()
         }
         for sid, stats in sorted(routers.items()):
@@ -44,6 +44,7 @@ class StatsView:
                     continue
                 key = f"{sid}->{name.split(':', 1)[1]}"
                 links[key] = self._link(link, prev.get(key), dt, mechs)
+        _page_counters(routers, mechs["page"])
         self._prev = {k: v["_raw"] for k, v in links.items()}
         self._prev_t = now
         for v in links.values():
@@ -61,7 +62,7 @@ class StatsView:
         link: Mapping[str, Any],
         prev: Mapping[str, Any] | None,
         dt: float,
-        mechs: dict[str, dict[str, float]],
+        mechs: dict[str, dict[str, Any]],
     ) -> dict[str, Any]:
         per_type = link.get("per_type", {})
         raw = {
@@ -101,3 +102,17 @@ class StatsView:
         out["latency_p99_us"] = round(h.percentile(99) / 1000.0, 2)
         out["_raw"] = raw
         return out
+
+
+def _page_counters(routers: Mapping[int, Mapping[str, Any]], page: dict[str, Any]) -> None:
+    """Add the dsm shards' page counters (PAGE_STATS, as each router shows them) to the
+    mechanism "page": summed over shards, and each shard's own with its fault latency."""
+    shards = {sid: s["page"] for sid, s in sorted(routers.items()) if s.get("page")}
+    if not shards:
+        return
+    total: dict[str, int] = {}
+    for v in shards.values():
+        for k, n in v["counters"].items():
+            total[k] = total.get(k, 0) + int(n)
+    page["counters"] = total
+    page["shards"] = {str(sid): v for sid, v in shards.items()}

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from cluster.vm.stats import StatsView
 from loopback.dqtest import EXIT_PASS, build_dqtest, dqtest_spec, parse_dqtest_output
 from loopback.launcher import LoopbackVM
 from tests.conftest import run_dqemu
@@ -74,3 +77,57 @@ def test_dqtest_memory_model_over_two_dsm_shards(qemu: Path) -> None:
     assert len(seen) == 2, seen
     assert all(not maps for maps in seen.values()), seen
     assert vm.forwarded["page"] > 0, vm.forwarded
+    # every shard's PAGE_STATS reached its router, read before teardown (docs/dsm.md §12)
+    pages = {s["shard_id"]: s.get("page") for s in vm.router_stats}
+    assert sorted(pages) == [0, 1] and all(pages.values()), pages
+    merged = StatsView().snapshot({s["shard_id"]: s for s in vm.router_stats})
+    page = merged["mechanisms"]["page"]
+    c = page["counters"]
+    assert c["read_faults"] + c["write_faults"] + c["upgrades"] > 0, c
+    assert c["pages_in"] > 0 and c["pages_out"] > 0, c
+    assert c["bytes_in"] > c["pages_in"] * 4096, c
+    assert sum(page["shards"][k]["counters"]["resident_pages"] for k in ("0", "1")) > 0, page
+    assert any(v["read_fault"]["count"] or v["write_fault"]["count"] for v in pages.values()), pages
+
+
+def shard_qemu(shard: int) -> psutil.Process | None:
+    """This process's QEMU of shard ``shard``, if it runs."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "qemu-system" in child.name() and any(
+                f"shard={shard}," in a for a in child.cmdline()
+            ):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_lost_dsm_shard_stops_the_vm(qemu: Path) -> None:
+    """A shard that homes and holds pages is killed while both shards move pages: the VM
+    stops with exit 4 naming it, and no vCPU of shard 0 stays blocked in a fault that can
+    no longer be served (the run ends instead of waiting for its timeout)."""
+    spec = dqtest_spec(
+        build_dqtest(), shards=2, vcpus=2, timeout=600, memory_mode="dsm",
+        append="only=mem iters=100000000 timeout_ms=3600000",
+    )  # fmt: skip
+    console = io.BytesIO()
+    done: dict[str, Any] = {}
+    runner = threading.Thread(
+        target=lambda: done.update(vm=LoopbackVM(spec, qemu=qemu, console=console).run())
+    )
+    runner.start()
+    try:
+        victim = None
+        while runner.is_alive() and (victim is None or b"# options" not in console.getvalue()):
+            victim = shard_qemu(1)
+            time.sleep(0.2)
+        assert victim is not None and runner.is_alive(), console.getvalue()[-2000:]
+        time.sleep(1.0)  # let the message-passing check move pages both ways
+        victim.kill()
+    finally:
+        runner.join(timeout=300)
+    assert not runner.is_alive(), "the VM did not stop after shard 1 was killed"
+    vm = done["vm"]
+    assert vm.exit_code == 4, (vm.exit_code, vm.reason)
+    assert "shard 1" in vm.reason, vm.reason

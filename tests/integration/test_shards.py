@@ -28,18 +28,23 @@ def run_sharded(tmp_path: Path, *args: str) -> tuple[Run, dict[str, int]]:
     return r, forwarded
 
 
+def assert_smp_passed(r: Run, cpus: int) -> None:
+    """dq.run=smp passed: every CPU online, pinned jobs, atomics, shootdowns, migration."""
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.passed("smp"), r.stdout[-3000:]
+    kv = r.kv()
+    assert kv["online_cpus"] == str(cpus)
+    assert kv["atomics_xadd"] == kv["atomics_cmpxchg"] == kv["atomics_expected"]
+    assert kv["shootdown_stale"] == "0"
+    assert kv["migrate_wrong_cpu"] == "0"
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_smp_across_shards(tmp_path: Path, layout: str) -> None:
     r, fwd = run_sharded(
         tmp_path, "--vcpus", "4", *LAYOUTS[layout], "--append", "dq.run=smp dq.cpus=4"
     )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.passed("smp"), r.stdout[-3000:]
-    kv = r.kv()
-    assert kv["online_cpus"] == "4"
-    assert kv["atomics_xadd"] == kv["atomics_cmpxchg"] == kv["atomics_expected"]
-    assert kv["shootdown_stale"] == "0"
-    assert kv["migrate_wrong_cpu"] == "0"
+    assert_smp_passed(r, cpus=4)
     assert fwd["ipi"] > 0, fwd  # IPIs crossed shards
     assert fwd["pio"] > 0 and fwd["mmio"] > 0, fwd
 
@@ -52,17 +57,23 @@ def test_serial_from_non_io_shard(tmp_path: Path) -> None:
     assert fwd["pio"] > 0
 
 
-def test_virtio_blk_on_other_shard(tmp_path: Path) -> None:
-    # Shard 1 owns the platform and the disk; CPU 0 runs on shard 0, which owns no device,
-    # and uses the disk with its MSI steered to CPU 0: MMIO forwarded to shard 1, MSI back.
+def blk_on_shard1(tmp_path: Path) -> tuple[str, ...]:
+    """Loopback arguments: 4 vCPUs over 2 shards, shard 1 owning the platform and a fresh
+    16 MiB virtio-blk disk, dq.run=blk on CPU 0 (shard 0, which owns no device)."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * (16 << 20))
-    r, fwd = run_sharded(
-        tmp_path, "--vcpus", "4", "--placement", "0-1;2-3", "--io-shard", "1",
+    return (
+        "--vcpus", "4", "--placement", "0-1;2-3", "--io-shard", "1",
         "--append", "dq.run=blk dq.cpu=0",
         "--drive", f"file={disk},if=none,id=d0,format=raw@1",
         "--device", "virtio-blk-pci,drive=d0@1",
     )  # fmt: skip
+
+
+def test_virtio_blk_on_other_shard(tmp_path: Path) -> None:
+    # CPU 0 uses the disk of shard 1 with its MSI steered to CPU 0: MMIO forwarded to
+    # shard 1, MSI back.
+    r, fwd = run_sharded(tmp_path, *blk_on_shard1(tmp_path))
     assert r.passed("blk"), r.stdout[-3000:]
     assert r.kv()["blk_bad_chunks"] == "0"
     assert int(r.kv()["blk_irq_on_cpu"]) > 0

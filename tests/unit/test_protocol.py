@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from cluster.router import protocol as p
 
 
-def _field_strategy(f: p.Field) -> st.SearchStrategy[object]:
+def _field_strategy(f: p.Field, arrays: frozenset[str] = frozenset()) -> st.SearchStrategy[object]:
+    if f.name in arrays:
+        # a histogram: mostly zeros, a few counts anywhere
+        return st.dictionaries(st.integers(0, f.count - 1), st.integers(0, (1 << 64) - 1)).map(
+            lambda d: tuple(d.get(i, 0) for i in range(f.count))
+        )
     if f.ctype == "char":
         return st.text(
             alphabet=st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]),
@@ -33,7 +38,7 @@ def message_strategy(cls: type[p.Message]) -> st.SearchStrategy[p.Message]:
     kw: dict[str, st.SearchStrategy[object]] = {}
     for f in cls.LAYOUT.fields:
         if not f.reserved:
-            kw[f.name] = _field_strategy(f)
+            kw[f.name] = _field_strategy(f, cls.ARRAYS)
     if cls.LAYOUT.tail:
         kw[cls.LAYOUT.tail] = st.text(
             alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300
