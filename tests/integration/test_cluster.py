@@ -1,5 +1,5 @@
 """`dqemu cluster up/down`, the node actor and placement on a real Ray cluster of network
-namespaces on this machine (one `cluster up --nodes 2` for the module: Ray takes about
+namespaces on this machine (one `cluster up --nodes 3` for the module: Ray takes about
 1 GB and a lot of CPU to start)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -43,7 +44,7 @@ def _nothing_left(name: str, st: lc.ClusterState) -> list[str]:
 def cluster() -> Iterator[lc.ClusterState]:
     if netns.available():
         pytest.skip(netns.available() or "")
-    r = run_dqemu("cluster", "up", "--name", NAME, "--nodes", "2", timeout=900)
+    r = run_dqemu("cluster", "up", "--name", NAME, "--nodes", "3", timeout=900)
     try:
         assert r.returncode == 0, r.stderr
         st = lc.load_state(NAME)
@@ -76,10 +77,10 @@ def test_nodes_have_their_own_ip_labels_and_resources(cluster: lc.ClusterState) 
         out = subprocess.run([ray, "status"], capture_output=True, text=True, env=env,
                              timeout=120, check=False)  # fmt: skip
         assert out.returncode == 0, out.stderr
-        if "0.0/8.0 dqemu_shard" in out.stdout or time.monotonic() > deadline:
+        if "0.0/12.0 dqemu_shard" in out.stdout or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert "0.0/8.0 dqemu_shard" in out.stdout  # 4 on each of the 2 workers
+    assert "0.0/12.0 dqemu_shard" in out.stdout  # 4 on each of the 3 workers
     # without the token, Ray refuses (token auth stays on)
     bare = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     bare["HOME"] = "/nonexistent"  # no ~/.ray/auth_token either
@@ -88,7 +89,7 @@ def test_nodes_have_their_own_ip_labels_and_resources(cluster: lc.ClusterState) 
     assert out.returncode != 0
     r = run_dqemu("cluster", "status", "--name", cluster.name)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("raylet running") == 3
+    assert r.stdout.count("raylet running") == 4
     # a second `up` of the same cluster is refused, and leaves it running
     again = run_dqemu("cluster", "up", "--name", cluster.name, "--nodes", "1")
     assert again.returncode == 2 and "already up" in again.stderr
@@ -117,7 +118,8 @@ def test_placement_on_the_cluster(cluster: lc.ClusterState) -> None:
     unknown, spans, held = got["unknown"], got["spans"], got["held"]
     assert isinstance(unknown, list) and isinstance(spans, list) and isinstance(held, list)
     assert "no Ray node is 'node9'" in unknown[0] and "node1 (" in unknown[0]
-    assert "until the DSM issue lands" in spans[0]
+    assert 'with memory_mode "shared" a VM keeps all its shards on one node' in spans[0]
+    assert got["spread"] == ["node3", "node1"]  # a dsm VM: on the nodes its hosts name
     assert "could not place 3 shard(s) on one node within" in held[0]
     assert "node2 (" in held[0] and "2 of 4 dqemu_shard free" in held[0]
     assert held[1] < 30
@@ -181,24 +183,6 @@ vcpus = "1"
 """
 
 
-def test_a_spec_that_spans_nodes_is_refused(cluster: lc.ClusterState, tmp_path: Path) -> None:
-    spec = tmp_path / "span.toml"
-    # shards on two hosts need memory_mode "dsm" (a spec error otherwise); Ray placement
-    # still keeps a VM on one node
-    text = SPEC.format(name="span", host0="node1", host1='host = "node2"')
-    spec.write_text(text.replace('memory = "256M"', 'memory = "256M"\nmemory_mode = "dsm"'))
-    env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        ["ip", "netns", "exec", cluster.head.netns, *dqemu_cmd("run", str(spec))],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert "until the DSM issue lands a VM must keep all its shards on one node" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert time.monotonic() - t0 < 120  # Ray's start-up in the driver included
-
-
 def test_ray_job_submit_runs_a_vm_on_the_named_node(
     built: None, cluster: lc.ClusterState, tmp_path: Path
 ) -> None:
@@ -240,6 +224,129 @@ def _wait_for(pred: object, timeout: float) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+SPAN_SPEC = """
+[vm]
+name = "{name}"
+vcpus = 3
+memory = "64M"
+memory_mode = "dsm"
+
+[boot]
+kernel = "{kernel}"
+append = "{append}"
+timeout = 600
+
+[[shard]]
+id = 0
+vcpus = "0"
+host = "node3"
+
+[[shard]]
+id = 1
+vcpus = "1"
+host = "node1"
+
+[[shard]]
+id = 2
+vcpus = "2"
+"""
+WAITING = "# waiting for input on the console"
+
+
+def _shared_files(pid: int) -> set[str]:
+    """The files a process maps shared (rw-s, and any /dev/shm file or memory-backend
+    memfd): guest RAM that two shards shared would be one of them."""
+    out = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        f = line.split(maxsplit=5)
+        if len(f) == 6 and f[4] != "0" and (f[1].endswith("s") or "/dev/shm/" in f[5]
+                                            or "memfd:memory-backend" in f[5]):  # fmt: skip
+            out.add(f"{f[3]}:{f[4]} {f[5]}")
+    return out
+
+
+def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """`ray job submit -- dqemu run` of a 3-shard DSM spec: shard 0 on node3 and shard 1
+    on node1 (their hosts), shard 2 (no host) spread onto the node left, node2. While it
+    runs (dqtest waits for a byte on its console), each node's namespace runs one shard,
+    the three share no guest-RAM mapping, and `dqemu list` shows one shard per node;
+    then the guest sees its 3 vCPUs, passes its memory checks over the DSM and powers
+    off: exit 0."""
+    from loopback.dqtest import build_dqtest
+
+    spec = tmp_path / "span.toml"
+    append = "only=mem iters=50 atomic_iters=100 wait_input=1"
+    spec.write_text(SPAN_SPEC.format(name="span3", kernel=build_dqtest(), append=append))
+    env = {**TEST_ENV, **lc.ray_env(cluster.name)}
+    ray = str(REPO / ".venv/bin/ray")
+    addr = ("--address", cluster.dashboard)
+    t0 = time.monotonic()
+    sub = subprocess.run(
+        [ray, "job", "submit", *addr, "--no-wait", "--", str(REPO / ".venv/bin/dqemu"),
+         "run", str(spec)],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )  # fmt: skip
+    job = next(w.strip("'") for w in sub.stdout.split() if w.strip("'").startswith("raysubmit_"))
+    logs, ended = _job_watch(ray, addr, job, env)
+    assert _wait_for(lambda: WAITING in logs() or ended(), 600), logs()[-3000:]
+    assert WAITING in logs(), f"the job ended before the guest waited:\n{logs()[-3000:]}"
+    nodes = {n.name: n for n in cluster.nodes[1:]}
+    where = {"node3": 0, "node1": 1, "node2": 2}
+    pids = {}
+    for name, shard in where.items():
+        qemus = _in_netns(nodes[name].netns, "qemu-system")
+        assert len(qemus) == 1, (name, qemus)  # one shard per node
+        cmd = " ".join(psutil.Process(qemus[0]).cmdline())
+        assert f"dqemu-shard,id=dqemu,shard={shard}," in cmd, (name, cmd[:300])
+        pids[name] = qemus[0]
+    spaces = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in pids.values()}
+    assert len(spaces) == 3  # three network namespaces
+    maps = {name: _shared_files(pid) for name, pid in pids.items()}
+    assert not any("/dev/shm/" in m or "memory-backend" in m for f in maps.values() for m in f)
+    for a in maps:
+        for b in maps:
+            assert a == b or not maps[a] & maps[b], (a, b, maps[a] & maps[b])
+    got = _driver(cluster, "span", "span3")  # lets the guest go on once it has looked
+    rows = {r["name"]: r for r in json.loads(got["list"][1])}  # type: ignore[index]
+    hosts = [s["host"] for s in rows["span3"]["shards"]]
+    assert hosts == [f"{n} ({nodes[n].ip})" for n in where], hosts
+    assert rows["span3"]["state"] == "running"
+    info = json.loads(got["info"][1])  # type: ignore[index]
+    assert [s["host"] for s in info["shards"]] == hosts
+    assert _wait_for(ended, 600), logs()[-3000:]
+    out = logs()
+    print(f"3-shard dsm VM over 3 nodes: {time.monotonic() - t0:.1f} s from submit to end")
+    assert "# cpus online=3" in out and "dqtest: PASS" in out, out[-3000:]
+    assert "not ok" not in out, out[-3000:]
+    assert f"shard 0 on node3 ({nodes['node3'].ip}), shard 1 on node1" in out
+    assert "guest powered off (every shard exited 0)" in out, out[-2000:]
+    assert _job_status(ray, addr, job, env) == "SUCCEEDED"
+    for n in nodes.values():
+        assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
+
+
+def _job_status(ray: str, addr: tuple[str, ...], job: str, env: dict[str, str]) -> str:
+    r = subprocess.run([ray, "job", "status", *addr, job], capture_output=True, text=True,
+                       env=env, timeout=120, check=False)  # fmt: skip
+    return next((w for w in ("FAILED", "SUCCEEDED", "STOPPED") if w in r.stdout), "")
+
+
+def _job_watch(ray: str, addr: tuple[str, ...], job: str, env: dict[str, str]) -> tuple[Any, Any]:
+    """The job's logs so far, and whether it has ended, as two functions."""
+
+    def logs() -> str:
+        r = subprocess.run([ray, "job", "logs", *addr, job], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)  # fmt: skip
+        return r.stdout
+
+    def ended() -> bool:  # a job that failed (a spec error, say) will never print the line
+        return _job_status(ray, addr, job, env) != ""
+
+    return logs, ended
 
 
 SLEEP_SPEC = SPEC.replace("dq.run=cpus", "dq.run=sleep")
@@ -331,16 +438,7 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
     )  # fmt: skip
     job = next(w.strip("'") for w in sub.stdout.split() if w.strip("'").startswith("raysubmit_"))
 
-    def logs() -> str:
-        r = subprocess.run([ray, "job", "logs", *addr, job], capture_output=True, text=True,
-                           env=env, timeout=120, check=False)  # fmt: skip
-        return r.stdout
-
-    def ended() -> bool:  # a job that failed (a spec error, say) will never print the line
-        r = subprocess.run([ray, "job", "status", *addr, job], capture_output=True, text=True,
-                           env=env, timeout=120, check=False)  # fmt: skip
-        return any(w in r.stdout for w in ("FAILED", "SUCCEEDED", "STOPPED"))
-
+    logs, ended = _job_watch(ray, addr, job, env)
     assert _wait_for(lambda: "DQ KV sleeping=1" in logs() or ended(), 900), logs()[-3000:]
     assert "DQ KV sleeping=1" in logs(), f"the job ended before the guest slept:\n{logs()[-3000:]}"
     assert len(_vm_children(node.netns)) == 4
