@@ -74,6 +74,8 @@ class ClusterVM(LoopbackVM):
                 f"shard {k} on {n.name}" for k, n in enumerate(placed.nodes)))  # fmt: skip
             hosts = {n.node_id: RemoteHost(node_actor(n.node_id), name, n.name) for n in nodes}
             try:
+                for host in hosts.values():
+                    host.watch()  # a lost node ends the VM within 2 s, not Ray's 3+
                 plan, kind = self._plan(nodes, hosts, placed.nodes)
             except BaseException:
                 for host in hosts.values():
