@@ -358,7 +358,7 @@ class NodeActor:
     def serial_send(self, vm: str, data: bytes) -> None:
         serial = self._vm(vm).serial
         if serial is not None:
-            serial.send(data)
+            serial.link.send(data)
 
     def qmp_open(self, vm: str, shard: int, timeout: float) -> None:
         events = self.events.setdefault((vm, shard), [])

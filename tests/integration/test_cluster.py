@@ -238,7 +238,7 @@ def _dqtest_spec(name: str, hosts: list[str | None], memory_mode: str, append: s
     return (
         f'[vm]\nname = "{name}"\nvcpus = {len(hosts)}\nmemory = "64M"\n'
         f'memory_mode = "{memory_mode}"\n\n[boot]\nkernel = "{build_dqtest()}"\n'
-        f'append = "{append}"\ntimeout = 600\n{shards}'
+        f'append = "{append}"\ntimeout = 300\n{shards}'
     )
 
 
@@ -299,6 +299,7 @@ def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
         for b in maps:
             assert a == b or not maps[a] & maps[b], (a, b, maps[a] & maps[b])
     got = _driver(cluster, "span", "span3")  # lets the guest go on once it has looked
+    assert got["received"], "the guest did not get the byte sent to its console"
     rows = {r["name"]: r for r in json.loads(got["list"][1])}  # type: ignore[index]
     hosts = [s["host"] for s in rows["span3"]["shards"]]
     assert hosts == [f"{n} ({nodes[n].ip})" for n in where], hosts

@@ -168,12 +168,21 @@ def commands(name: str) -> dict[str, Any]:
 def span(name: str) -> dict[str, Any]:
     """The running VM ``name`` as ``dqemu list`` and ``dqemu info`` show it; then a byte on
     its console lets the guest (dqtest, ``wait_input=1``) go on to its end."""
-    from cluster.vm.client import find_vm, open_stream, ray_address
+    from cluster.vm.client import StreamReader, find_vm, open_stream, ray_address
 
     out: dict[str, Any] = {"list": _dqemu("list", "--json"), "info": _dqemu("info", name, "--json")}
     stream = open_stream(find_vm(name, ray_address(None)), {"cmd": "serial", "write": True})
     stream.sendall(b"\n")
-    stream.close()
+    reader = StreamReader(stream)  # the connection stays until the guest has the byte
+    got = b""
+    deadline = time.monotonic() + 120
+    while b"# input received" not in got and time.monotonic() < deadline:
+        data = reader.read()
+        if data is None:
+            break
+        got += data
+    reader.close()
+    out["received"] = b"# input received" in got
     return out
 
 
