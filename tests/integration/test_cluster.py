@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -257,110 +256,14 @@ def _shared_files(pid: int) -> set[str]:
     return out
 
 
-def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
-    built: None, cluster: lc.ClusterState, tmp_path: Path
-) -> None:
-    """`ray job submit -- dqemu run` of a 3-shard DSM spec: shard 0 on node3 and shard 1
-    on node1 (their hosts), shard 2 (no host) spread onto the node left, node2. While it
-    runs (dqtest waits for a byte on its console), each node's namespace runs one shard,
-    the three share no guest-RAM mapping, and `dqemu list` shows one shard per node;
-    then the guest sees its 3 vCPUs, passes its memory checks over the DSM and powers
-    off: exit 0."""
-    spec = tmp_path / "span.toml"
-    append = "only=mem iters=50 atomic_iters=100 wait_input=1"
-    spec.write_text(_dqtest_spec("span3", ["node3", "node1", None], "dsm", append))
-    env = {**TEST_ENV, **lc.ray_env(cluster.name)}
-    ray = str(REPO / ".venv/bin/ray")
-    addr = ("--address", cluster.dashboard)
-    t0 = time.monotonic()
-    sub = subprocess.run(
-        [ray, "job", "submit", *addr, "--no-wait", "--", str(REPO / ".venv/bin/dqemu"),
-         "run", str(spec)],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
-    )  # fmt: skip
-    job = next(w.strip("'") for w in sub.stdout.split() if w.strip("'").startswith("raysubmit_"))
-    logs, ended = _job_watch(ray, addr, job, env)
-    assert _wait_for(lambda: WAITING in logs() or ended(), 600), logs()[-3000:]
-    assert WAITING in logs(), f"the job ended before the guest waited:\n{logs()[-3000:]}"
-    nodes = {n.name: n for n in cluster.nodes[1:]}
-    where = {"node3": 0, "node1": 1, "node2": 2}
-    pids = {}
-    for name, shard in where.items():
-        qemus = _in_netns(nodes[name].netns, "qemu-system")
-        assert len(qemus) == 1, (name, qemus)  # one shard per node
-        cmd = " ".join(psutil.Process(qemus[0]).cmdline())
-        assert f"dqemu-shard,id=dqemu,shard={shard}," in cmd, (name, cmd[:300])
-        pids[name] = qemus[0]
-    spaces = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in pids.values()}
-    assert len(spaces) == 3  # three network namespaces
-    maps = {name: _shared_files(pid) for name, pid in pids.items()}
-    assert not any("/dev/shm/" in m or "memory-backend" in m for f in maps.values() for m in f)
-    for a in maps:
-        for b in maps:
-            assert a == b or not maps[a] & maps[b], (a, b, maps[a] & maps[b])
-    got = _driver(cluster, "span", "span3")  # lets the guest go on once it has looked
-    assert got["received"], "the guest did not get the byte sent to its console"
-    rows = {r["name"]: r for r in json.loads(got["list"][1])}  # type: ignore[index]
-    hosts = [s["host"] for s in rows["span3"]["shards"]]
-    assert hosts == [f"{n} ({nodes[n].ip})" for n in where], hosts
-    assert rows["span3"]["state"] == "running"
-    info = json.loads(got["info"][1])  # type: ignore[index]
-    assert [s["host"] for s in info["shards"]] == hosts
-    assert _wait_for(ended, 600), logs()[-3000:]
-    out = logs()
-    print(f"3-shard dsm VM over 3 nodes: {time.monotonic() - t0:.1f} s from submit to end")
-    assert "# cpus online=3" in out and "dqtest: PASS" in out, out[-3000:]
-    assert "not ok" not in out, out[-3000:]
-    assert f"shard 0 on node3 ({nodes['node3'].ip}), shard 1 on node1" in out
-    assert "guest powered off (every shard exited 0)" in out, out[-2000:]
-    assert _job_status(ray, addr, job, env) == "SUCCEEDED"
-    for n in nodes.values():
-        assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
+class _Lines:
+    """A command whose output lines (stdout and stderr) are read as they come, with the
+    time each came (monotonic): nothing polls."""
 
-
-def _job_status(ray: str, addr: tuple[str, ...], job: str, env: dict[str, str]) -> str:
-    r = subprocess.run([ray, "job", "status", *addr, job], capture_output=True, text=True,
-                       env=env, timeout=120, check=False)  # fmt: skip
-    return next((w for w in ("FAILED", "SUCCEEDED", "STOPPED") if w in r.stdout), "")
-
-
-def _job_watch(ray: str, addr: tuple[str, ...], job: str, env: dict[str, str]) -> tuple[Any, Any]:
-    """The job's logs so far, and whether it has ended, as two functions."""
-
-    def logs() -> str:
-        r = subprocess.run([ray, "job", "logs", *addr, job], capture_output=True, text=True,
-                           env=env, timeout=120, check=False)  # fmt: skip
-        return r.stdout
-
-    def ended() -> bool:  # a job that failed (a spec error, say) will never print the line
-        return _job_status(ray, addr, job, env) != ""
-
-    return logs, ended
-
-
-SLEEP_SPEC = SPEC.replace("dq.run=cpus", "dq.run=sleep")
-
-
-def _in_netns(ns: str, word: str) -> list[int]:
-    """The pids of a node's namespace whose command line has ``word``."""
-    out = []
-    for pid in netns.pids_in(ns):
-        with contextlib.suppress(psutil.Error):
-            if word in " ".join(psutil.Process(pid).cmdline()):
-                out.append(pid)
-    return out
-
-
-class _Driver:
-    """`dqemu run SPEC` in the head's namespace, its output lines read with the time each
-    came (monotonic)."""
-
-    def __init__(self, cluster: lc.ClusterState, spec: Path) -> None:
-        env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", cluster.head.netns, *dqemu_cmd("run", str(spec))],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: list[tuple[float, str]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -389,6 +292,95 @@ class _Driver:
         return code
 
 
+def _dqemu_run(cluster: lc.ClusterState, spec: Path) -> _Lines:
+    """`dqemu run SPEC` as a driver in the head's namespace."""
+    env = {**TEST_ENV, **lc.ray_env(cluster.name), "RAY_ADDRESS": cluster.address}
+    return _Lines(["ip", "netns", "exec", cluster.head.netns, *dqemu_cmd("run", str(spec))], env)
+
+
+def _job_submit(cluster: lc.ClusterState, spec: Path) -> _Lines:
+    """`ray job submit -- dqemu run SPEC` from this machine: it follows the job's logs."""
+    ray, dqemu = str(REPO / ".venv/bin/ray"), str(REPO / ".venv/bin/dqemu")
+    argv = [ray, "job", "submit", "--address", cluster.dashboard, "--", dqemu, "run", str(spec)]
+    return _Lines(argv, {**TEST_ENV, **lc.ray_env(cluster.name)})
+
+
+def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """`ray job submit -- dqemu run` of a 3-shard DSM spec: shard 0 on node3 and shard 1
+    on node1 (their hosts), shard 2 (no host) spread onto the node left, node2. While it
+    runs (dqtest waits for a byte on its console), each node's namespace runs one shard,
+    the three share no guest-RAM mapping, and `dqemu list` shows one shard per node;
+    then the guest sees its 3 vCPUs, passes its memory checks over the DSM and powers
+    off: exit 0."""
+    spec = tmp_path / "span.toml"
+    append = "only=mem iters=50 atomic_iters=100 wait_input=1"
+    spec.write_text(_dqtest_spec("span3", ["node3", "node1", None], "dsm", append))
+    t0 = time.monotonic()
+    job = _job_submit(cluster, spec)
+    try:
+        _span3_while_it_runs(cluster, job)
+        code = job.end(600)
+    finally:
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+    out = job.text()
+    print(f"3-shard dsm VM over 3 nodes: {time.monotonic() - t0:.1f} s from submit to end")
+    assert "# cpus online=3" in out and "dqtest: PASS" in out, out[-3000:]
+    assert "not ok" not in out, out[-3000:]
+    ips = {n.name: n.ip for n in cluster.nodes}
+    assert f"shard 0 on node3 ({ips['node3']}), shard 1 on node1 ({ips['node1']}), " in out
+    assert "guest powered off (every shard exited 0)" in out, out[-2000:]
+    assert "succeeded" in out and code == 0, out[-2000:]
+    for n in cluster.nodes[1:]:
+        assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
+
+
+def _span3_while_it_runs(cluster: lc.ClusterState, job: _Lines) -> None:
+    """The checks of the 3-node VM while its guest waits, then the byte that ends the wait."""
+    running = _wait_for(lambda: job.said(WAITING) or job.proc.poll() is not None, 600)
+    assert running and job.said(WAITING), f"the guest did not wait:\n{job.text()[-3000:]}"
+    nodes = {n.name: n for n in cluster.nodes[1:]}
+    where = {"node3": 0, "node1": 1, "node2": 2}
+    pids = {}
+    for name, shard in where.items():
+        qemus = _in_netns(nodes[name].netns, "qemu-system")
+        assert len(qemus) == 1, (name, qemus)  # one shard per node
+        cmd = " ".join(psutil.Process(qemus[0]).cmdline())
+        assert f"dqemu-shard,id=dqemu,shard={shard}," in cmd, (name, cmd[:300])
+        pids[name] = qemus[0]
+    spaces = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in pids.values()}
+    assert len(spaces) == 3  # three network namespaces
+    maps = {name: _shared_files(pid) for name, pid in pids.items()}
+    assert not any("/dev/shm/" in m or "memory-backend" in m for f in maps.values() for m in f)
+    for a in maps:
+        for b in maps:
+            assert a == b or not maps[a] & maps[b], (a, b, maps[a] & maps[b])
+    got = _driver(cluster, "span", "span3")  # lets the guest go on once it has looked
+    assert got["received"], "the guest did not get the byte sent to its console"
+    rows = {r["name"]: r for r in json.loads(got["list"][1])}  # type: ignore[index]
+    hosts = [s["host"] for s in rows["span3"]["shards"]]
+    assert hosts == [f"{n} ({nodes[n].ip})" for n in where], hosts
+    assert rows["span3"]["state"] == "running"
+    info = json.loads(got["info"][1])  # type: ignore[index]
+    assert [s["host"] for s in info["shards"]] == hosts
+
+
+SLEEP_SPEC = SPEC.replace("dq.run=cpus", "dq.run=sleep")
+
+
+def _in_netns(ns: str, word: str) -> list[int]:
+    """The pids of a node's namespace whose command line has ``word``."""
+    out = []
+    for pid in netns.pids_in(ns):
+        with contextlib.suppress(psutil.Error):
+            if word in " ".join(psutil.Process(pid).cmdline()):
+                out.append(pid)
+    return out
+
+
 def test_a_lost_node_ends_its_vms_at_once_and_leaves_nothing(
     built: None, cluster: lc.ClusterState, tmp_path: Path
 ) -> None:
@@ -405,7 +397,7 @@ def test_a_lost_node_ends_its_vms_at_once_and_leaves_nothing(
     for name, mode, host0 in (("span", "dsm", "node2"), ("one", "shared", "node1")):
         spec = tmp_path / f"{name}.toml"
         spec.write_text(_dqtest_spec(name, [host0, "node1"], mode, "only=mem wait_input=1"))
-        drivers[name] = _Driver(cluster, spec)
+        drivers[name] = _dqemu_run(cluster, spec)
     try:
         running = _wait_for(lambda: all(d.said(WAITING) or d.proc.poll() is not None
                                         for d in drivers.values()), 600)  # fmt: skip
@@ -478,7 +470,16 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
     )  # fmt: skip
     job = next(w.strip("'") for w in sub.stdout.split() if w.strip("'").startswith("raysubmit_"))
 
-    logs, ended = _job_watch(ray, addr, job, env)
+    def logs() -> str:
+        r = subprocess.run([ray, "job", "logs", *addr, job], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)  # fmt: skip
+        return r.stdout
+
+    def ended() -> bool:  # a job that failed (a spec error, say) will never print the line
+        r = subprocess.run([ray, "job", "status", *addr, job], capture_output=True, text=True,
+                           env=env, timeout=120, check=False)  # fmt: skip
+        return any(w in r.stdout for w in ("FAILED", "SUCCEEDED", "STOPPED"))
+
     assert _wait_for(lambda: "DQ KV sleeping=1" in logs() or ended(), 900), logs()[-3000:]
     assert "DQ KV sleeping=1" in logs(), f"the job ended before the guest slept:\n{logs()[-3000:]}"
     assert len(_vm_children(node.netns)) == 4
