@@ -35,7 +35,7 @@ from cluster.ray.relay import RelayServer
 from cluster.spec import VMSpec
 from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 from cluster.vm.orchestrator import Silence, VMResult
-from cluster.vm.plan import make_plan
+from cluster.vm.plan import VMPlan, make_plan
 from loopback.launcher import LoopbackVM
 from loopback.preflight import silence_ends_run, silence_limit
 
@@ -58,35 +58,68 @@ class ClusterVM(LoopbackVM):
     def __init__(self, spec: VMSpec, shipped: dict[str, Any]) -> None:
         super().__init__(spec, name=spec.name)
         self.shipped = shipped  # boot file part -> [object ref of its bytes]
-        self.node = ""  # where it runs, once placed ("node1 (10.214.0.3)")
+        self.node = ""  # where it runs, once placed ("node1 (10.214.0.3), node2 (...)")
+        self.where = ""  # the same by shard ("shard(s) on node1 (...)", "shard 0 on ...")
 
     def _run(self) -> VMResult:
         spec = self.spec
         name = self.name or "vm"
-        placed = placement.reserve([s.host for s in spec.shards])
+        placed = placement.reserve([s.host for s in spec.shards],
+                                   spanning=spec.memory_mode == "dsm")  # fmt: skip
         try:
-            node = placed.nodes[0]  # one node per VM until DSM (placement makes sure)
-            self.node = node.name
-            actor = node_actor(node.node_id)
-            host = RemoteHost(actor, name, node.name)
+            # the placement's nodes, once each, in shard order; each is its shards' host
+            nodes = list({n.node_id: n for n in placed.nodes}.values())
+            self.node = ", ".join(n.name for n in nodes)
+            self.where = (f"shard(s) on {self.node}" if len(nodes) == 1 else ", ".join(
+                f"shard {k} on {n.name}" for k, n in enumerate(placed.nodes)))  # fmt: skip
+            hosts = {n.node_id: RemoteHost(node_actor(n.node_id), name, n.name) for n in nodes}
             try:
-                qemu, boot, kind = _get(actor.boot_files.remote(spec, name, self.shipped),
-                                        BUILD_TIMEOUT, node.name)  # fmt: skip
-                # every shard's plan host is the node, so that the node is prepared once
-                where = node.labels.get(placement.HOST_LABEL) or node.ip
-                self.spec = spec = dataclasses.replace(spec, shards=tuple(
-                    dataclasses.replace(s, host=where) for s in spec.shards))  # fmt: skip
-                plan = make_plan(spec, qemu=qemu, boot=boot,
-                                 vm_id=f"{name[:20]}-{secrets.token_hex(3)}")  # fmt: skip
+                for host in hosts.values():
+                    host.watch()  # a lost node ends the VM within 2 s, not Ray's 3+
+                plan, kind = self._plan(nodes, hosts, placed.nodes)
             except BaseException:
-                host.teardown()  # the shipped boot files
+                for host in hosts.values():
+                    host.teardown()  # the shipped boot files
                 raise
+            spec = self.spec
             silence = Silence(silence_limit(spec.boot.timeout),
                               silence_ends_run(kind, spec.boot.append))  # fmt: skip
-            self.events.emit("placed", node=node.name, shards=len(spec.shards))
-            return self.run_plan(plan, {where: host}, silence)
+            self.events.emit("placed", node=self.node, shards=len(spec.shards),
+                             nodes=[n.name for n in placed.nodes])  # fmt: skip
+            by_name = {_host_name(n): hosts[n.node_id] for n in nodes}
+            return self.run_plan(plan, by_name, silence)
         finally:
             placed.release()
+
+    def _plan(
+        self,
+        nodes: list[placement.NodeView],
+        hosts: dict[str, RemoteHost],
+        of_shard: list[placement.NodeView],
+    ) -> tuple[VMPlan, str]:
+        """The VM's plan over its nodes, and its kernel's kind. Every node finds the QEMU
+        build and the boot files itself (the ``guest:`` flavours in its cache, the shipped
+        files written in a directory of its own), so each node's shards get the paths
+        their node gave; every shard's host is its node's name, so that the plan's hosts
+        are the placement's nodes (and ``clock_sync = "auto"`` sees them)."""
+        spec, name = self.spec, self.name or "vm"
+        asked = {n.node_id: hosts[n.node_id].actor.boot_files.remote(spec, name, self.shipped)
+                 for n in nodes}  # fmt: skip
+        found = {nid: _get(ref, BUILD_TIMEOUT, hosts[nid].where) for nid, ref in asked.items()}
+        self.spec = spec = dataclasses.replace(spec, shards=tuple(
+            dataclasses.replace(s, host=_host_name(of_shard[s.id]))
+            for s in spec.shards))  # fmt: skip
+        vm_id = f"{name[:20]}-{secrets.token_hex(3)}"
+        plans = {nid: make_plan(spec, qemu=qemu, boot=boot, vm_id=vm_id)
+                 for nid, (qemu, boot, _kind) in found.items()}  # fmt: skip
+        first = plans[nodes[0].node_id]
+        shards = tuple(plans[of_shard[s.id].node_id].shard(s.id) for s in first.shards)
+        return dataclasses.replace(first, shards=shards), found[nodes[0].node_id][2]
+
+
+def _host_name(node: placement.NodeView) -> str:
+    """A node as a plan's host: its dqemu-host label, else its IP."""
+    return node.labels.get(placement.HOST_LABEL) or node.ip
 
 
 class VMController:
@@ -134,6 +167,7 @@ class VMController:
         import ray
 
         return {"name": self.vm.name, "started": self.vm.started, "node": self.vm.node,
+                "where": self.vm.where,
                 "pid": os.getpid(), "controller_node": ray.util.get_node_ip_address()}  # fmt: skip
 
     def relay_open(self) -> int:

@@ -10,6 +10,12 @@ one actor serves many VMs; a VM whose orchestrator has not called for ``LEASE`` 
 wherever it runs: each method is an actor call, QMP and the serial console are relayed
 through the actor (events and console output polled in batches).
 
+A lost node is known within 2 s, before Ray says so (about 3 s after a raylet's death):
+the actor watches its raylet (its parent process) and, when it dies, kills its VMs'
+children at once, says why on its lifeline (:mod:`cluster.ray.lifeline`) and leaves; a
+``RemoteHost`` that watches the lifeline (:meth:`RemoteHost.watch`) fails every call, the
+pending ones too, as soon as the lifeline ends or falls silent.
+
 Children die with the actor: each is started with ``PR_SET_PDEATHSIG=SIGKILL``
 (:mod:`loopback.procs`), from a thread that lives as long as the actor's process (the death
 signal fires when the *thread* that forked the child exits, and a Ray actor may run its
@@ -25,6 +31,7 @@ import dataclasses
 import os
 import queue
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -36,6 +43,7 @@ from typing import Any
 
 from cluster.errors import DqemuError
 from cluster.qemu_cmdline import BootFiles
+from cluster.ray.lifeline import Lifeline, LifelineServer
 from cluster.spec import VMSpec
 from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 from cluster.vm.host import (
@@ -59,6 +67,8 @@ BUILD_TIMEOUT = 3600.0  # boot_files: may build QEMU or the guest, or wait for a
 POLL = 0.1  # how often a RemoteHost polls QMP events and console output
 SERIAL_KEEP = 1 << 20  # console bytes the actor keeps for a reader that polls late
 LEASE = 30.0  # seconds without a call from its orchestrator before a VM is stopped
+RAYLET_CHECK = 0.1  # seconds between two looks at the actor's raylet
+LOST_CHECK = 0.05  # seconds between two looks at the lifeline while a call is pending
 
 
 class _Spawner:
@@ -189,6 +199,12 @@ class NodeHost(LoopbackHost):
             self.serial.link.close()
         super().stop()
 
+    def kill_now(self) -> None:
+        """SIGKILL every child at once (the node is lost: no time for a clean stop)."""
+        for c in self.sup.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c.pid, signal.SIGKILL)
+
 
 class NodeActor:
     """The Ray actor of one node (wrap with ``ray.remote``; see :func:`node_actor`)."""
@@ -204,7 +220,41 @@ class NodeActor:
         self.seen: dict[str, float] = {}  # each VM's last call from its orchestrator
         self.boot_dirs: dict[str, Path] = {}  # each VM's shipped boot files
         self.lock = threading.RLock()
+        self.lifeline = LifelineServer(self.ip)
         threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
+        threading.Thread(target=self._watch_raylet, name="raylet", daemon=True).start()
+
+    def lifeline_address(self) -> str:
+        """Where a controller watches this actor's life (:mod:`cluster.ray.lifeline`)."""
+        return self.lifeline.address
+
+    def _watch_raylet(self) -> None:
+        """The raylet started this worker: when it dies (the node is lost for Ray, and Ray
+        takes seconds to say so), stop every VM's children at once and leave, saying why
+        on the lifeline. A worker that a raylet did not start is not watched."""
+        import psutil
+
+        parent = os.getppid()
+        with contextlib.suppress(psutil.Error):
+            if "raylet" not in " ".join(psutil.Process(parent).cmdline()[:1]):
+                return
+        while os.getppid() == parent:
+            time.sleep(RAYLET_CHECK)
+        with self.lock:
+            hosts, dirs = list(self.vms.values()), list(self.boot_dirs.values())
+        for host in hosts:
+            host.kill_now()
+        self.lifeline.farewell(f"its raylet ended, and its dQEMU actor stopped the VM's "
+                               f"processes there (pid {os.getpid()})")  # fmt: skip
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                host.stop()
+                host.teardown()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        print("dqemu: the raylet of this node ended: its VMs' processes are stopped",
+              file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(1)
 
     def _vm(self, vm: str) -> NodeHost:
         with self.lock:
@@ -308,7 +358,7 @@ class NodeActor:
     def serial_send(self, vm: str, data: bytes) -> None:
         serial = self._vm(vm).serial
         if serial is not None:
-            serial.send(data)
+            serial.link.send(data)
 
     def qmp_open(self, vm: str, shard: int, timeout: float) -> None:
         events = self.events.setdefault((vm, shard), [])
@@ -502,17 +552,48 @@ class RemoteHost(ShardHost):
         self.where = where  # the node, for messages
         self.shards: list[int] = []
         self.lost: NodeLost | None = None  # once the node is lost, calls fail at once
+        self.lifeline: Lifeline | None = None
+
+    def watch(self) -> None:
+        """Watch the node actor's lifeline: from now on a lost node fails every call, the
+        pending ones too, as soon as the lifeline says so (not seconds later, as Ray)."""
+        addr = self.call(self.actor.lifeline_address.remote())
+        try:
+            self.lifeline = Lifeline(str(addr), self._lifeline_lost)
+        except OSError as e:
+            raise NodeLost(f"node {self.where}: cannot reach its dQEMU actor's lifeline at "
+                           f"{addr}: {e.strerror or e}", EXIT_SHARD_FAILED) from None  # fmt: skip
+
+    def _lifeline_lost(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = NodeLost(f"node {self.where} lost: {why}{self._ran_there()}",
+                                 EXIT_SHARD_FAILED)  # fmt: skip
+
+    def _ran_there(self) -> str:
+        ids = ", ".join(str(k) for k in self.shards)
+        return f"; shard(s) {ids} of VM {self.vm} ran there" if ids else ""
 
     def call(self, ref: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        if self.lost is None and self.lifeline is not None:
+            self._wait_ready(ref, timeout)
         if self.lost is not None:
             raise NodeLost(str(self.lost), self.lost.exit_code)
-        ids = ", ".join(str(k) for k in self.shards)
-        lost = f"; shard(s) {ids} of VM {self.vm} ran there" if ids else ""
         try:
-            return _get(ref, timeout, self.where, lost)
+            return _get(ref, timeout, self.where, self._ran_there())
         except NodeLost as e:
-            self.lost = e
+            self.lost = self.lost or e
             raise
+
+    def _wait_ready(self, ref: Any, timeout: float) -> None:
+        """Wait for the call's result (up to ``timeout`` s) while the lifeline holds."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while self.lost is None:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait([ref], timeout=max(0.0, min(LOST_CHECK, left)))
+            if ready or left <= 0:
+                return
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:
         self.shards = list(shards)
@@ -577,3 +658,5 @@ class RemoteHost(ShardHost):
     def teardown(self) -> None:
         with contextlib.suppress(DqemuError):
             self.call(self.actor.teardown.remote(self.vm))
+        if self.lifeline is not None:
+            self.lifeline.close()

@@ -1,13 +1,17 @@
 """Where a VM's shards run on a Ray cluster.
 
 A shard's ``host`` in the spec names a Ray node: its node IP, or the value of a node label
-(``ray start --labels dqemu-host=NAME``; any label's value matches). Shards without a host
-go where Ray puts them: a placement group reserving the custom resource ``dqemu_shard`` (1
-per shard), STRICT_SPREAD one per node. Until the DSM issue lands, shards on different
-nodes share no guest RAM, so a VM must keep every shard on one node: its shards are one
-placement group of STRICT_PACK bundles, on the node its hosts name if they name one, and a
-spec whose hosts name two nodes is refused (``allow_spanning`` turns the spanning plan on
-for when DSM exists).
+(``ray start --labels dqemu-host=NAME``; any label's value matches). Every shard reserves
+one unit of the custom resource ``dqemu_shard`` on its node, through one placement group
+per VM:
+
+- ``memory_mode = "shared"``: the shards share the guest RAM of one node, so the VM keeps
+  every shard on one node: STRICT_PACK, on the node its hosts name if they name one (a
+  spec whose hosts name two nodes is refused).
+- ``memory_mode = "dsm"``: the VM spans nodes. Shards that name a node go there (one
+  bundle per named node, pinned by its node-id label, holding one ``dqemu_shard`` per
+  shard); every shard that names none gets a node of its own, which no other shard of the
+  VM uses: the bundles are STRICT_SPREAD, one per node.
 
 Ray would leave an infeasible group pending forever: the wait is bounded, and the error
 says what the cluster has. The matching and the messages are pure (unit-tested without
@@ -101,61 +105,86 @@ def match_host(host: str, nodes: Sequence[NodeView]) -> NodeView:
 
 @dataclass(frozen=True)
 class Request:
-    """A placement group to ask Ray for: one bundle per shard, in shard order."""
+    """A placement group to ask Ray for, and which of its bundles each shard takes."""
 
-    strategy: str  # STRICT_PACK (one node) or STRICT_SPREAD
+    strategy: str  # STRICT_PACK (one node) or STRICT_SPREAD (one node per bundle)
     bundles: tuple[dict[str, float], ...]
     selectors: tuple[dict[str, str], ...]  # per bundle: {} or the named node's id label
+    bundle_of: tuple[int, ...]  # per shard (by id): the index of its bundle
 
     @property
     def shards(self) -> int:
-        return len(self.bundles)
+        return len(self.bundle_of)
 
 
 def request(
-    hosts: Sequence[str | None], nodes: Sequence[NodeView], *, allow_spanning: bool = False
+    hosts: Sequence[str | None], nodes: Sequence[NodeView], *, spanning: bool = False
 ) -> Request:
-    """The placement group for shards whose spec hosts are ``hosts`` (by shard id)."""
+    """The placement group for shards whose spec hosts are ``hosts`` (by shard id);
+    ``spanning``: the VM may span nodes (``memory_mode = "dsm"``)."""
     named = {k: match_host(h, nodes) for k, h in enumerate(hosts) if h is not None}
-    bundle = {SHARD_RESOURCE: 1.0}
-    if not allow_spanning:
-        where = {n.node_id: n for n in named.values()}
-        if len(where) > 1:
-            by = ", ".join(f"shard {k} on {n.name}" for k, n in sorted(named.items()))
+    if not spanning:
+        return _one_node(hosts, named, nodes)
+    # one bundle per named node (its shards' count), then one per shard that names none
+    order: list[NodeView] = list({n.node_id: n for n in named.values()}.values())
+    count = {n.node_id: sum(1 for m in named.values() if m.node_id == n.node_id) for n in order}
+    for n in order:
+        if n.shards_total < count[n.node_id]:
             raise PlacementError(
-                f"the spec puts its shards on {len(where)} nodes ({by}), but until the DSM "
-                "issue lands a VM must keep all its shards on one node (they share its guest "
-                "RAM): give every shard the same host, or none"
-            )
-        sel = {NODE_ID_LABEL: next(iter(where))} if where else {}
-        node = next(iter(where.values()), None)
-        if node is not None and node.shards_total < len(hosts):
-            raise PlacementError(
-                f"{len(hosts)} shards on {node.name}, which has {node.shards_total:g} "
+                f"{count[n.node_id]} shards on {n.name}, which has {n.shards_total:g} "
                 f"{SHARD_RESOURCE}: {describe(nodes)}"
             )
-        if node is None and not any(n.shards_total >= len(hosts) for n in nodes):
-            raise PlacementError(
-                f"no node can take all {len(hosts)} shards of the VM (one node per VM "
-                f"until the DSM issue lands): {describe(nodes)}"
-            )
-        return Request("STRICT_PACK", tuple(dict(bundle) for _ in hosts),
-                       tuple(dict(sel) for _ in hosts))  # fmt: skip
-    taken = [n.node_id for n in named.values()]
-    if len(set(taken)) != len(taken):
-        raise PlacementError("two shards name the same node, but spread shards need one each")
-    free = len([n for n in nodes if n.shards_total >= 1])
-    if free < len(hosts):
+    free = [k for k in range(len(hosts)) if k not in named]
+    others = [n for n in nodes if n.shards_total >= 1 and n.node_id not in count]
+    if len(free) > len(others):
+        taken = f" besides the {len(order)} the spec names" if order else ""
         raise PlacementError(
-            f"{len(hosts)} shards need {len(hosts)} nodes with {SHARD_RESOURCE}, one each: "
+            f"{len(free)} shard(s) without a host need {len(free)} node(s) with "
+            f'{SHARD_RESOURCE}{taken}, one each (memory_mode "dsm" spreads them): '
             f"{describe(nodes)}"
         )
-    sels = tuple({NODE_ID_LABEL: named[k].node_id} if k in named else {} for k in range(len(hosts)))
-    return Request("STRICT_SPREAD", tuple(dict(bundle) for _ in hosts), sels)
+    index = {n.node_id: i for i, n in enumerate(order)}
+    bundle_of = [0] * len(hosts)
+    for k in range(len(hosts)):
+        bundle_of[k] = index[named[k].node_id] if k in named else len(order) + free.index(k)
+    bundles = [{SHARD_RESOURCE: float(count[n.node_id])} for n in order]
+    bundles += [{SHARD_RESOURCE: 1.0} for _ in free]
+    selectors = [{NODE_ID_LABEL: n.node_id} for n in order] + [{} for _ in free]
+    strategy = "STRICT_SPREAD" if len(bundles) > 1 else "STRICT_PACK"
+    return Request(strategy, tuple(bundles), tuple(selectors), tuple(bundle_of))
+
+
+def _one_node(
+    hosts: Sequence[str | None], named: Mapping[int, NodeView], nodes: Sequence[NodeView]
+) -> Request:
+    """Every shard on one node (shared guest RAM): STRICT_PACK."""
+    where = {n.node_id: n for n in named.values()}
+    if len(where) > 1:
+        by = ", ".join(f"shard {k} on {n.name}" for k, n in sorted(named.items()))
+        raise PlacementError(
+            f"the spec puts its shards on {len(where)} nodes ({by}), but with memory_mode "
+            '"shared" a VM keeps all its shards on one node (they share its guest RAM): '
+            'give every shard the same host, or none, or set memory_mode = "dsm"'
+        )
+    sel = {NODE_ID_LABEL: next(iter(where))} if where else {}
+    node = next(iter(where.values()), None)
+    if node is not None and node.shards_total < len(hosts):
+        raise PlacementError(
+            f"{len(hosts)} shards on {node.name}, which has {node.shards_total:g} "
+            f"{SHARD_RESOURCE}: {describe(nodes)}"
+        )
+    if node is None and not any(n.shards_total >= len(hosts) for n in nodes):
+        raise PlacementError(
+            f'no node can take all {len(hosts)} shards of the VM (memory_mode "shared" '
+            f'keeps a VM on one node; "dsm" spans nodes): {describe(nodes)}'
+        )
+    bundle = {SHARD_RESOURCE: 1.0}
+    return Request("STRICT_PACK", tuple(dict(bundle) for _ in hosts),
+                   tuple(dict(sel) for _ in hosts), tuple(range(len(hosts))))  # fmt: skip
 
 
 def not_ready(req: Request, waited: float, nodes: Sequence[NodeView]) -> PlacementError:
-    where = "on one node" if req.strategy == "STRICT_PACK" else "one per node"
+    where = "on one node" if req.strategy == "STRICT_PACK" else "over several nodes"
     return PlacementError(
         f"Ray could not place {req.shards} shard(s) {where} within {waited:g} s "
         f"(1 {SHARD_RESOURCE} each): {describe(nodes)}"
@@ -186,14 +215,15 @@ class Placement:
 
 
 def reserve(
-    hosts: Sequence[str | None], *, allow_spanning: bool = False, wait: float = PLACEMENT_WAIT
+    hosts: Sequence[str | None], *, spanning: bool = False, wait: float = PLACEMENT_WAIT
 ) -> Placement:
-    """Reserve ``dqemu_shard`` for each shard (spec hosts ``hosts``) within ``wait`` s."""
+    """Reserve ``dqemu_shard`` for each shard (spec hosts ``hosts``) within ``wait`` s;
+    ``spanning``: the VM may span nodes (see the module's doc)."""
     import ray
     from ray.util import placement_group, placement_group_table, remove_placement_group
 
     nodes = cluster_nodes()
-    req = request(hosts, nodes, allow_spanning=allow_spanning)
+    req = request(hosts, nodes, spanning=spanning)
     selectors = [dict(s) for s in req.selectors]
     pg = placement_group(
         [dict(b) for b in req.bundles],
@@ -212,4 +242,4 @@ def reserve(
     table = placement_group_table(pg)
     by_id = {n.node_id: n for n in cluster_nodes()}
     per_bundle = table["bundles_to_node_id"]
-    return Placement(pg, [by_id[per_bundle[i]] for i in range(req.shards)])
+    return Placement(pg, [by_id[per_bundle[b]] for b in req.bundle_of])

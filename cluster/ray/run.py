@@ -9,8 +9,6 @@ The driver then only follows it: it prints where the VM runs, copies its serial 
 exits with the VM's status, as for ``dqemu loopback``. Ctrl-C and SIGTERM (``ray job
 stop``) destroy the VM before the driver ends. A driver killed outright leaves its VM
 running, as ``dqemu loopback --detach`` would: ``dqemu destroy NAME`` ends it.
-
-Not yet: VMs that span nodes (DSM).
 """
 
 from __future__ import annotations
@@ -120,14 +118,14 @@ def _ask(vm: Any, method: str, *args: Any) -> Any:
 
 def _follow(vm: Any, console: BinaryIO) -> None:
     """Say where the VM runs, then copy its console to ``console`` until it ends."""
-    node = ""
-    while not node:
+    where = ""
+    while not where:
         meta = _ask(vm, "meta")
-        node = meta.get("node", "")
-        if not node and _ended(vm):
+        where = meta.get("where", "")
+        if not where and _ended(vm):
             return
         time.sleep(0.2)
-    print(f"dqemu: VM {vm.name}: shard(s) on {node}; its controller: pid {meta.get('pid')} "
+    print(f"dqemu: VM {vm.name}: {where}; its controller: pid {meta.get('pid')} "
           f"on {meta.get('controller_node')} (actor {NAMESPACE}/{PREFIX}{vm.name})",
           file=sys.stderr, flush=True)  # fmt: skip
     sock: socket.socket | None = None

@@ -108,6 +108,9 @@ def place() -> dict[str, Any]:
             out[key] = None
         except DqemuError as exc:
             out[key] = [str(exc), time.monotonic() - t0]
+    spread = placement.reserve(["node3", "node1"], spanning=True)  # two hosts, dsm
+    out["spread"] = [n.labels.get("dqemu-host") for n in spread.nodes]
+    spread.release()
     p = placement.reserve(["node2", None])
     out["pinned"] = [n.labels.get("dqemu-host") for n in p.nodes]
     # node2 has 4 dqemu_shard, 2 are held now: 3 more on node2 cannot be placed by Ray
@@ -162,9 +165,30 @@ def commands(name: str) -> dict[str, Any]:
     return out
 
 
+def span(name: str) -> dict[str, Any]:
+    """The running VM ``name`` as ``dqemu list`` and ``dqemu info`` show it; then a byte on
+    its console lets the guest (dqtest, ``wait_input=1``) go on to its end."""
+    from cluster.vm.client import StreamReader, find_vm, open_stream, ray_address
+
+    out: dict[str, Any] = {"list": _dqemu("list", "--json"), "info": _dqemu("info", name, "--json")}
+    stream = open_stream(find_vm(name, ray_address(None)), {"cmd": "serial", "write": True})
+    stream.sendall(b"\n")
+    reader = StreamReader(stream)  # the connection stays until the guest has the byte
+    got = b""
+    deadline = time.monotonic() + 120
+    while b"# input received" not in got and time.monotonic() < deadline:
+        data = reader.read()
+        if data is None:
+            break
+        got += data
+    reader.close()
+    out["received"] = b"# input received" in got
+    return out
+
+
 def main() -> int:
     ray.init(logging_level="ERROR", log_to_driver=False)
-    checks = {"mesh": mesh, "place": place, "commands": commands}
+    checks = {"mesh": mesh, "place": place, "commands": commands, "span": span}
     print(json.dumps(checks[sys.argv[1]](*sys.argv[2:])))
     return 0
 

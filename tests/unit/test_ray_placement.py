@@ -53,9 +53,9 @@ def test_an_ambiguous_label_is_refused() -> None:
         match_host("node1", [*NODES, twin])
 
 
-def test_one_node_per_vm_until_dsm() -> None:
+def test_a_shared_memory_vm_keeps_to_one_node() -> None:
     req = request([None, None], NODES)
-    assert req.strategy == "STRICT_PACK" and req.shards == 2
+    assert req.strategy == "STRICT_PACK" and req.shards == 2 and req.bundle_of == (0, 1)
     assert req.bundles == ({"dqemu_shard": 1.0},) * 2 and req.selectors == ({}, {})
     pinned = request(["node1", None, "10.214.0.3"], NODES)
     assert pinned.selectors == ({"ray.io/node-id": N1.node_id},) * 3
@@ -63,7 +63,8 @@ def test_one_node_per_vm_until_dsm() -> None:
         request(["node1", "node2"], NODES)
     msg = str(exc.value)
     assert "shard 0 on node1 (10.214.0.3), shard 1 on node2 (10.214.0.4)" in msg
-    assert "until the DSM issue lands a VM must keep all its shards on one node" in msg
+    assert 'with memory_mode "shared" a VM keeps all its shards on one node' in msg
+    assert 'set memory_mode = "dsm"' in msg
 
 
 def test_too_many_shards_for_any_node() -> None:
@@ -75,14 +76,35 @@ def test_too_many_shards_for_any_node() -> None:
         request([None], [HEAD])
 
 
-def test_spanning_spreads_one_shard_per_node() -> None:
-    req = request([None, "node2"], NODES, allow_spanning=True)
+N3 = NodeView("c" * 8, "10.214.0.5", {"dqemu-host": "node3"}, 4, 4)
+
+
+def test_a_dsm_vm_spreads_shards_without_a_host_one_per_node() -> None:
+    req = request([None, None, None], [HEAD, N1, N2, N3], spanning=True)
+    assert req.strategy == "STRICT_SPREAD" and req.bundle_of == (0, 1, 2)
+    assert req.bundles == ({"dqemu_shard": 1.0},) * 3 and req.selectors == ({}, {}, {})
+    with pytest.raises(PlacementError) as exc:
+        request([None] * 3, NODES, spanning=True)
+    assert "3 shard(s) without a host need 3 node(s) with dqemu_shard, one each" in str(exc.value)
+    assert "node2 (10.214.0.4): 1 of 4" in str(exc.value)
+
+
+def test_a_dsm_vm_puts_named_shards_on_their_nodes() -> None:
+    # shards 0 and 2 on node2 (one bundle of 2), shard 1 on node1, shard 3 anywhere else
+    req = request(["node2", "node1", "10.214.0.4", None], [HEAD, N1, N2, N3], spanning=True)
     assert req.strategy == "STRICT_SPREAD"
-    assert req.selectors == ({}, {"ray.io/node-id": N2.node_id})
-    with pytest.raises(PlacementError, match="3 shards need 3 nodes"):
-        request([None] * 3, NODES, allow_spanning=True)
-    with pytest.raises(PlacementError, match="same node"):
-        request(["node1", "10.214.0.3"], NODES, allow_spanning=True)
+    assert req.bundles == ({"dqemu_shard": 2.0}, {"dqemu_shard": 1.0}, {"dqemu_shard": 1.0})
+    assert req.selectors == ({"ray.io/node-id": N2.node_id}, {"ray.io/node-id": N1.node_id}, {})
+    assert req.bundle_of == (0, 1, 0, 2)
+    # every shard on one named node: one bundle
+    one = request(["node1", "node1"], NODES, spanning=True)
+    assert one.strategy == "STRICT_PACK" and one.bundles == ({"dqemu_shard": 2.0},)
+    assert one.bundle_of == (0, 0)
+    with pytest.raises(PlacementError, match=r"5 shards on node1 .* which has 4 dqemu_shard"):
+        request(["node1"] * 5, NODES, spanning=True)
+    # node1 and node2 are named: the shard without a host has no node left
+    with pytest.raises(PlacementError, match="besides the 2 the spec names"):
+        request(["node1", "node2", None], NODES, spanning=True)
 
 
 def test_messages_say_what_the_cluster_has() -> None:

@@ -4,7 +4,7 @@
  * QEMU passes "<kernel path> <-append string>"; tokens without '=' are ignored.
  * Recognised: only=G1,G2  skip=G1,G2  iters=N  litmus_iters=N  xmc_rounds=N
  * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N  delay_ms=N
- * idle=hlt|poll  pause=0|1  verbose=0|1.  Groups: ipi pingpong pio mmio irq msi intx
+ * idle=hlt|poll  pause=0|1  verbose=0|1  wait_input=0|1.  Groups: ipi pingpong pio mmio irq msi intx
  * mem litmus xmc tsc (CPU bring-up always runs).
  */
 #include "dqtest.h"
@@ -76,6 +76,8 @@ static void parse_token(const char *tok, size_t len)
         opt.idle_poll = vlen == 4 && strncmp(val, "poll", 4) == 0;
     } else if (key_is(tok, klen, "pause")) {
         opt.pause = !(vlen == 1 && val[0] == '0');
+    } else if (key_is(tok, klen, "wait_input")) {
+        opt.wait_input = !(vlen == 1 && val[0] == '0');
     } else if (key_is(tok, klen, "verbose")) {
         opt.verbose = !(vlen == 1 && val[0] == '0');
     } else if (key_is(tok, klen, "console") || key_is(tok, klen, "panic")) {

@@ -37,6 +37,7 @@ void sort_u64(uint64_t *v, size_t n);
 
 /* ---- serial.c ---- */
 void serial_init(void);
+int serial_getc(void);
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -55,6 +56,7 @@ struct options {
     bool idle_poll;          /* idle APs spin instead of HLT */
     bool pause;              /* spin loops execute PAUSE (costly under TCG: it leaves the TB) */
     bool verbose;
+    bool wait_input;         /* wait for a byte on the serial console before the groups */
     char only[128];          /* comma-separated groups, empty = all */
     char skip[128];
 };

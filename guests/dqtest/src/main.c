@@ -78,6 +78,14 @@ void kmain(void)
         kprintf("# delay %lu ms before the groups\n", opt.delay_ms);
         mdelay(opt.delay_ms);
     }
+    if (opt.wait_input) {
+        /* Hold the VM up (its shards running, the APs idle) until the console sends a
+         * byte: a test inspects a running VM at leisure, then lets it finish. */
+        kprintf("# waiting for input on the console\n");
+        while (serial_getc() < 0)
+            mdelay(1);
+        kprintf("# input received\n");
+    }
 
     static const struct { const char *group; void (*fn)(void); } suite[] = {
         {"ipi", test_ipi},     {"apic", test_apic_state},   {"pingpong", test_pingpong},

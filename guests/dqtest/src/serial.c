@@ -16,6 +16,14 @@ void serial_init(void)
     outb(COM1 + 4, 0x03);   /* DTR | RTS */
 }
 
+/* The next byte received on COM1, or -1 if none is waiting. */
+int serial_getc(void)
+{
+    if (!(inb(COM1 + 5) & 0x01))
+        return -1;
+    return inb(COM1);
+}
+
 static void serial_putc(char c)
 {
     /* Wait for the transmit holding register to empty (bounded: never hang). */

@@ -1,0 +1,90 @@
+"""The node actor's lifeline (cluster/ray/lifeline.py) over real sockets, without Ray: a
+controller learns of a node actor's end at once, and of its silence after SILENCE."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from cluster.ray.lifeline import Lifeline, LifelineServer
+
+
+class Lost:
+    def __init__(self) -> None:
+        self.why: list[str] = []
+        self.event = threading.Event()
+
+    def __call__(self, why: str) -> None:
+        self.why.append(why)
+        self.event.set()
+
+
+def test_heartbeats_keep_it_alive_and_a_farewell_says_why() -> None:
+    server = LifelineServer("127.0.0.1")
+    lost = Lost()
+    line = Lifeline(server.address, lost, silence=0.8)
+    try:
+        assert not lost.event.wait(2.0), lost.why  # longer than the silence: beats came
+        server.farewell("its raylet ended")
+        assert lost.event.wait(5.0)
+        assert lost.why == ["its raylet ended"]
+    finally:
+        line.close()
+        server.close()
+
+
+def test_a_closed_watcher_is_not_a_lost_node_and_is_dropped() -> None:
+    server = LifelineServer("127.0.0.1")
+    lost = Lost()
+    line = Lifeline(server.address, lost)
+    deadline = time.monotonic() + 5
+    while not server.conns and time.monotonic() < deadline:
+        time.sleep(0.01)
+    line.close()
+    deadline = time.monotonic() + 5
+    while server.conns and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.conns  # the next heartbeat found it gone
+    assert not lost.event.wait(0.5)
+    server.close()
+
+
+def test_a_killed_actor_process_is_known_at_once() -> None:
+    """The actor's process dies (SIGKILL): its kernel closes the connection."""
+    code = (
+        "import sys, time; from cluster.ray.lifeline import LifelineServer; "
+        "s = LifelineServer('127.0.0.1'); print(s.address, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        lost = Lost()
+        line = Lifeline(address, lost, silence=30.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert lost.event.wait(5.0)  # not the 30 s of silence
+        assert lost.why == ["its dQEMU actor ended (its connection closed)"]
+        line.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_silence_is_a_lost_node() -> None:
+    """A peer that accepts and never beats (a host that vanished stops beating)."""
+    mute = socket.create_server(("127.0.0.1", 0))
+    lost = Lost()
+    line = Lifeline(f"127.0.0.1:{mute.getsockname()[1]}", lost, silence=0.3)
+    conn, _ = mute.accept()
+    try:
+        assert lost.event.wait(5.0)
+        assert lost.why == ["no sign of life from its dQEMU actor in 0.3 s"]
+    finally:
+        line.close()
+        conn.close()
+        mute.close()
