@@ -429,6 +429,11 @@ def node_actor(node_id: str) -> Any:
         num_cpus=0,
         max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        # Ray starts its workers at nice 15, and the shards and routers this actor starts
+        # would inherit it: beside any other work on the node, the guest's vCPUs then got a
+        # few per cent of a CPU. A hypervisor's vCPUs run at the node's normal priority;
+        # Ray's own job supervisor asks for its worker the same way.
+        runtime_env={"env_vars": {"RAY_worker_niceness": "0"}},
     ).remote()
 
 

@@ -487,6 +487,9 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
     booted = [a for pid in _in_netns(node.netns, "qemu-system")
               for a in psutil.Process(pid).cmdline() if "dqemu-boot-stop-" in a]  # fmt: skip
     assert len(booted) == 4 and str(mine) not in " ".join(booted), booted
+    # at the node's normal priority, not at the nice 15 of Ray's workers
+    nice = {c: psutil.Process(int(c.split()[0])).nice() for c in _vm_children(node.netns)}
+    assert set(nice.values()) == {0}, nice
     got = _driver(cluster, "commands", "stop")
     # (this machine's registry may hold other engineers' loopback VMs)
     listed = {r["name"]: (r["state"], len(r["shards"])) for r in json.loads(got["list"][1])}  # type: ignore[index]
