@@ -179,7 +179,10 @@ class RouterProcess:
                 stdout=log,
                 stderr=log,
             )  # fmt: skip
-        wait_for(self.control_ready, 10.0, f"router {self.shard} control socket")
+        # a bound for a hang, not a timing check: a router that exits fails at once
+        # (control_ready), and on a starved machine the interpreter's start alone took
+        # 13-18 s (10 s failed helpers' runs of test_router_liveness and test_router_relay)
+        wait_for(self.control_ready, 60.0, f"router {self.shard} control socket")
         return self
 
     @property
