@@ -306,10 +306,10 @@ def _toml_type(v: object) -> str:
     )
 
 
-def load_spec(path: Path, overrides: dict[str, tuple[str, str]] | None = None) -> VMSpec:
-    """The spec in ``path``. ``overrides`` maps [vm] keys to (flag, value) given on the
-    command line: they replace the file's values *before* the spec is checked, so every
-    rule holds for the spec as it will run, and an error names the flag."""
+def load_spec(path: Path, overrides: dict[str, Any] | None = None) -> VMSpec:
+    """The spec in ``path``. ``overrides`` maps [vm] keys to values given by command-line
+    flags: they replace the file's values *before* the spec is checked, so every rule
+    holds for the spec as it will run, and an error names the flag (``_FLAG_KEYS``)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -321,7 +321,7 @@ def parse_spec(
     text: str,
     origin: str = "<spec>",
     base: Path | None = None,
-    overrides: dict[str, tuple[str, str]] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> VMSpec:
     try:
         data = tomllib.loads(text)
@@ -331,9 +331,9 @@ def parse_spec(
     if overrides:
         vm = data.get("vm")
         if isinstance(vm, dict):  # else spec_from_data names the missing [vm]
-            for key, (flag, value) in overrides.items():
+            for key, value in overrides.items():
                 vm[key] = value
-                r.overrides[key] = flag
+                r.overrides[key] = _FLAG_KEYS[("vm", key)]
     return spec_from_data(data, r, base)
 
 

@@ -65,7 +65,7 @@ def _run(ns: argparse.Namespace) -> int:
         if mixed:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
         overrides = {
-            key: (f"--{key.replace('_', '-')}", value)
+            key: value
             for key in ("data_path", "memory_mode", "transport")
             if (value := getattr(ns, key)) is not None
         }

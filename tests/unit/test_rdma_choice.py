@@ -130,15 +130,13 @@ def test_flags_over_a_spec_are_checked_as_the_spec(tmp_path: Path) -> None:
     direct = tmp_path / "direct.toml"
     direct.write_text(SPEC.format(extra='data_path = "direct"'))
     # no data_path in the file: --transport rdma takes the routers' path, as the file would
-    spec = load_spec(plain, {"transport": ("--transport", "rdma")})
+    spec = load_spec(plain, {"transport": "rdma"})
     assert (spec.transport, spec.data_path) == ("rdma", "router")
     # a file that asks for direct links is not switched silently: the flag is refused
     with pytest.raises(SpecError, match=rf'^--transport \(over {direct}\): "rdma" needs data_path'):
-        load_spec(direct, {"transport": ("--transport", "rdma")})
+        load_spec(direct, {"transport": "rdma"})
     with pytest.raises(SpecError, match=r'^--transport .*needs data_path "router"'):
-        load_spec(
-            plain, {"transport": ("--transport", "rdma"), "data_path": ("--data-path", "direct")}
-        )
+        load_spec(plain, {"transport": "rdma", "data_path": "direct"})
     with pytest.raises(SpecError, match=r"^--memory-mode \(over .*\): 'big' is not one of"):
-        load_spec(plain, {"memory_mode": ("--memory-mode", "big")})
-    assert load_spec(plain, {"data_path": ("--data-path", "router")}).data_path == "router"
+        load_spec(plain, {"memory_mode": "big"})
+    assert load_spec(plain, {"data_path": "router"}).data_path == "router"
