@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 # so leftovers are found exactly, even with other dQEMU runs on the machine.
 TEST_TAG = f"dqemu-test-{os.getpid()}-{secrets.token_hex(4)}"
 TEST_ENV = {**os.environ, "DQEMU_TEST_TAG": TEST_TAG}
+# Tests that send SIGINT stand for a Ctrl-C at a terminal. A suite started in the background
+# by a non-interactive shell (`( ... ) &`) inherits SIGINT ignored, and every process the
+# tests start would inherit that too, so dqemu would rightly ignore the "Ctrl-C" (ci16 failed
+# three such tests, and left the cluster that one of them interrupted). A Python handler here
+# means the children start with SIGINT at its default, as under a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # tests/rdma/ needs soft-RoCE devices: it runs inside the RDMA test host (which sets
 # DQEMU_RDMA_HOST: tests/support/rdma_host.py), booted by tests/integration/test_rdma.py
 collect_ignore = [] if os.environ.get("DQEMU_RDMA_HOST") else ["rdma"]
