@@ -435,8 +435,9 @@ def _vm_qemus(ns: str, vm: str) -> dict[int, int]:
     for pid in _in_netns(ns, f"dqemu-boot-{vm}-"):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(psutil.Process(pid).cmdline())
-            if "qemu-system" in cmd:
-                out[int(cmd.split("dqemu-shard,id=dqemu,shard=")[1].split(",")[0])] = pid
+            if "qemu-system" in cmd:  # (a VM of one shard runs a plain QEMU)
+                at = cmd.split("dqemu-shard,id=dqemu,shard=")
+                out[int(at[1].split(",")[0]) if len(at) > 1 else 0] = pid
     return out
 
 
