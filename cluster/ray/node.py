@@ -5,10 +5,12 @@
 processes) whose network is the node's own. :class:`NodeActor` (a Ray actor,
 named ``dqemu-node-<node id>`` in namespace ``dqemu``, placed on its node by node
 affinity) keeps one NodeHost per VM and serves its calls; every call returns quickly, so
-one actor serves many VMs; a VM whose orchestrator has not called for ``LEASE`` seconds
-(its driver was killed) is stopped. :class:`RemoteHost` is the ShardHost the orchestrator uses,
-wherever it runs: each method is an actor call, QMP and the serial console are relayed
-through the actor (events and console output polled in batches).
+one actor serves many VMs. A VM whose controller is gone is stopped at once: its lifeline
+connection (which came with the VM's ticket) closed; a VM whose orchestrator has not called
+for ``LEASE`` seconds (its host or the network fell silent) is stopped too.
+:class:`RemoteHost` is the ShardHost the orchestrator uses, wherever it runs: each method
+is an actor call, QMP and the serial console are relayed through the actor (events and
+console output polled in batches).
 
 A lost node is known within 2 s, before Ray says so (about 3 s after a raylet's death):
 the actor watches its raylet (its parent process) and, when it dies, kills its VMs'
@@ -219,14 +221,31 @@ class NodeActor:
         self.events: dict[tuple[str, int], list[QMPEvent]] = {}
         self.seen: dict[str, float] = {}  # each VM's last call from its orchestrator
         self.boot_dirs: dict[str, Path] = {}  # each VM's shipped boot files
+        self.tickets: dict[str, str] = {}  # each VM's lifeline ticket (its controller's)
         self.lock = threading.RLock()
-        self.lifeline = LifelineServer(self.ip)
+        self.lifeline = LifelineServer(self.ip, on_gone=self._controller_gone)
         threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
         threading.Thread(target=self._watch_raylet, name="raylet", daemon=True).start()
 
-    def lifeline_address(self) -> str:
-        """Where a controller watches this actor's life (:mod:`cluster.ray.lifeline`)."""
-        return self.lifeline.address
+    def lifeline_ticket(self, vm: str) -> tuple[str, str]:
+        """Where VM ``vm``'s controller watches this actor's life, and the ticket it brings
+        (:mod:`cluster.ray.lifeline`): when that connection ends, the VM is stopped here."""
+        ticket = self.lifeline.ticket(vm)
+        with self.lock:
+            self.tickets[vm] = ticket
+        return self.lifeline.address, ticket
+
+    def _controller_gone(self, vm: str, ticket: str) -> None:
+        """VM ``vm``'s lifeline closed: its controller is gone (or closed it after its
+        teardown here); stop what is left of the VM at once, not after the lease."""
+        with self.lock:
+            if self.tickets.get(vm) != ticket:
+                return  # an older VM of the name
+            left = vm in self.vms or vm in self.boot_dirs
+        if left:
+            print(f"dqemu: VM {vm}: its controller's lifeline closed (the controller is gone); "
+                  "stopping it", file=sys.stderr, flush=True)  # fmt: skip
+        self.teardown(vm)
 
     def _watch_raylet(self) -> None:
         """The raylet started this worker: when it dies (the node is lost for Ray, and Ray
@@ -265,8 +284,9 @@ class NodeActor:
             return host
 
     def _watch_leases(self) -> None:
-        """A VM whose orchestrator has made no call for LEASE seconds (its driver was
-        killed, or its node lost) is stopped and removed: nothing waits for a dead one."""
+        """A VM whose orchestrator has made no call for LEASE seconds is stopped and
+        removed: nothing waits for a dead one. (A controller that dies is seen at once, on
+        its lifeline; this is for one whose host or network fell silent.)"""
         while True:
             time.sleep(1.0)
             now = time.monotonic()
@@ -401,6 +421,7 @@ class NodeActor:
         with self.lock:
             host = self.vms.pop(vm, None)
             self.seen.pop(vm, None)
+            self.tickets.pop(vm, None)
             for key in [k for k in self.events if k[0] == vm]:
                 del self.events[key]
             boot_dir = self.boot_dirs.pop(vm, None)
@@ -562,9 +583,9 @@ class RemoteHost(ShardHost):
     def watch(self) -> None:
         """Watch the node actor's lifeline: from now on a lost node fails every call, the
         pending ones too, as soon as the lifeline says so (not seconds later, as Ray)."""
-        addr = self.call(self.actor.lifeline_address.remote())
+        addr, ticket = self.call(self.actor.lifeline_ticket.remote(self.vm))
         try:
-            self.lifeline = Lifeline(str(addr), self._lifeline_lost)
+            self.lifeline = Lifeline(str(addr), self._lifeline_lost, ticket=ticket)
         except OSError as e:
             raise NodeLost(f"node {self.where}: cannot reach its dQEMU actor's lifeline at "
                            f"{addr}: {e.strerror or e}", EXIT_SHARD_FAILED) from None  # fmt: skip

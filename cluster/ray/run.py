@@ -112,7 +112,8 @@ def _ask(vm: Any, method: str, *args: Any) -> Any:
         raise DqemuError(
             f"VM {vm.name}: its controller (actor {NAMESPACE}/{PREFIX}{vm.name}) is gone or "
             f"does not answer ({_first_line(e)}); the node actors stop what it started "
-            f"within their {LEASE:g} s lease", EXIT_SHARD_FAILED,
+            f"when its lifelines close, or after their {LEASE:g} s lease",
+            EXIT_SHARD_FAILED,
         ) from None  # fmt: skip
 
 

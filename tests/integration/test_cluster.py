@@ -228,19 +228,24 @@ def _wait_for(pred: object, timeout: float) -> bool:
     return False
 
 
-def _dqtest_spec(name: str, hosts: list[str | None], memory_mode: str, append: str) -> str:
-    """dqtest's VM (built here, shipped by the driver): a shard per vCPU, on ``hosts``."""
-    from loopback.dqtest import build_dqtest
-
+def _spec(name: str, hosts: list[str | None], memory_mode: str, boot: str, memory: str) -> str:
+    """A VM of a shard per vCPU, on ``hosts``, with the ``[boot]`` lines ``boot``."""
     shards = "".join(
         f'\n[[shard]]\nid = {k}\nvcpus = "{k}"\n' + (f'host = "{h}"\n' if h else "")
         for k, h in enumerate(hosts)
     )
     return (
-        f'[vm]\nname = "{name}"\nvcpus = {len(hosts)}\nmemory = "64M"\n'
-        f'memory_mode = "{memory_mode}"\n\n[boot]\nkernel = "{build_dqtest()}"\n'
-        f'append = "{append}"\ntimeout = 300\n{shards}'
+        f'[vm]\nname = "{name}"\nvcpus = {len(hosts)}\nmemory = "{memory}"\n'
+        f'memory_mode = "{memory_mode}"\n\n[boot]\n{boot}\n{shards}'
     )
+
+
+def _dqtest_spec(name: str, hosts: list[str | None], memory_mode: str, append: str) -> str:
+    """dqtest's VM (built here, shipped by the driver): a shard per vCPU, on ``hosts``."""
+    from loopback.dqtest import build_dqtest
+
+    boot = f'kernel = "{build_dqtest()}"\nappend = "{append}"\ntimeout = 300'
+    return _spec(name, hosts, memory_mode, boot, "64M")
 
 
 WAITING = "# waiting for input on the console"
@@ -322,7 +327,7 @@ def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
     t0 = time.monotonic()
     job = _job_submit(cluster, spec)
     try:
-        _span3_while_it_runs(cluster, job)
+        _span3_while_it_runs(cluster, job, "span3", WAITING, "# input received")
         code = job.end(600)
     finally:
         if job.proc.poll() is None:
@@ -340,10 +345,14 @@ def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
         assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
 
 
-def _span3_while_it_runs(cluster: lc.ClusterState, job: _Lines) -> None:
-    """The checks of the 3-node VM while its guest waits, then the byte that ends the wait."""
-    running = _wait_for(lambda: job.said(WAITING) or job.proc.poll() is not None, 600)
-    assert running and job.said(WAITING), f"the guest did not wait:\n{job.text()[-3000:]}"
+def _span3_while_it_runs(
+    cluster: lc.ClusterState, job: _Lines, vm: str, waiting: str, received: str,
+    timeout: float = 600,
+) -> None:  # fmt: skip
+    """The checks of the 3-node VM ``vm`` while its guest waits (it said ``waiting``), then
+    the line that ends the wait (the guest then says ``received``)."""
+    running = _wait_for(lambda: job.said(waiting) or job.proc.poll() is not None, timeout)
+    assert running and job.said(waiting), f"the guest did not wait:\n{job.text()[-3000:]}"
     nodes = {n.name: n for n in cluster.nodes[1:]}
     where = {"node3": 0, "node1": 1, "node2": 2}
     pids = {}
@@ -360,14 +369,52 @@ def _span3_while_it_runs(cluster: lc.ClusterState, job: _Lines) -> None:
     for a in maps:
         for b in maps:
             assert a == b or not maps[a] & maps[b], (a, b, maps[a] & maps[b])
-    got = _driver(cluster, "span", "span3")  # lets the guest go on once it has looked
-    assert got["received"], "the guest did not get the byte sent to its console"
+    got = _driver(cluster, "span", vm, received)  # lets the guest go on once it has looked
+    assert got["received"], "the guest did not get the line sent to its console"
     rows = {r["name"]: r for r in json.loads(got["list"][1])}  # type: ignore[index]
-    hosts = [s["host"] for s in rows["span3"]["shards"]]
+    hosts = [s["host"] for s in rows[vm]["shards"]]
     assert hosts == [f"{n} ({nodes[n].ip})" for n in where], hosts
-    assert rows["span3"]["state"] == "running"
+    assert rows[vm]["state"] == "running"
     info = json.loads(got["info"][1])  # type: ignore[index]
     assert [s["host"] for s in info["shards"]] == hosts
+
+
+@pytest.mark.dsmlinux
+def test_ray_job_submit_boots_linux_over_three_dsm_nodes(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """The acceptance's first item with the Linux test guest: `ray job submit -- dqemu run`
+    of a 3-shard DSM spec (shard 0 on node3, shard 1 on node1, shard 2 spread onto node2)
+    boots Linux. While it runs (``dq.wait=1``: the guest's init waits for a line on its
+    console), each node's namespace runs one shard, the three share no guest-RAM mapping
+    and `dqemu list` shows one shard per node; then the guest sees its 3 vCPUs
+    (``dq.run=cpus``) and powers off: exit 0. Minutes (every page a vCPU touches crosses
+    the network), hence ``dsmlinux``: `make test-dsm`, not CI."""
+    spec = tmp_path / "linux3.toml"
+    boot = ('kernel = "guest:cloud"\ninitrd = "guest:cloud"\n'
+            'append = "dq.run=cpus dq.wait=1"\ntimeout = 2400')  # fmt: skip
+    spec.write_text(_spec("linux3", ["node3", "node1", None], "dsm", boot, "256M"))
+    t0 = time.monotonic()
+    job = _job_submit(cluster, spec)
+    try:
+        _span3_while_it_runs(cluster, job, "linux3", "DQ KV waiting=1", "DQ KV waited=1", 2400)
+        waited = time.monotonic() - t0
+        code = job.end(2400)
+    finally:
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+    out = job.text()
+    print(f"Linux over 3 dsm nodes: {waited:.1f} s from submit to its init's wait, "
+          f"{time.monotonic() - t0:.1f} s to the end")  # fmt: skip
+    assert "DQ PASS cpus" in out, out[-4000:]
+    assert "DQ KV online_cpus=3" in out and "DQ KV cpu_online_list=0-2" in out, out[-4000:]
+    ips = {n.name: n.ip for n in cluster.nodes}
+    assert f"shard 0 on node3 ({ips['node3']}), shard 1 on node1 ({ips['node1']}), " in out
+    assert "guest powered off (every shard exited 0)" in out, out[-2000:]
+    assert "succeeded" in out and code == 0, out[-2000:]
+    for n in cluster.nodes[1:]:
+        assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
 
 
 SLEEP_SPEC = SPEC.replace("dq.run=cpus", "dq.run=sleep")
@@ -380,6 +427,19 @@ def _in_netns(ns: str, word: str) -> list[int]:
         with contextlib.suppress(psutil.Error):
             if word in " ".join(psutil.Process(pid).cmdline()):
                 out.append(pid)
+    return out
+
+
+def _vm_qemus(ns: str, vm: str) -> dict[int, int]:
+    """The QEMU shards of VM ``vm`` (booting a kernel the driver shipped) in a node's
+    namespace: shard -> pid."""
+    out = {}
+    for pid in _in_netns(ns, f"dqemu-boot-{vm}-"):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(psutil.Process(pid).cmdline())
+            if "qemu-system" in cmd:  # (a VM of one shard runs a plain QEMU)
+                at = cmd.split("dqemu-shard,id=dqemu,shard=")
+                out[int(at[1].split(",")[0]) if len(at) > 1 else 0] = pid
     return out
 
 
@@ -407,6 +467,12 @@ def test_a_lost_node_ends_its_vms_at_once_and_leaves_nothing(
             n: d.text()[-2000:] for n, d in drivers.items()}  # fmt: skip
         assert len(_vm_children(node.netns)) == 6  # span's shard 1, one's 2; a router each
         assert len(_vm_children(other.netns)) == 2  # span's shard 0 and its router
+        # a 2-shard spec with explicit hosts lands on those nodes
+        assert _vm_qemus(other.netns, "span").keys() == {0}
+        assert _vm_qemus(node.netns, "span").keys() == {1}
+        assert _vm_qemus(node.netns, "one").keys() == {0, 1}
+        assert (f"VM span: shard 0 on node2 ({other.ip}), shard 1 on node1 ({node.ip});"
+                in drivers["span"].text())  # fmt: skip
         assert len(_in_netns(node.netns, "NodeActor")) == 1
         raylets = _in_netns(node.netns, "/raylet")
         assert len(raylets) == 1
@@ -514,3 +580,85 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
     assert len(_in_netns(node.netns, "NodeActor")) == 1  # it stays, for the next VM
     shipped = Path(booted[0]).parent
     assert _wait_for(lambda: not shipped.exists(), 60), shipped  # removed with the VM
+
+
+def _worker_logs_say(node: lc.Node, words: str) -> bool:
+    """Whether a Ray worker's log on ``node`` (its actors' stderr) has ``words``."""
+    for f in Path(node.temp_dir).glob("session_*/logs/worker-*"):
+        with contextlib.suppress(OSError):
+            if words in f.read_text(errors="replace"):
+                return True
+    return False
+
+
+def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """Three dqtest VMs wait on node2 and node3 (node1 is dead), then each loses a part:
+    "ctl" (node3) its controller (SIGKILL of its process): node3's actor sees the VM's
+    lifeline close and stops its shard at once, not after its 30 s lease; "intr" (node3)
+    its driver, by Ctrl-C: the driver destroys the VM, exit 130; "act" (dsm, shard 0 on
+    node2, shard 1 on node3) node2's node actor (SIGKILL): the VM ends everywhere, exit 4,
+    naming the node and the shard. Nothing of them is left on any node. Figures are
+    printed, not asserted; the actor's own message is what shows the lease did not act."""
+    node2, node3 = cluster.nodes[2], cluster.nodes[3]
+    drivers = {}
+    for name, mode, hosts in (("ctl", "shared", ["node3"]), ("intr", "shared", ["node3"]),
+                              ("act", "dsm", ["node2", "node3"])):  # fmt: skip
+        spec = tmp_path / f"{name}.toml"
+        spec.write_text(_dqtest_spec(name, list(hosts), mode, "only=mem wait_input=1"))
+        drivers[name] = _dqemu_run(cluster, spec)
+    try:
+        running = _wait_for(lambda: all(d.said(WAITING) or d.proc.poll() is not None
+                                        for d in drivers.values()), 600)  # fmt: skip
+        assert running and all(d.said(WAITING) for d in drivers.values()), {
+            n: d.text()[-2000:] for n, d in drivers.items()}  # fmt: skip
+        assert _vm_qemus(node3.netns, "ctl").keys() == {0}
+        assert _vm_qemus(node3.netns, "intr").keys() == {0}
+        assert _vm_qemus(node2.netns, "act").keys() == {0}
+        assert _vm_qemus(node3.netns, "act").keys() == {1}
+        shipped = {Path(a).parent for pid in _vm_qemus(node3.netns, "ctl").values()
+                   for a in psutil.Process(pid).cmdline() if "dqemu-boot-ctl-" in a}  # fmt: skip
+        assert len(shipped) == 1
+        # the controller: its pid is on the driver's "where it runs" line
+        line = next(ln for ln in drivers["ctl"].text().splitlines() if "its controller: pid" in ln)
+        controller = int(line.split("its controller: pid ")[1].split()[0])
+        assert "VMController" in " ".join(psutil.Process(controller).cmdline())
+        t0 = time.monotonic()
+        os.kill(controller, signal.SIGKILL)
+        assert _wait_for(lambda: not _vm_qemus(node3.netns, "ctl"), 120)
+        print(f"VM ctl: its shard was gone {time.monotonic() - t0:.2f} s after its "
+              "controller's SIGKILL")  # fmt: skip
+        assert _wait_for(lambda: _worker_logs_say(
+            node3, "dqemu: VM ctl: its controller's lifeline closed"), 60)  # fmt: skip
+        assert not _worker_logs_say(node3, "VM ctl: no call from its orchestrator")
+        assert _wait_for(lambda: not any(d.exists() for d in shipped), 60), shipped
+        assert drivers["ctl"].end(300) == 4
+        assert "VM ctl: its controller (actor dqemu/dqemu-vm-ctl) is gone" in drivers[
+            "ctl"].text()  # fmt: skip
+        # Ctrl-C of a driver destroys its VM
+        drivers["intr"].proc.send_signal(signal.SIGINT)
+        assert drivers["intr"].end(300) == 130, drivers["intr"].text()[-2000:]
+        assert not _vm_qemus(node3.netns, "intr")
+        # a node actor killed alone: the VM ends everywhere, naming the node and the shard
+        actors = _in_netns(node2.netns, "NodeActor")
+        assert len(actors) == 1
+        t0 = time.monotonic()
+        os.kill(actors[0], signal.SIGKILL)
+        assert drivers["act"].end(300) == 4
+        said = drivers["act"].said("dqemu: error:")
+        print(f"VM act: the error came {'-' if said is None else f'{said - t0:.2f}'} s "
+              "after node2's actor's SIGKILL")  # fmt: skip
+    finally:
+        for d in drivers.values():
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+    out = drivers["act"].text()
+    assert (f"node node2 ({node2.ip}) lost: its dQEMU actor ended (its connection closed); "
+            "shard(s) 0 of VM act ran there") in out, out[-3000:]  # fmt: skip
+    for d in drivers.values():
+        assert "Traceback" not in d.text(), d.text()[-3000:]
+    for n in (node2, node3):
+        assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
+    assert _wait_for(lambda: not _in_netns(cluster.head.netns, "VMController"), 120)

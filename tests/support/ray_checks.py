@@ -165,9 +165,10 @@ def commands(name: str) -> dict[str, Any]:
     return out
 
 
-def span(name: str) -> dict[str, Any]:
-    """The running VM ``name`` as ``dqemu list`` and ``dqemu info`` show it; then a byte on
-    its console lets the guest (dqtest, ``wait_input=1``) go on to its end."""
+def span(name: str, received: str) -> dict[str, Any]:
+    """The running VM ``name`` as ``dqemu list`` and ``dqemu info`` show it; then a line on
+    its console lets the guest (dqtest's ``wait_input=1``, the Linux guest's ``dq.wait=1``)
+    go on to its end: it says ``received``."""
     from cluster.vm.client import StreamReader, find_vm, open_stream, ray_address
 
     out: dict[str, Any] = {"list": _dqemu("list", "--json"), "info": _dqemu("info", name, "--json")}
@@ -176,13 +177,13 @@ def span(name: str) -> dict[str, Any]:
     reader = StreamReader(stream)  # the connection stays until the guest has the byte
     got = b""
     deadline = time.monotonic() + 120
-    while b"# input received" not in got and time.monotonic() < deadline:
+    while received.encode() not in got and time.monotonic() < deadline:
         data = reader.read()
         if data is None:
             break
         got += data
     reader.close()
-    out["received"] = b"# input received" in got
+    out["received"] = received.encode() in got
     return out
 
 

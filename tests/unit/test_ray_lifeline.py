@@ -88,3 +88,71 @@ def test_silence_is_a_lost_node() -> None:
         line.close()
         conn.close()
         mute.close()
+
+
+class Gone:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+        self.event = threading.Event()
+
+    def __call__(self, key: str, ticket: str) -> None:
+        self.got.append((key, ticket))
+        self.event.set()
+
+
+def test_a_watcher_with_a_ticket_that_leaves_stops_its_vm() -> None:
+    """The controller's process dies (SIGKILL): its kernel closes its lifelines, and each
+    node actor learns that the VM of the ticket has no controller any more, at once."""
+    gone = Gone()
+    server = LifelineServer("127.0.0.1", on_gone=gone)
+    ticket = server.ticket("vm1")
+    code = (
+        "import sys, time; from cluster.ray.lifeline import Lifeline; "
+        f"Lifeline({server.address!r}, print, ticket={ticket!r}); "
+        "print('watching', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "watching"
+        deadline = time.monotonic() + 5
+        while not server.bound and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(server.bound.values()) == [("vm1", ticket)]
+        assert not gone.event.wait(0.5)  # heartbeats flow; the controller lives
+        os.kill(proc.pid, signal.SIGKILL)
+        assert gone.event.wait(5.0)  # not the node actor's 30 s lease
+        assert gone.got == [("vm1", ticket)]
+        assert not server.conns and not server.bound
+    finally:
+        proc.kill()
+        proc.wait()
+        server.close()
+
+
+def test_a_watcher_without_a_valid_ticket_stops_nothing() -> None:
+    """A stranger (no ticket, a made-up one, or one already used) only gets heartbeats."""
+    gone = Gone()
+    server = LifelineServer("127.0.0.1", on_gone=gone)
+    ticket = server.ticket("vm1")
+    first = Lifeline(server.address, Lost(), ticket=ticket)
+    lines = [
+        Lifeline(server.address, Lost()),
+        Lifeline(server.address, Lost(), ticket="0" * 32),
+        Lifeline(server.address, Lost(), ticket=ticket),  # used: not a second controller
+    ]
+    deadline = time.monotonic() + 5
+    while (len(server.conns) < 4 or server.first) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(server.conns) == 4 and list(server.bound.values()) == [("vm1", ticket)]
+    for line in lines:
+        line.close()
+    deadline = time.monotonic() + 5
+    while len(server.conns) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(server.conns) == 1
+    assert not gone.event.wait(0.5)
+    first.close()
+    assert gone.event.wait(5.0)
+    assert gone.got == [("vm1", ticket)]
+    server.close()
