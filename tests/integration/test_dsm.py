@@ -96,6 +96,7 @@ def test_dqtest_memory_model_over_two_dsm_shards(qemu: Path) -> None:
 RACE_KNOBS = {"test_dsm_delay": "hold:500+install:300"}
 
 
+@pytest.mark.dsmlinux  # minutes on a loaded machine (204 s at load 9): make test-dsm
 def test_forced_races_over_two_dsm_shards(qemu: Path) -> None:
     """The four races of docs/dsm.md §6, forced by the shard's test-dsm-delay knob in one
     dqtest run over two dsm shards with two vCPUs each: message passing, atomic counters
