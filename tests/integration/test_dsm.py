@@ -23,6 +23,7 @@ from cluster.vm.stats import StatsView
 from loopback.dqtest import EXIT_PASS, build_dqtest, dqtest_spec, parse_dqtest_output
 from loopback.launcher import LoopbackVM
 from tests.conftest import run_dqemu
+from tests.support.dqtest_run import run_passing_dqtest
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -109,11 +110,7 @@ def test_forced_races_over_two_dsm_shards(qemu: Path) -> None:
         append="only=mem,litmus,dma iters=20 atomic_iters=300 litmus_iters=50",
         shard_extra={0: RACE_KNOBS, 1: RACE_KNOBS},
     )  # fmt: skip
-    console = io.BytesIO()
-    vm = LoopbackVM(spec, qemu=qemu, console=console).run()
-    text = console.getvalue().decode(errors="replace")
-    result = parse_dqtest_output(text)
-    assert vm.exit_code == EXIT_PASS and not result.failures, f"{vm.reason}\n{text[-3000:]}"
+    vm, result = run_passing_dqtest(spec, qemu)
     groups = {c.description.split()[0] for c in result.checks}
     assert {"mem", "litmus", "dma"} <= groups and not result.skips, (groups, result.skips)
     merged = StatsView().snapshot({s["shard_id"]: s for s in vm.router_stats})
