@@ -136,6 +136,8 @@ def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
             f",test-clock-skew-ns={knob.test_clock_skew_ns}"
             f",test-clock-drift-ppm={knob.test_clock_drift_ppm}"
         )
+    if knob.test_dsm_delay:
+        obj += f",test-dsm-delay={knob.test_dsm_delay}"
     return f"{obj},owners={owners}" if owners else obj
 
 

@@ -56,6 +56,9 @@ class ShardSpec:
     # and fast by the drift, so that one machine can play shards on different hosts
     test_clock_skew_ns: int = 0
     test_clock_drift_ppm: int = 0
+    # test knob (docs/dsm.md §13.2): DSM events this shard delays to force races,
+    # "EVENT:US" items joined by "+" ("hold:2000+install:500"); "" = none
+    test_dsm_delay: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ DATA_PATH_ENV = "DQEMU_DATA_PATH"
 
 
 MEMORY_MODES = ("shared", "dsm")
+# the shard object's test-dsm-delay events (docs/dsm.md §13.2), and the longest delay
+DSM_DELAY_EVENTS = ("hold", "install")
+MAX_DSM_DELAY_US = 10_000_000
 # What reaches guest RAM behind the host MMU's back, or pins it, cannot be kept coherent by
 # userfaultfd faults (docs/dsm.md §1 rule 3): device models refused in memory_mode "dsm"
 DSM_REFUSED_DEVICES = ("vhost-", "vfio-", "ivshmem", "virtio-mem", "virtio-pmem")
@@ -417,6 +423,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
                 "qemu_args": list,
                 "test_clock_skew_ns": int,
                 "test_clock_drift_ppm": int,
+                "test_dsm_delay": str,
             },
             types={"id": int, "vcpus": (str, list)},
         )
@@ -441,8 +448,11 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             raise r.fail("shard", i, "vcpus", "a shard must run at least one vCPU")
         options = _shard_options(r, i, s, len(cpus))
         shards.append(
-            ShardSpec(sid, tuple(sorted(cpus)), s.get("host"), *options, *_clock_knob(r, i, s))
-        )
+            ShardSpec(
+                sid, tuple(sorted(cpus)), s.get("host"), *options, *_clock_knob(r, i, s),
+                _dsm_delay_knob(r, i, s),
+            )
+        )  # fmt: skip
     unplaced = [c for c in range(vcpus) if c not in placed]
     if unplaced:
         raise r.fail(
@@ -559,6 +569,9 @@ def _check_memory_mode(
             f'memory_mode must be "dsm", not "{mode}"',
         )
     if mode != "dsm":
+        knob = next((s for s in shards if s.test_dsm_delay), None)
+        if knob is not None:
+            raise r.fail("shard", knob.id, "test_dsm_delay", 'needs memory_mode "dsm"')
         return
     for i, d in enumerate(devices):
         model = d.args.split(",", 1)[0].strip()
@@ -621,6 +634,20 @@ def _clock_knob(r: _Reader, i: int, s: dict[str, Any]) -> tuple[int, int]:
         why = f"{drift} is outside -{MAX_TEST_CLOCK_DRIFT_PPM}..{MAX_TEST_CLOCK_DRIFT_PPM}"
         raise r.fail("shard", i, "test_clock_drift_ppm", why)
     return s.get("test_clock_skew_ns", 0), drift
+
+
+def _dsm_delay_knob(r: _Reader, i: int, s: dict[str, Any]) -> str:
+    """A shard's test_dsm_delay: "EVENT:US" items joined by "+" (docs/dsm.md §13.2)."""
+    value: str = s.get("test_dsm_delay", "")
+    for item in filter(None, value.split("+")):
+        event, _, us = item.partition(":")
+        if event not in DSM_DELAY_EVENTS or not us.isdigit() or int(us) > MAX_DSM_DELAY_US:
+            why = (
+                f"{item!r} is not EVENT:MICROSECONDS with EVENT one of "
+                f"{', '.join(DSM_DELAY_EVENTS)} and at most {MAX_DSM_DELAY_US} µs"
+            )
+            raise r.fail("shard", i, "test_dsm_delay", why)
+    return value
 
 
 def _vm_options(

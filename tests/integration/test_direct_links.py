@@ -8,15 +8,14 @@ from the shards' stats pages; on the router path the same frames cross the local
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loopback.dqtest import EXIT_PASS, build_dqtest, dqtest_spec, parse_dqtest_output
-from loopback.launcher import LoopbackVM
+from loopback.dqtest import build_dqtest, dqtest_spec
 from tests.conftest import run_dqemu
+from tests.support.dqtest_run import run_passing_dqtest
 
 pytestmark = [pytest.mark.integration]
 
@@ -36,11 +35,7 @@ def run(qemu: Path, data_path: str) -> list[dict[str, Any]]:
         build_dqtest(), shards=2, vcpus=2, append="only=pingpong,pio,mmio iters=50",
         timeout=600, data_path=data_path,
     )  # fmt: skip
-    console = io.BytesIO()
-    vm = LoopbackVM(spec, qemu=qemu, console=console).run()
-    text = console.getvalue().decode(errors="replace")
-    result = parse_dqtest_output(text)
-    assert vm.exit_code == EXIT_PASS and not result.failures, f"{vm.reason}\n{text[-2000:]}"
+    vm, _ = run_passing_dqtest(spec, qemu, tail=2000)
     assert len(vm.router_stats) == 2, vm.router_stats
     return vm.router_stats
 

@@ -23,6 +23,7 @@ from cluster.vm.stats import StatsView
 from loopback.dqtest import EXIT_PASS, build_dqtest, dqtest_spec, parse_dqtest_output
 from loopback.launcher import LoopbackVM
 from tests.conftest import run_dqemu
+from tests.support.dqtest_run import run_passing_dqtest
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("built", "no_leftovers")]
 
@@ -88,6 +89,40 @@ def test_dqtest_memory_model_over_two_dsm_shards(qemu: Path) -> None:
     assert c["bytes_in"] > c["pages_in"] * 4096, c
     assert sum(page["shards"][k]["counters"]["resident_pages"] for k in ("0", "1")) > 0, page
     assert any(v["read_fault"]["count"] or v["write_fault"]["count"] for v in pages.values()), pages
+
+
+# docs/dsm.md §13.2: every holder action on either shard waits 0.5 ms (the home's entry
+# stays busy and the holder keeps using its copy meanwhile), and each shard's receive
+# thread waits 0.3 ms before it installs a page (the page stays in flight)
+RACE_KNOBS = {"test_dsm_delay": "hold:500+install:300"}
+
+
+@pytest.mark.dsmlinux  # minutes on a loaded machine (204 s at load 9): make test-dsm
+def test_forced_races_over_two_dsm_shards(qemu: Path) -> None:
+    """The four races of docs/dsm.md §6, forced by the shard's test-dsm-delay knob in one
+    dqtest run over two dsm shards with two vCPUs each: message passing, atomic counters
+    from every CPU and store buffering (two shards write one page: 6.1; an upgrade crosses
+    the invalidation of its read copy: 6.2; a vCPU faults on a page another vCPU of its
+    shard already asked for: 6.3), and edu's DMA into a page that a CPU of the other shard keeps
+    writing (6.4). Every check passes, and each race's counter moved."""
+    spec = dqtest_spec(
+        build_dqtest(), shards=2, vcpus=4, timeout=900, memory_mode="dsm",
+        append="only=mem,litmus,dma iters=20 atomic_iters=300 litmus_iters=50",
+        shard_extra={0: RACE_KNOBS, 1: RACE_KNOBS},
+    )  # fmt: skip
+    vm, result = run_passing_dqtest(spec, qemu)
+    groups = {c.description.split()[0] for c in result.checks}
+    assert {"mem", "litmus", "dma"} <= groups and not result.skips, (groups, result.skips)
+    merged = StatsView().snapshot({s["shard_id"]: s for s in vm.router_stats})
+    page = merged["mechanisms"]["page"]
+    c = page["counters"]
+    print("page counters:", c)
+    assert c["deferred_hold"] > 0, c  # the knob held pages
+    assert c["home_queued"] > 0, c  # 6.1: a request found its page busy at the home
+    assert c["need_data"] > 0, c  # 6.2: an invalidation crossed an upgrade
+    assert c["joined_faults"] > 0, c  # 6.3: a fault on a page in flight
+    # 6.4: faults of edu's DMA (shard 0's main thread, not a vCPU) on pages CPU 3 holds
+    assert page["shards"]["0"]["counters"]["dma_pages"] > 0, page["shards"]
 
 
 def shard_qemu(shard: int) -> psutil.Process | None:

@@ -1,4 +1,4 @@
-"""Issue 17 acceptance, the Linux half: the Linux test guest's checks over two
+"""Issue 17 acceptance, the Linux half: the Linux test guest's checks over two and four
 ``memory_mode = "dsm"`` shards (docs/dsm.md, "What is built").
 
 Minutes each on the shared development machine (dq.run=smp took 266 s of wall time at load
@@ -43,9 +43,16 @@ def run_dsm(tmp_path: Path, *args: str) -> tuple[Run, dict[str, int], dict[str, 
     return r, data.get("forwarded", {}), pages
 
 
-def test_smp_over_two_dsm_shards(tmp_path: Path) -> None:
+def placement(shards: int) -> tuple[str, ...]:
+    """4 vCPUs spread evenly over ``shards`` shards."""
+    per = 4 // shards
+    return ("--placement", ";".join(f"{i * per}-{i * per + per - 1}" for i in range(shards)))
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_smp_over_dsm_shards(tmp_path: Path, shards: int) -> None:
     r, fwd, pages = run_dsm(
-        tmp_path, "--vcpus", "4", "--shards", "2", "--append", "dq.run=smp dq.cpus=4"
+        tmp_path, "--vcpus", "4", *placement(shards), "--append", "dq.run=smp dq.cpus=4"
     )
     assert_smp_passed(r, cpus=4)
     assert fwd["ipi"] > 0 and fwd["page"] > 0, fwd
@@ -57,10 +64,22 @@ def test_smp_over_two_dsm_shards(tmp_path: Path) -> None:
     assert pages["joined_faults"] > 0, pages
 
 
-def test_virtio_blk_dma_over_dsm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [2, 4])
+def test_virtio_blk_dma_over_dsm(tmp_path: Path, shards: int) -> None:
     # the disk's owner (shard 1) writes the guest's buffers by DMA, and CPU 0 on shard 0
     # checks them: every page reaches it through the DSM (docs/dsm.md §6.4, §9)
-    r, fwd, _ = run_dsm(tmp_path, *blk_on_shard1(tmp_path))
+    args = list(blk_on_shard1(tmp_path))
+    args[args.index("--placement") : args.index("--placement") + 2] = placement(shards)
+    r, fwd, pages = run_dsm(tmp_path, *args)
     assert r.passed("blk"), r.stdout[-3000:]
     assert r.kv()["blk_bad_chunks"] == "0"
     assert fwd["page"] > 0, fwd
+    assert pages["dma_pages"] > 0, pages  # the disk's own threads faulted on guest pages
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_serial_over_dsm_shards(tmp_path: Path, shards: int) -> None:
+    # CPU 3 runs on a shard that owns no device: its console writes are forwarded PIO
+    r, _, _ = run_dsm(tmp_path, "--vcpus", "4", *placement(shards), "--append", "dq.run=serial")
+    assert r.passed("serial"), r.stdout[-3000:]
+    assert r.kv()["serial_cpu3"] == "ok"

@@ -12,11 +12,16 @@ answering), or exit without saying why.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -120,26 +125,55 @@ def _fuzz_frame(rng: random.Random) -> bytes:
     return header + bytes(body)
 
 
-def _run_one(tmp: Path, seed: int) -> tuple[int | None, int, str]:
-    """Start a shard, fuzz it; return (exit status or None if alive, frames sent, stderr)."""
+@dataclass
+class _Shard:
+    """A shard QEMU registered with the stand-in router."""
+
+    proc: subprocess.Popen[bytes]
+    conn: socket.socket
+    mon: Monitor | None
+    err_path: Path
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def answers_qmp(self) -> bool:
+        if self.proc.poll() is not None or self.mon is None:
+            return False
+        self.mon.settimeout(20)
+        try:
+            self.mon.cmd("query-status")
+        except (OSError, EOFError, QMPError):
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _shard(
+    tmp: Path, spec_text: str = SPEC, wrap: tuple[str, ...] = (), qmp: bool = True
+) -> Iterator[_Shard]:
+    """Start shard 0 of ``spec_text`` (``wrap`` goes in front of its argv) against a
+    stand-in router on its UNIX socket, answer its REGISTER, and (``qmp``) connect to its
+    QMP; the QEMU is killed on the way out if it still runs."""
     qemu = ensure_qemu(quiet=True)
     kernel = ensure_guest().kernel
-    spec = parse_spec(SPEC.format(kernel=kernel), origin="fuzz.toml")
+    spec = parse_spec(spec_text.format(kernel=kernel), origin="fuzz.toml")
     router = tmp / "router.sock"
     paths = ShardPaths(
         qmp=tmp / "qmp.sock", serial=None, ram=(tmp / "ram0", tmp / "ram1"), router=router
     )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(router))
+    router.chmod(0o777)
     listener.listen(1)
     listener.settimeout(60)
-    argv = shard_argv(qemu, spec, 0, paths, BootFiles(kernel, None, ""))
+    argv = [*wrap, *shard_argv(qemu, spec, 0, paths, BootFiles(kernel, None, ""))]
     err_path = tmp / "stderr"
     with err_path.open("wb") as err:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=TEST_ENV
         )
-    sent = 0
+    mon: Monitor | None = None
     try:
         conn, _ = listener.accept()
         conn.settimeout(60)
@@ -151,51 +185,54 @@ def _run_one(tmp: Path, seed: int) -> tuple[int | None, int, str]:
                 src=p.DST_ROUTER, dst=0, flags=p.FLAG_REPLY, request_id=h.request_id,
             )
         )  # fmt: skip
-        threading.Thread(target=_drain, args=(conn,), daemon=True).start()
-        mon = Monitor(str(paths.qmp))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                mon.connect()
-                break
-            except (OSError, EOFError, QMPError):
-                mon.close()
-                mon = Monitor(str(paths.qmp))
-                assert proc.poll() is None, f"shard exited at start: {err_path.read_text()}"
-                assert time.monotonic() < deadline, "QMP never answered"
-                time.sleep(0.1)
-        rng = random.Random(seed)
-        try:
-            for _ in range(FRAMES_PER_RUN):
-                if proc.poll() is not None:
-                    break
+        if qmp:
+            mon = Monitor(str(paths.qmp))
+            deadline = time.monotonic() + 60
+            while True:
                 try:
-                    conn.sendall(_fuzz_frame(rng))
-                except OSError:
+                    mon.connect()
                     break
-                sent += 1
-                if sent % 50 == 0 and proc.poll() is None:
-                    # still serving: QMP answers (a deadlock on the BQL would hang here)
-                    mon.settimeout(20)
-                    with contextlib.suppress(OSError, EOFError, QMPError):
-                        mon.cmd("query-status")
-            if proc.poll() is None:
-                mon.settimeout(20)
-                with contextlib.suppress(OSError, EOFError, QMPError):
-                    mon.cmd("query-status")
+                except (OSError, EOFError, QMPError):
+                    mon.close()
+                    mon = Monitor(str(paths.qmp))
+                    assert proc.poll() is None, f"shard exited at start: {err_path.read_text()}"
+                    assert time.monotonic() < deadline, "QMP never answered"
+                    time.sleep(0.1)
+        try:
+            yield _Shard(proc, conn, mon, err_path)
         finally:
-            with contextlib.suppress(OSError, EOFError, QMPError):
-                mon.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=2)
-        status = proc.poll()
-        conn.close()
-        return status, sent, err_path.read_text(errors="replace")
+            if mon is not None:
+                with contextlib.suppress(OSError, EOFError, QMPError):
+                    mon.close()
+            conn.close()
     finally:
         listener.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def _run_one(tmp: Path, seed: int) -> tuple[int | None, int, str]:
+    """Start a shard, fuzz it; return (exit status or None if alive, frames sent, stderr)."""
+    sent = 0
+    with _shard(tmp) as sh:
+        threading.Thread(target=_drain, args=(sh.conn,), daemon=True).start()
+        rng = random.Random(seed)
+        for _ in range(FRAMES_PER_RUN):
+            if sh.proc.poll() is not None:
+                break
+            try:
+                sh.conn.sendall(_fuzz_frame(rng))
+            except OSError:
+                break
+            sent += 1
+            if sent % 50 == 0:
+                # still serving: QMP answers (a deadlock on the BQL would hang here)
+                sh.answers_qmp()
+        sh.answers_qmp()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            sh.proc.wait(timeout=2)
+        return sh.proc.poll(), sent, sh.stderr()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -221,3 +258,86 @@ def test_fuzz_frames_are_well_formed_mostly() -> None:
         if p.header_error(magic, ver, t, flags, length, rid) is None:
             ok += 1
     assert ok > 800, ok
+
+
+DSM_SPEC = SPEC.replace('memory = "64M"', 'memory = "64M"\nmemory_mode = "dsm"')
+
+
+def _replies(conn: socket.socket, want: int, seconds: float = 30) -> list[p.Header]:
+    """Frames from the shard until ``want`` error replies came (PAGE_STATS notices and
+    other traffic are skipped); what came by the deadline otherwise."""
+    got: list[p.Header] = []
+    deadline = time.monotonic() + seconds
+    conn.settimeout(1)
+    while len([h for h in got if h.flags & p.FLAG_ERROR]) < want and time.monotonic() < deadline:
+        try:
+            h = _read_frame(conn)
+        except TimeoutError:
+            continue
+        except OSError:
+            break  # the shard is gone: the caller's checks say so, with its stderr
+        if h is None:
+            break
+        got.append(h)
+    return [h for h in got if h.flags & p.FLAG_ERROR]
+
+
+@pytest.mark.parametrize("spec_text", [SPEC, DSM_SPEC], ids=["shared", "dsm"])
+def test_misaddressed_frames_are_refused(tmp_path: Path, spec_text: str) -> None:
+    """PAGE_STATS (0x67) is for a router; sent to a shard it used to end the shard as a
+    "malformed frame" (exit from its receive thread). Now such a frame, and a request of
+    a known type with a wrong length, are refused with an error reply and a message that
+    names them, and the shard goes on; so is a DSM page frame from a shard that is not a
+    peer."""
+    stats = bytes(p.SIZE_LO[p.MSG_PAGE_STATS])
+    with _shard(tmp_path, spec_text) as sh:
+        frames = [
+            p.HEADER.pack(p.MAGIC, p.VERSION, p.MSG_PAGE_STATS, 0, 1, 0, len(stats), 0) + stats,
+            p.HEADER.pack(
+                p.MAGIC, p.VERSION, p.MSG_PAGE_STATS, p.FLAG_WANT_REPLY, 1, 0, len(stats), 7
+            )
+            + stats,
+            # a PIO request one byte short
+            p.HEADER.pack(p.MAGIC, p.VERSION, p.MSG_PIO_REQ, p.FLAG_WANT_REPLY, 1, 0,
+                          p.SIZE_LO[p.MSG_PIO_REQ] - 1, 8)
+            + bytes(p.SIZE_LO[p.MSG_PIO_REQ] - 1),
+            # a page request from shard 9 of this 2-shard VM
+            p.HEADER.pack(p.MAGIC, p.VERSION, p.MSG_PAGE_REQ, p.FLAG_WANT_REPLY, 9, 0,
+                          p.SIZE_LO[p.MSG_PAGE_REQ], 9)
+            + bytes(p.SIZE_LO[p.MSG_PAGE_REQ]),
+        ]  # fmt: skip
+        for frame in frames:
+            sh.conn.sendall(frame)
+        errors = _replies(sh.conn, want=2)
+        assert sh.answers_qmp(), f"the shard stopped serving:\n{sh.stderr()[-2000:]}"
+        err = sh.stderr()
+    assert "refused frame type 0x67" in err and "not a message type that a shard receives" in err
+    assert "wrong body length for its type" in err, err
+    if spec_text is DSM_SPEC:
+        assert "DSM frame 0x60 from shard 9 refused: not a peer shard" in err, err
+    by_id = {h.request_id: h for h in errors}
+    assert 7 in by_id and 8 in by_id, errors
+
+
+def test_dsm_without_userfaultfd_says_what_to_do() -> None:
+    """A ``dsm`` shard whose user may not use userfaultfd (not root, no CAP_SYS_PTRACE, no
+    access to /dev/userfaultfd, and vm.unprivileged_userfaultfd = 0) stops at start with
+    a message that names the sysctl and the capability."""
+    if Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() != "0":
+        pytest.skip("vm.unprivileged_userfaultfd is not 0: any user may use userfaultfd here")
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the shard as another user")
+    tmp = Path(tempfile.mkdtemp(prefix="dq-uffd-"))  # a directory user nobody can use
+    try:
+        tmp.chmod(0o777)
+        nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--")
+        with _shard(tmp, DSM_SPEC, wrap=nobody, qmp=False) as sh:
+            threading.Thread(target=_drain, args=(sh.conn,), daemon=True).start()
+            status = sh.proc.wait(timeout=120)
+            err = sh.stderr()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(err[-1000:])
+    assert status == 1, (status, err[-2000:])
+    assert "needs userfaultfd, which this process may not use" in err, err[-2000:]
+    assert "vm.unprivileged_userfaultfd=1" in err and "CAP_SYS_PTRACE" in err, err[-2000:]

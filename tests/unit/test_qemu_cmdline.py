@@ -115,6 +115,25 @@ def test_shard_object_clock_sync_and_knob() -> None:
     assert "clock-sync" not in next(o for o in opt(argv(1), "-object") if "dqemu-shard" in o)
 
 
+def test_shard_object_dsm_delay_knob() -> None:
+    spec = parse_spec(
+        SPEC.replace('memory = "1000M"', 'memory = "1000M"\nmemory_mode = "dsm"').replace(
+            'vcpus = "2-3"', 'vcpus = "2-3"\ntest_dsm_delay = "hold:700"'
+        )
+    )
+    paths = ShardPaths(qmp=Path("/q"), serial=None, ram=(), router=Path("/r"))
+    objs = [
+        next(
+            o
+            for o in opt(shard_argv(Path("/q"), spec, i, paths, BOOT), "-object")
+            if "dqemu-shard" in o
+        )
+        for i in (0, 1)
+    ]
+    assert "test-dsm-delay" not in objs[0]
+    assert ",test-dsm-delay=hold:700" in objs[1]
+
+
 def test_unsharded_has_no_shard_object() -> None:
     spec = parse_spec('[vm]\nvcpus = 2\nmemory = 256\n[boot]\nkernel = "guest:cloud"\n')
     paths = ShardPaths(Path("/q.qmp"), Path("/c.sock"), (Path("/dev/shm/r0"),), None)

@@ -278,3 +278,16 @@ def test_clock_sync_and_test_knob() -> None:
     assert "shard[1].test_clock_drift_ppm: 20000 is outside -10000..10000" in _err(
         knob.replace("= 200", "= 20000")
     )
+
+
+def test_dsm_delay_knob() -> None:
+    dsm = GOOD.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    knob = dsm.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\ntest_dsm_delay = "hold:2000+install:300"')
+    spec = parse_spec(knob)
+    assert spec.shards[1].test_dsm_delay == "hold:2000+install:300"
+    assert spec.shards[0].test_dsm_delay == ""
+    for bad in ("hold", "hold:x", "late:5", "hold:-1", "hold:10000001"):
+        err = _err(knob.replace("hold:2000+install:300", bad))
+        assert f"shard[1].test_dsm_delay: {bad.split('+')[0]!r} is not EVENT:MICROSECONDS" in err
+    shared = GOOD.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\ntest_dsm_delay = "hold:5"')
+    assert 'shard[1].test_dsm_delay: needs memory_mode "dsm"' in _err(shared)

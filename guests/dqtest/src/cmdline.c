@@ -5,7 +5,7 @@
  * Recognised: only=G1,G2  skip=G1,G2  iters=N  litmus_iters=N  xmc_rounds=N
  * atomic_iters=N  tsc_bound_ns=N  timeout_ms=N  settle_us=N  cpus=N  delay_ms=N
  * idle=hlt|poll  pause=0|1  verbose=0|1  wait_input=0|1.  Groups: ipi pingpong pio mmio irq msi intx
- * mem litmus xmc tsc (CPU bring-up always runs).
+ * mem litmus xmc tsc, and dma only when only= names it (CPU bring-up always runs).
  */
 #include "dqtest.h"
 
@@ -21,7 +21,7 @@ struct options opt = {
 };
 
 static const char *const groups[] = {
-    "ipi", "apic", "pingpong", "pio", "mmio", "irq", "msi", "intx", "isairq", "vga", "disk", "mem", "litmus", "xmc", "tsc",
+    "ipi", "apic", "pingpong", "pio", "mmio", "irq", "msi", "intx", "isairq", "vga", "disk", "mem", "litmus", "xmc", "tsc", "dma",
 };
 
 static bool key_is(const char *tok, size_t klen, const char *key)
@@ -133,6 +133,11 @@ bool group_enabled(const char *group)
     if (opt.only[0] && !in_list(opt.only, group))
         return false;
     return !in_list(opt.skip, group);
+}
+
+bool group_named(const char *group)
+{
+    return in_list(opt.only, group);
 }
 
 /* Warn about group names that match nothing (typos would silently run nothing). */

@@ -87,6 +87,7 @@ static inline void spin_unlock(spinlock_t *l) { __atomic_store_n(&l->locked, 0, 
 void cmdline_parse(const char *cmdline);
 void cmdline_check_groups(void);
 bool group_enabled(const char *group);
+bool group_named(const char *group);   /* only= names it */
 
 /* ---- report.c ---- */
 void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -228,6 +229,7 @@ void test_pio(void);
 void test_mmio(void);
 void test_irq(void);
 void test_msi(void);
+void test_dma(void);
 void test_intx(void);
 void test_isairq(void);
 void test_apic_state(void);

@@ -480,3 +480,102 @@ void test_msi(void)
     snprintf(desc, sizeof(desc), "msi edu lowest-priority logical mask 0x%02x -> exactly one cpu", all);
     msi_case(desc, NULL, 0xfee0000cu | (all << 12), (uint16_t)(VEC_MSI | (1u << 8)), per, all, rounds);
 }
+
+/* ---- DMA and a CPU on one page ---- */
+
+/*
+ * dma (only when only= names it): edu's DMA engine, run by the edu's shard
+ * outside any vCPU, copies a pattern RAM -> device -> RAM into the first half
+ * of a page while the last CPU (on another shard when there are several)
+ * keeps storing a counter into the second half of the same page.  With
+ * memory_mode "dsm" the device's copy and the CPU's stores fault on that
+ * page at once (dQEMU's docs/dsm.md §6.4): the copied bytes and every
+ * counter value must both come through.
+ */
+#define EDU_DMA_SRC 0x80
+#define EDU_DMA_DST 0x88
+#define EDU_DMA_CNT 0x90
+#define EDU_DMA_CMD 0x98
+#define EDU_DMA_RUN 0x1
+#define EDU_DMA_TO_RAM 0x2
+#define EDU_BUF 0x40000
+#define DMA_LEN 2048
+#define DMA_ROUNDS 6
+
+static uint8_t dma_src[4096] __attribute__((aligned(4096)));
+static volatile uint8_t dma_dst[4096] __attribute__((aligned(4096)));
+
+struct dma_ctl {
+    volatile uint32_t stop;
+    volatile uint64_t stores;
+    volatile uint32_t lost;
+};
+
+static void dma_marker(void *p)
+{
+    struct dma_ctl *c = p;
+    volatile uint64_t *m = (volatile uint64_t *)(dma_dst + DMA_LEN + 1024);
+    uint64_t i = 0;
+    while (!c->stop) {
+        smp_beat();
+        *m = ++i;
+        if (*m != i)
+            c->lost++;
+        cpu_relax();
+    }
+    c->stores = i;
+}
+
+static bool edu_dma(uint64_t src, uint64_t dst, bool to_ram)
+{
+    uint64_t end = deadline_ms(opt.timeout_ms + 1000);   /* edu waits 100 ms per copy */
+    mmio_write64(edu.bar + EDU_DMA_SRC, src);
+    mmio_write64(edu.bar + EDU_DMA_DST, dst);
+    mmio_write64(edu.bar + EDU_DMA_CNT, DMA_LEN);
+    mmio_write64(edu.bar + EDU_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
+    while (mmio_read64(edu.bar + EDU_DMA_CMD) & EDU_DMA_RUN) {
+        if (expired(end))
+            return false;
+        mdelay(1);
+    }
+    return true;
+}
+
+void test_dma(void)
+{
+    static struct dma_ctl ctl;
+    unsigned cpu = ncpus - 1;
+    uint32_t bad = 0, timeouts = 0;
+
+    if (!edu_setup("dma"))
+        return;
+    if (ncpus < 2) {
+        skip("dma", "only one cpu online");
+        return;
+    }
+    ctl.stop = 0;
+    if (!smp_call_async(cpu, dma_marker, &ctl)) {
+        check(false, "dma: cpu%u takes the marker loop", cpu);
+        return;
+    }
+    for (unsigned r = 1; r <= DMA_ROUNDS; r++) {
+        for (unsigned j = 0; j < DMA_LEN; j++)
+            dma_src[j] = (uint8_t)(r * 31 + j * 7);
+        if (!edu_dma((uint64_t)(uintptr_t)dma_src, EDU_BUF, false) ||
+            !edu_dma(EDU_BUF, (uint64_t)(uintptr_t)dma_dst, true)) {
+            timeouts++;
+            continue;
+        }
+        for (unsigned j = 0; j < DMA_LEN; j++)
+            if (dma_dst[j] != (uint8_t)(r * 31 + j * 7))
+                bad++;
+    }
+    ctl.stop = 1;
+    bool joined = smp_wait(cpu);
+    check(joined && !timeouts && !bad,
+          "dma edu copies %u x %u bytes into a page that cpu%u writes at once: %u bad bytes, %u timeouts",
+          DMA_ROUNDS, DMA_LEN, cpu, bad, timeouts);
+    check(joined && ctl.stores > 0 && !ctl.lost,
+          "dma cpu%u's %lu stores beside the device's all read back (%u lost)", cpu,
+          (unsigned long)ctl.stores, ctl.lost);
+}
