@@ -103,6 +103,9 @@ class VMSpec:
     transport: str = "tcp"
     # clock sync across hosts (docs/shard-design.md, Clock): "auto", "on" or "off"
     clock_sync: str = "auto"
+    # UART transmit writes to another shard without a reply (docs/shard-design.md, "Posted
+    # writes"): "auto" (on with several shards in memory_mode "shared"), "on" or "off"
+    posted_writes: str = "auto"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -112,6 +115,7 @@ class VMSpec:
 
 
 CLOCK_SYNC_MODES = ("auto", "on", "off")
+POSTED_WRITES_MODES = ("auto", "on", "off")
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -123,6 +127,14 @@ def clock_sync_enabled(spec: VMSpec) -> bool:
     if spec.clock_sync != "auto":
         return spec.clock_sync == "on"
     return len({s.host for s in spec.shards if s.host}) > 1
+
+
+def posted_writes_enabled(spec: VMSpec) -> bool:
+    """Whether forwarded UART transmit writes go without a reply: the shards count them in
+    a file they all map, so only where they share guest RAM (one host, "shared")."""
+    if spec.posted_writes == "auto":
+        return len(spec.shards) > 1 and spec.memory_mode == "shared"
+    return spec.posted_writes == "on" and len(spec.shards) > 1
 
 
 DATA_PATHS = ("router", "direct")
@@ -344,6 +356,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "memory_mode": str,
             "transport": str,
             "clock_sync": str,
+            "posted_writes": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -450,6 +463,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         raise r.fail(
             "vm", None, "clock_sync", f"{clock_sync!r} is not one of {', '.join(CLOCK_SYNC_MODES)}"
         )
+    posted_writes = vm.get("posted_writes", "auto")
+    if posted_writes not in POSTED_WRITES_MODES:
+        raise r.fail(
+            "vm",
+            None,
+            "posted_writes",
+            f"{posted_writes!r} is not one of {', '.join(POSTED_WRITES_MODES)}",
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -492,6 +513,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     _check_iommu(r, devices, io_shard)
     memory_mode = vm.get("memory_mode", "shared")
     _check_memory_mode(r, memory_mode, shards, devices, options)
+    if posted_writes == "on" and memory_mode != "shared":
+        raise r.fail(
+            "vm",
+            None,
+            "posted_writes",
+            '"on" needs memory_mode "shared" (the shards count posted writes in memory '
+            "they all map)",
+        )
 
     return VMSpec(
         name=name,
@@ -508,6 +537,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         memory_mode=memory_mode,
         transport=transport,
         clock_sync=clock_sync,
+        posted_writes=posted_writes,
         **options,
     )
 
@@ -577,6 +607,10 @@ def with_memory_mode(spec: VMSpec, mode: str) -> VMSpec:
         list(spec.devices),
         {"qemu_args": spec.qemu_args},
     )
+    if spec.posted_writes == "on" and mode != "shared":
+        raise flag_reader(_FLAG_KEYS).fail(
+            "vm", None, "memory_mode", f'"{mode}" cannot keep the spec\'s posted_writes "on"'
+        )
     return dataclasses.replace(spec, memory_mode=mode)
 
 
@@ -715,6 +749,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
     ("vm", "memory_mode"): "--memory-mode",
+    ("vm", "posted_writes"): "--posted-writes",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
@@ -801,6 +836,11 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
+            **(
+                {"posted_writes": ns.posted_writes}
+                if getattr(ns, "posted_writes", None) is not None
+                else {}
+            ),
             **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },

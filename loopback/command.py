@@ -22,6 +22,7 @@ from cluster.spec import (
     DATA_PATHS,
     DEVICE_KINDS,
     MEMORY_MODES,
+    POSTED_WRITES_MODES,
     TRANSPORTS,
     load_spec,
     spec_from_flags,
@@ -68,6 +69,8 @@ def _run(ns: argparse.Namespace) -> int:
         spec = load_spec(ns.spec)
         if ns.data_path is not None:
             spec = dataclasses.replace(spec, data_path=ns.data_path)
+        if ns.posted_writes is not None:
+            spec = dataclasses.replace(spec, posted_writes=ns.posted_writes)
         if ns.memory_mode is not None:
             spec = with_memory_mode(spec, ns.memory_mode)
         if ns.transport is not None:
@@ -191,6 +194,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="guest RAM: one RAM file every shard maps (shared), or private RAM per shard "
         "kept coherent page by page (dsm; docs/dsm.md); default: the spec's "
         "vm.memory_mode, else shared; may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
+        help="UART transmit writes to another shard go without waiting for a reply "
+        "(auto: with several shards in memory mode shared; docs/shard-design.md); "
+        "may override a --spec",
     )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,
