@@ -7,7 +7,7 @@ posted writes sent (docs/shard-design.md, "Posted writes") and the synchronous c
 announcements and invalidations (§6) with the seconds spent waiting for their acks, summed
 over the shards. Last line: ``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from the
 repository with the venv's python:
-``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--posted-writes auto|on|off]``.
+``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--posted-writes off|auto|on]``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vcpus", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--posted-writes", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--posted-writes", choices=("auto", "on", "off"), default="off")
     args = ap.parse_args()
     medians: dict[int, float] = {}
     for shards in (1, 2, 4):

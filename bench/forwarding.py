@@ -110,8 +110,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
     ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default="auto",
-        help="the VMs' posted_writes (docs/spec.md; default auto: on over 2 shards)",
+        "--posted-writes", choices=POSTED_WRITES_MODES, default="off",
+        help="the VMs' posted_writes (docs/spec.md; auto: on over 2 shards)",
     )  # fmt: skip
     ap.add_argument(
         "--data-paths", default=",".join(DATA_PATHS),

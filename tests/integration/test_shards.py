@@ -47,12 +47,15 @@ def test_smp_across_shards(tmp_path: Path, layout: str) -> None:
 
 def test_serial_from_non_io_shard(tmp_path: Path) -> None:
     # CPUs 2-3 run on shard 1, which owns no device: their console writes are forwarded PIO.
-    r, fwd = run_sharded(tmp_path, "--vcpus", "4", "--shards", "2", "--append", "dq.run=serial")
+    r, fwd = run_sharded(
+        tmp_path, "--vcpus", "4", "--shards", "2", "--posted-writes", "on",
+        "--append", "dq.run=serial",
+    )  # fmt: skip
     assert r.passed("serial"), r.stdout[-3000:]
     kv = r.kv()
     assert kv["serial_cpu3"] == "ok"
     assert fwd["pio"] > 0
-    # their transmit writes go without a reply (posted writes, on by default) ...
+    # their transmit writes go without a reply (posted writes) ...
     assert fwd["posted"] > 0, fwd
     # ... and no line that four CPUs wrote at once came out broken or lost
     want = {f"serial_burst_{c}_{j}" for c in range(4) for j in range(25)}
