@@ -102,6 +102,10 @@ class VMSpec:
     transport: str = "tcp"
     # clock sync across hosts (docs/shard-design.md, Clock): "auto", "on" or "off"
     clock_sync: str = "auto"
+    # UART transmit writes to another shard without a reply (docs/shard-design.md, "Posted
+    # writes"): "off" (the default until proven in CI), "auto" (on with several shards in
+    # memory_mode "shared") or "on"
+    posted_writes: str = "off"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -111,6 +115,7 @@ class VMSpec:
 
 
 CLOCK_SYNC_MODES = ("auto", "on", "off")
+POSTED_WRITES_MODES = ("auto", "on", "off")
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -122,6 +127,14 @@ def clock_sync_enabled(spec: VMSpec) -> bool:
     if spec.clock_sync != "auto":
         return spec.clock_sync == "on"
     return len({s.host for s in spec.shards if s.host}) > 1
+
+
+def posted_writes_enabled(spec: VMSpec) -> bool:
+    """Whether forwarded UART transmit writes go without a reply: the shards count them in
+    a file they all map, so only where they share guest RAM (one host, "shared")."""
+    if spec.posted_writes == "auto":
+        return len(spec.shards) > 1 and spec.memory_mode == "shared"
+    return spec.posted_writes == "on" and len(spec.shards) > 1
 
 
 DATA_PATHS = ("router", "direct")
@@ -362,6 +375,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "memory_mode": str,
             "transport": str,
             "clock_sync": str,
+            "posted_writes": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -471,6 +485,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         raise r.fail(
             "vm", None, "clock_sync", f"{clock_sync!r} is not one of {', '.join(CLOCK_SYNC_MODES)}"
         )
+    posted_writes = vm.get("posted_writes", "off")
+    if posted_writes not in POSTED_WRITES_MODES:
+        raise r.fail(
+            "vm",
+            None,
+            "posted_writes",
+            f"{posted_writes!r} is not one of {', '.join(POSTED_WRITES_MODES)}",
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -513,6 +535,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     _check_iommu(r, devices, io_shard)
     memory_mode = vm.get("memory_mode", "shared")
     _check_memory_mode(r, memory_mode, shards, devices, options)
+    if posted_writes == "on" and memory_mode != "shared":
+        raise r.fail(
+            "vm",
+            None,
+            "posted_writes",
+            '"on" needs memory_mode "shared" (the shards count posted writes in memory '
+            "they all map)",
+        )
 
     return VMSpec(
         name=name,
@@ -529,6 +559,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         memory_mode=memory_mode,
         transport=transport,
         clock_sync=clock_sync,
+        posted_writes=posted_writes,
         **options,
     )
 
@@ -723,6 +754,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
     ("vm", "memory_mode"): "--memory-mode",
+    ("vm", "posted_writes"): "--posted-writes",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
@@ -809,6 +841,11 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
+            **(
+                {"posted_writes": ns.posted_writes}
+                if getattr(ns, "posted_writes", None) is not None
+                else {}
+            ),
             **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },

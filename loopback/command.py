@@ -22,6 +22,7 @@ from cluster.spec import (
     DATA_PATHS,
     DEVICE_KINDS,
     MEMORY_MODES,
+    POSTED_WRITES_MODES,
     TRANSPORTS,
     load_spec,
     spec_from_flags,
@@ -66,7 +67,7 @@ def _run(ns: argparse.Namespace) -> int:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
         overrides = {
             key: value
-            for key in ("data_path", "memory_mode", "transport")
+            for key in ("data_path", "memory_mode", "posted_writes", "transport")
             if (value := getattr(ns, key)) is not None
         }
         spec = load_spec(ns.spec, overrides)
@@ -187,6 +188,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="guest RAM: one RAM file every shard maps (shared), or private RAM per shard "
         "kept coherent page by page (dsm; docs/dsm.md); default: the spec's "
         "vm.memory_mode, else shared; may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
+        help="UART transmit writes to another shard go without waiting for a reply "
+        "(auto: with several shards in memory mode shared; docs/shard-design.md); "
+        "may override a --spec",
     )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,

@@ -233,3 +233,19 @@ def test_dsm_homes_striped_without_numa() -> None:
         if o.startswith("dqemu-shard")
     ]
     assert "dsm-homes=-" in shard[0]
+
+
+def test_posted_writes_file_is_named_only_when_given() -> None:
+    spec = parse_spec(SPEC)
+    paths = ShardPaths(Path("/q.qmp"), None, (Path("/r0"), Path("/r1")), Path("/r/s.sock"))
+    (obj,) = opt(shard_argv(Path("/q"), spec, 1, paths, BOOT), "-object")[-1:]
+    assert "posted-shm" not in obj
+    paths = ShardPaths(
+        Path("/q.qmp"),
+        None,
+        (Path("/r0"), Path("/r1")),
+        Path("/r/s.sock"),
+        posted=Path("/r/posted.shm"),
+    )
+    (obj,) = opt(shard_argv(Path("/q"), spec, 1, paths, BOOT), "-object")[-1:]
+    assert obj.startswith("dqemu-shard,") and ",posted-shm=/r/posted.shm" in obj

@@ -13,6 +13,7 @@ from cluster.spec import (
     parse_cpu_list,
     parse_memory,
     parse_spec,
+    posted_writes_enabled,
 )
 
 GOOD = """\
@@ -278,3 +279,19 @@ def test_clock_sync_and_test_knob() -> None:
     assert "shard[1].test_clock_drift_ppm: 20000 is outside -10000..10000" in _err(
         knob.replace("= 200", "= 20000")
     )
+
+
+def test_posted_writes_follow_the_memory_mode() -> None:
+    assert parse_spec(GOOD).posted_writes == "off"  # the default until proven in CI
+    assert not posted_writes_enabled(parse_spec(GOOD))
+    auto = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "auto"')
+    assert posted_writes_enabled(parse_spec(auto))  # two shards sharing guest RAM
+    dsm = auto.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    assert not posted_writes_enabled(parse_spec(dsm))  # no memory every shard maps
+    one = auto.replace('vcpus = "0-1"', 'vcpus = "0-3"').split("[[shard]]\nid = 1")[0]
+    assert not posted_writes_enabled(parse_spec(one.replace("shard = 1", "shard = 0")))
+    assert "vm.posted_writes: 'yes' is not one of auto, on, off" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "yes"')
+    )
+    both = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "on"\nmemory_mode = "dsm"')
+    assert 'vm.posted_writes: "on" needs memory_mode "shared"' in _err(both)
