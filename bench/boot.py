@@ -25,7 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # "dqemu: shard N counters: posted {...} tb {...}" (patch 0034), once per shard log
 COUNTERS = re.compile(r"dqemu: shard \d+ counters: posted (\{.*?\}) tb (\{.*?\})")
-FIGURES = ("posted_sent", "announces", "announce_wait_s", "invalidates", "invalidate_wait_s")
+FIGURES = (
+    "posted_sent", "announces", "announce_wait_s", "remembered", "invalidates",
+    "invalidate_wait_s",
+)  # fmt: skip
 
 
 def boot_run(
@@ -60,6 +63,7 @@ def shard_counters(log_dir: Path) -> dict[str, float]:
         out["announce_wait_s"] += tb.get("announce_ns", 0) / 1e9
         out["invalidates"] += tb.get("invalidates", 0)
         out["invalidate_wait_s"] += tb.get("invalidate_ns", 0) / 1e9
+        out["remembered"] += tb.get("remembered", 0)
     return out
 
 

@@ -134,6 +134,8 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += ",clock-sync=on"
     if posted is not None:
         obj += f",posted-shm={posted}"
+    if spec.code_announce == "fast":
+        obj += ",fast-announce=on"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

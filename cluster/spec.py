@@ -106,6 +106,9 @@ class VMSpec:
     # writes"): "off" (the default until proven in CI), "auto" (on with several shards in
     # memory_mode "shared") or "on"
     posted_writes: str = "off"
+    # code announcements (docs/shard-design.md §6): "fast" (handled by the receive thread,
+    # remembered until the page is invalidated) or "plain" (each one through the main loops)
+    code_announce: str = "fast"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -116,6 +119,7 @@ class VMSpec:
 
 CLOCK_SYNC_MODES = ("auto", "on", "off")
 POSTED_WRITES_MODES = ("auto", "on", "off")
+CODE_ANNOUNCE_MODES = ("fast", "plain")
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -376,6 +380,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "transport": str,
             "clock_sync": str,
             "posted_writes": str,
+            "code_announce": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -493,6 +498,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "posted_writes",
             f"{posted_writes!r} is not one of {', '.join(POSTED_WRITES_MODES)}",
         )
+    code_announce = vm.get("code_announce", "fast")
+    if code_announce not in CODE_ANNOUNCE_MODES:
+        raise r.fail(
+            "vm",
+            None,
+            "code_announce",
+            f"{code_announce!r} is not one of {', '.join(CODE_ANNOUNCE_MODES)}",
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -560,6 +573,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         transport=transport,
         clock_sync=clock_sync,
         posted_writes=posted_writes,
+        code_announce=code_announce,
         **options,
     )
 
@@ -755,6 +769,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "data_path"): "--data-path",
     ("vm", "memory_mode"): "--memory-mode",
     ("vm", "posted_writes"): "--posted-writes",
+    ("vm", "code_announce"): "--code-announce",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
@@ -841,11 +856,11 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
-            **(
-                {"posted_writes": ns.posted_writes}
-                if getattr(ns, "posted_writes", None) is not None
-                else {}
-            ),
+            **{
+                key: value
+                for key in ("posted_writes", "code_announce")
+                if (value := getattr(ns, key, None)) is not None
+            },
             **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },

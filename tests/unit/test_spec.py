@@ -295,3 +295,12 @@ def test_posted_writes_follow_the_memory_mode() -> None:
     )
     both = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "on"\nmemory_mode = "dsm"')
     assert 'vm.posted_writes: "on" needs memory_mode "shared"' in _err(both)
+
+
+def test_code_announce_defaults_to_fast() -> None:
+    assert parse_spec(GOOD).code_announce == "fast"
+    plain = GOOD.replace('memory = "1G"', 'memory = "1G"\ncode_announce = "plain"')
+    assert parse_spec(plain).code_announce == "plain"
+    assert "vm.code_announce: 'lazy' is not one of fast, plain" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\ncode_announce = "lazy"')
+    )
