@@ -67,9 +67,10 @@ def shard_counters(log_dir: Path) -> dict[str, float]:
     return out
 
 
-def boot_once(vcpus: int, shards: int, posted: str) -> tuple[float, dict[str, float]]:
+def boot_once(vcpus: int, shards: int, *extra: str) -> tuple[float, dict[str, float]]:
+    """One boot (``extra``: loopback arguments): its wall time and the shards' counters."""
     with tempfile.TemporaryDirectory(prefix="dqemu-boot-bench-") as logs:
-        elapsed, _ = boot_run(vcpus, shards, "--log-dir", logs, "--posted-writes", posted)
+        elapsed, _ = boot_run(vcpus, shards, "--log-dir", logs, *extra)
         return elapsed, shard_counters(Path(logs))
 
 
@@ -81,7 +82,10 @@ def main() -> int:
     args = ap.parse_args()
     medians: dict[int, float] = {}
     for shards in (1, 2, 4):
-        runs = [boot_once(args.vcpus, shards, args.posted_writes) for _ in range(args.runs)]
+        runs = [
+            boot_once(args.vcpus, shards, "--posted-writes", args.posted_writes)
+            for _ in range(args.runs)
+        ]
         times = [t for t, _ in runs]
         medians[shards] = statistics.median(times)
         print(f"shards={shards} vcpus={args.vcpus} boot_s_median={medians[shards]:.2f} "

@@ -19,21 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from boot import FIGURES, boot_run, shard_counters  # noqa: E402
+from boot import FIGURES, boot_once  # noqa: E402
 
 MODES = ("plain", "fast")
-
-
-def boot_once(vcpus: int, shards: int, mode: str) -> tuple[float, dict[str, float]]:
-    with tempfile.TemporaryDirectory(prefix="dqemu-code-bench-") as logs:
-        elapsed, _ = boot_run(vcpus, shards, "--log-dir", logs, "--code-announce", mode)
-        return elapsed, shard_counters(Path(logs))
 
 
 def main() -> int:
@@ -46,7 +39,7 @@ def main() -> int:
         runs: dict[str, list[tuple[float, dict[str, float]]]] = {m: [] for m in MODES}
         for _ in range(args.runs):
             for mode in MODES:
-                runs[mode].append(boot_once(args.vcpus, shards, mode))
+                runs[mode].append(boot_once(args.vcpus, shards, "--code-announce", mode))
         wait: dict[str, float] = {}
         for mode in MODES:
             wall = statistics.median(t for t, _ in runs[mode])

@@ -354,6 +354,16 @@ def parse_spec(
     return spec_from_data(data, r, base)
 
 
+def _vm_choice(
+    r: _Reader, vm: dict[str, Any], key: str, modes: tuple[str, ...], default: str | None = None
+) -> str:
+    """[vm] ``key``, one of ``modes`` (default: ``default``, else the first)."""
+    value = vm.get(key, default or modes[0])
+    if value not in modes:
+        raise r.fail("vm", None, key, f"{value!r} is not one of {', '.join(modes)}")
+    return value
+
+
 def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpec:
     for key in data:
         if key not in ("vm", "boot", "shard", "device"):
@@ -485,27 +495,9 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "vm", None, "transport",
             '"rdma" needs data_path "router", not "direct" (RDMA links join routers only)',
         )  # fmt: skip
-    clock_sync = vm.get("clock_sync", "auto")
-    if clock_sync not in CLOCK_SYNC_MODES:
-        raise r.fail(
-            "vm", None, "clock_sync", f"{clock_sync!r} is not one of {', '.join(CLOCK_SYNC_MODES)}"
-        )
-    posted_writes = vm.get("posted_writes", "off")
-    if posted_writes not in POSTED_WRITES_MODES:
-        raise r.fail(
-            "vm",
-            None,
-            "posted_writes",
-            f"{posted_writes!r} is not one of {', '.join(POSTED_WRITES_MODES)}",
-        )
-    code_announce = vm.get("code_announce", "fast")
-    if code_announce not in CODE_ANNOUNCE_MODES:
-        raise r.fail(
-            "vm",
-            None,
-            "code_announce",
-            f"{code_announce!r} is not one of {', '.join(CODE_ANNOUNCE_MODES)}",
-        )
+    clock_sync = _vm_choice(r, vm, "clock_sync", CLOCK_SYNC_MODES)
+    posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES, "off")
+    code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
