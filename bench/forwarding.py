@@ -16,10 +16,12 @@ pairs and CPUs that actually cross shards count as forwarded. Per data path it a
 the thread wake-ups per forwarded frame: the voluntary context switches of every thread of
 every shard QEMU and router of the run (getrusage of the reaped children), divided by the
 frames that crossed shards (the routers' counters, which include the direct links). It is
-an upper bound: boot, idle timer ticks and housekeeping wake threads too.
+an upper bound: boot, idle timer ticks and housekeeping wake threads too. And the
+forwarded PIO frames, how many of them were posted writes (no reply: docs/shard-design.md,
+"Posted writes"; ``--posted-writes off`` to compare) and the code-invalidation frames.
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
-       [--data-paths router,direct]
+       [--data-paths router,direct] [--posted-writes auto|on|off]
 Last line, all p50 over 2 shards on the default data path (router), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
+from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, POSTED_WRITES_MODES, VMSpec  # noqa: E402
 from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
 GROUPS = "pingpong,pio,mmio"
@@ -80,13 +82,15 @@ def raw_link_rtt_us() -> float:
 
 def run(
     kernel: Path, qemu: Path, shards: int, args: argparse.Namespace, data_path: str | None = None
-) -> tuple[list[Latency], float | None]:
-    """The latencies, and the wake-ups per forwarded frame (None on one shard)."""
+) -> tuple[list[Latency], float | None, dict[str, int]]:
+    """The latencies, the wake-ups per forwarded frame (None on one shard) and the
+    forwarding counters (``posted``: the PIO writes that went without a reply)."""
     append = f"only={GROUPS} iters={args.iters} idle=hlt"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     r = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
         machine=args.machine, timeout=args.timeout, data_path=data_path,
+        vm_extra={"posted_writes": args.posted_writes},
     )  # fmt: skip
     wakeups = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before
     if r.returncode is None or not r.result.complete:
@@ -95,7 +99,7 @@ def run(
         print(f"  ({shards} shard(s)) not ok {c.number} - {c.description}", file=sys.stderr)
     frames = sum(r.forwarded.values())
     per = round(wakeups / frames, 1) if shards > 1 and frames else None
-    return list(r.result.latencies), per
+    return list(r.result.latencies), per, r.forwarded
 
 
 def main() -> int:
@@ -105,6 +109,10 @@ def main() -> int:
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
+    ap.add_argument(
+        "--posted-writes", choices=POSTED_WRITES_MODES, default="off",
+        help="the VMs' posted_writes (docs/spec.md; auto: on over 2 shards)",
+    )  # fmt: skip
     ap.add_argument(
         "--data-paths", default=",".join(DATA_PATHS),
         help="data paths of the 2-shard runs, comma-separated (default: router,direct)",
@@ -121,7 +129,7 @@ def main() -> int:
         qemu = ensure_qemu(quiet=True)
         kernel = build_dqtest()
         spec2 = dqtest_spec(kernel, shards=2, vcpus=args.vcpus, machine=args.machine)
-        local, _ = run(kernel, qemu, 1, args)
+        local, _, _ = run(kernel, qemu, 1, args)
         sharded = {path: run(kernel, qemu, 2, args, path) for path in paths}
         raw = raw_link_rtt_us()
     except DqemuError as e:
@@ -151,9 +159,13 @@ def main() -> int:
     for path in paths:
         r = result[path]
         ratio = {m: round(v / raw, 1) if v and raw else None for m, v in r.items()}
+        fwd = sharded[path][2]
         print(
             f"{path}: wakeups_per_forwarded_frame={sharded[path][1]} "
-            f"pio_over_raw={ratio['pio']} ipi_over_raw={ratio['ipi']} mmio_over_raw={ratio['mmio']}"
+            f"pio_over_raw={ratio['pio']} ipi_over_raw={ratio['ipi']} "
+            f"mmio_over_raw={ratio['mmio']} pio_frames={fwd.get('pio')} "
+            f"posted_writes={fwd.get('posted')} "
+            f"code_invalidate_frames={fwd.get('code_invalidate')}"
         )
     print(f"loadavg: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:

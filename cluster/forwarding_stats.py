@@ -34,8 +34,11 @@ MECHANISMS: dict[str, str] = {
 
 
 def forwarded(router_stats: Iterable[dict[str, Any]]) -> dict[str, int]:
-    """Mechanism -> frames forwarded between shards, over all routers of one VM."""
+    """Mechanism -> frames forwarded between shards, over all routers of one VM; and
+    ``posted``: the PIO writes among them that went without a reply (docs/shard-design.md,
+    "Posted writes"), i.e. PIO_REQ frames less PIO_REPLY frames."""
     out = dict.fromkeys(MECHANISMS.values(), 0)
+    replies = 0
     for stats in router_stats:
         for name, link in stats.get("links", {}).items():
             if not name.startswith("shard:"):
@@ -44,6 +47,9 @@ def forwarded(router_stats: Iterable[dict[str, Any]]) -> dict[str, int]:
                 mech = MECHANISMS.get(tname)
                 if mech is not None:
                     out[mech] += int(counts.get("tx_msgs", 0))
+                elif tname == "PIO_REPLY":
+                    replies += int(counts.get("tx_msgs", 0))
+    out["posted"] = max(0, out["pio"] - replies)
     return out
 
 

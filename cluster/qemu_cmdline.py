@@ -33,6 +33,8 @@ class ShardPaths:
     ram: tuple[Path, ...]  # guest RAM files (one per NUMA node) every shard maps; () in dsm
     router: Path | None  # the local router's shard socket (None: an unsharded VM)
     user_qmp: Path | None = None  # a second QMP socket for operators and tests
+    # the file every shard maps to count posted writes (None: every write waits for a reply)
+    posted: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def _cpulist(cpus: tuple[int, ...]) -> str:
     return ",".join(f"cpus={c}" for c in cpus)
 
 
-def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
+def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = None) -> str:
     cpumap = ":".join(str(spec.shard_of_vcpu(c)) for c in range(spec.vcpus))
     owners = "+".join(
         f"{device_id(d, i)}@{d.shard}" for i, d in enumerate(spec.devices) if d.kind == "device"
@@ -130,6 +132,10 @@ def shard_object(spec: VMSpec, shard: int, router: Path) -> str:
         obj += f",dsm=on,dsm-homes={dsm_homes(spec)}"
     if clock_sync_enabled(spec):
         obj += ",clock-sync=on"
+    if posted is not None:
+        obj += f",posted-shm={posted}"
+    if spec.code_announce == "fast":
+        obj += ",fast-announce=on"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (
@@ -180,7 +186,7 @@ def shard_argv(
     for i, dev in enumerate(spec.devices):
         argv += _device_args(dev, i, shard)
     if paths.router is not None:
-        argv += ["-object", shard_object(spec, shard, paths.router)]
+        argv += ["-object", shard_object(spec, shard, paths.router, paths.posted)]
     # The unsupported escape hatch: last, so that it can add to anything above.
     return argv + list(spec.qemu_args) + list(spec.shards[shard].qemu_args)
 

@@ -105,6 +105,13 @@ class VMSpec:
     transport: str = "tcp"
     # clock sync across hosts (docs/shard-design.md, Clock): "auto", "on" or "off"
     clock_sync: str = "auto"
+    # UART transmit writes to another shard without a reply (docs/shard-design.md, "Posted
+    # writes"): "off" (the default until proven in CI), "auto" (on with several shards in
+    # memory_mode "shared") or "on"
+    posted_writes: str = "off"
+    # code announcements (docs/shard-design.md §6): "fast" (handled by the receive thread,
+    # remembered until the page is invalidated) or "plain" (each one through the main loops)
+    code_announce: str = "fast"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -114,6 +121,8 @@ class VMSpec:
 
 
 CLOCK_SYNC_MODES = ("auto", "on", "off")
+POSTED_WRITES_MODES = ("auto", "on", "off")
+CODE_ANNOUNCE_MODES = ("fast", "plain")
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -125,6 +134,14 @@ def clock_sync_enabled(spec: VMSpec) -> bool:
     if spec.clock_sync != "auto":
         return spec.clock_sync == "on"
     return len({s.host for s in spec.shards if s.host}) > 1
+
+
+def posted_writes_enabled(spec: VMSpec) -> bool:
+    """Whether forwarded UART transmit writes go without a reply: the shards count them in
+    a file they all map, so only where they share guest RAM (one host, "shared")."""
+    if spec.posted_writes == "auto":
+        return len(spec.shards) > 1 and spec.memory_mode == "shared"
+    return spec.posted_writes == "on" and len(spec.shards) > 1
 
 
 DATA_PATHS = ("router", "direct")
@@ -343,6 +360,16 @@ def parse_spec(
     return spec_from_data(data, r, base)
 
 
+def _vm_choice(
+    r: _Reader, vm: dict[str, Any], key: str, modes: tuple[str, ...], default: str | None = None
+) -> str:
+    """[vm] ``key``, one of ``modes`` (default: ``default``, else the first)."""
+    value = vm.get(key, default or modes[0])
+    if value not in modes:
+        raise r.fail("vm", None, key, f"{value!r} is not one of {', '.join(modes)}")
+    return value
+
+
 def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpec:
     for key in data:
         if key not in ("vm", "boot", "shard", "device"):
@@ -368,6 +395,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "memory_mode": str,
             "transport": str,
             "clock_sync": str,
+            "posted_writes": str,
+            "code_announce": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -476,11 +505,9 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "vm", None, "transport",
             '"rdma" needs data_path "router", not "direct" (RDMA links join routers only)',
         )  # fmt: skip
-    clock_sync = vm.get("clock_sync", "auto")
-    if clock_sync not in CLOCK_SYNC_MODES:
-        raise r.fail(
-            "vm", None, "clock_sync", f"{clock_sync!r} is not one of {', '.join(CLOCK_SYNC_MODES)}"
-        )
+    clock_sync = _vm_choice(r, vm, "clock_sync", CLOCK_SYNC_MODES)
+    posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES, "off")
+    code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -523,6 +550,14 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     _check_iommu(r, devices, io_shard)
     memory_mode = vm.get("memory_mode", "shared")
     _check_memory_mode(r, memory_mode, shards, devices, options)
+    if posted_writes == "on" and memory_mode != "shared":
+        raise r.fail(
+            "vm",
+            None,
+            "posted_writes",
+            '"on" needs memory_mode "shared" (the shards count posted writes in memory '
+            "they all map)",
+        )
 
     return VMSpec(
         name=name,
@@ -539,6 +574,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         memory_mode=memory_mode,
         transport=transport,
         clock_sync=clock_sync,
+        posted_writes=posted_writes,
+        code_announce=code_announce,
         **options,
     )
 
@@ -750,6 +787,8 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "io_shard"): "--io-shard",
     ("vm", "data_path"): "--data-path",
     ("vm", "memory_mode"): "--memory-mode",
+    ("vm", "posted_writes"): "--posted-writes",
+    ("vm", "code_announce"): "--code-announce",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
@@ -836,6 +875,11 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "io_shard": ns.io_shard or 0,
             **({"data_path": ns.data_path} if ns.data_path is not None else {}),
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
+            **{
+                key: value
+                for key in ("posted_writes", "code_announce")
+                if (value := getattr(ns, key, None)) is not None
+            },
             **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
             **_vm_option_flags(ns),
         },

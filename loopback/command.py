@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 from cluster.errors import DqemuError, end_by_signal
 from cluster.forwarding_stats import format_counts
 from cluster.spec import (
+    CODE_ANNOUNCE_MODES,
     DATA_PATHS,
     DEVICE_KINDS,
     MEMORY_MODES,
+    POSTED_WRITES_MODES,
     TRANSPORTS,
     load_spec,
     spec_from_flags,
@@ -66,7 +68,7 @@ def _run(ns: argparse.Namespace) -> int:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
         overrides = {
             key: value
-            for key in ("data_path", "memory_mode", "transport")
+            for key in ("data_path", "memory_mode", "posted_writes", "code_announce", "transport")
             if (value := getattr(ns, key)) is not None
         }
         spec = load_spec(ns.spec, overrides)
@@ -187,6 +189,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="guest RAM: one RAM file every shard maps (shared), or private RAM per shard "
         "kept coherent page by page (dsm; docs/dsm.md); default: the spec's "
         "vm.memory_mode, else shared; may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
+        help="UART transmit writes to another shard go without waiting for a reply "
+        "(auto: with several shards in memory mode shared; docs/shard-design.md); "
+        "may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--code-announce", choices=CODE_ANNOUNCE_MODES, default=None,
+        help="code announcements between shards: fast (the default: handled by the receive "
+        "thread and remembered until the page is written) or plain (each through the "
+        "main loops; docs/shard-design.md section 6); may override a --spec",
     )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,

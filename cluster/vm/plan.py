@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
-from cluster.spec import VMSpec
+from cluster.spec import VMSpec, posted_writes_enabled
 
 # the host of a shard whose spec names none: this machine
 LOCAL_HOST = "local"
 # the console (serial) socket of the I/O shard, in its run directory
 SERIAL_SOCKET = "console.sock"
+# the posted writes' counters, a file every shard maps (docs/shard-design.md, "Posted writes")
+POSTED_FILE = "posted.shm"
 # the router's socket for its shard, in the router's socket directory
 ROUTER_SHARD_SOCKET = "shard.sock"
 # the router's control socket, in the same directory
@@ -195,6 +197,7 @@ def make_plan(
             ram=tuple(at(r.name) for r in ram),
             router=at(router.shard_socket) if router is not None else None,
             user_qmp=Path(qmp_dir) / qmp if qmp_dir is not None else None,
+            posted=at(POSTED_FILE) if sharded and posted_writes_enabled(spec) else None,
         )
         shards.append(
             ShardPlan(

@@ -93,7 +93,7 @@ def test_shard_object() -> None:
     objs = [o for o in opt(argv(1), "-object") if o.startswith("dqemu-shard")]
     assert objs == [
         "dqemu-shard,id=dqemu,shard=1,router=/r/router1/shard.sock,cpumap=0:0:1:1,"
-        "default-owner=0,timeout-ms=10000,owners=dqdev1@1"
+        "default-owner=0,timeout-ms=10000,fast-announce=on,owners=dqdev1@1"
     ]
 
 
@@ -238,7 +238,7 @@ def test_dsm_gives_every_shard_private_ram() -> None:
     ]
     assert not any("/dev/shm" in a or "mem-path" in a for a in args)
     shard = [o for o in opt(args, "-object") if o.startswith("dqemu-shard")]
-    assert shard[0].endswith(",dsm=on,dsm-homes=0:1,owners=dqdev1@1")
+    assert shard[0].endswith(",dsm=on,dsm-homes=0:1,fast-announce=on,owners=dqdev1@1")
 
 
 def test_dsm_homes_striped_without_numa() -> None:
@@ -252,3 +252,28 @@ def test_dsm_homes_striped_without_numa() -> None:
         if o.startswith("dqemu-shard")
     ]
     assert "dsm-homes=-" in shard[0]
+
+
+def test_posted_writes_file_is_named_only_when_given() -> None:
+    spec = parse_spec(SPEC)
+    paths = ShardPaths(Path("/q.qmp"), None, (Path("/r0"), Path("/r1")), Path("/r/s.sock"))
+    (obj,) = opt(shard_argv(Path("/q"), spec, 1, paths, BOOT), "-object")[-1:]
+    assert "posted-shm" not in obj
+    paths = ShardPaths(
+        Path("/q.qmp"),
+        None,
+        (Path("/r0"), Path("/r1")),
+        Path("/r/s.sock"),
+        posted=Path("/r/posted.shm"),
+    )
+    (obj,) = opt(shard_argv(Path("/q"), spec, 1, paths, BOOT), "-object")[-1:]
+    assert obj.startswith("dqemu-shard,") and ",posted-shm=/r/posted.shm" in obj
+
+
+def test_fast_announce_follows_the_spec() -> None:
+    paths = ShardPaths(Path("/q.qmp"), None, (Path("/r0"), Path("/r1")), Path("/r/s.sock"))
+    (obj,) = opt(shard_argv(Path("/q"), parse_spec(SPEC), 1, paths, BOOT), "-object")[-1:]
+    assert ",fast-announce=on" in obj
+    plain = parse_spec(SPEC.replace("[vm]\n", '[vm]\ncode_announce = "plain"\n', 1))
+    (obj,) = opt(shard_argv(Path("/q"), plain, 1, paths, BOOT), "-object")[-1:]
+    assert "fast-announce" not in obj

@@ -13,6 +13,7 @@ from cluster.spec import (
     parse_cpu_list,
     parse_memory,
     parse_spec,
+    posted_writes_enabled,
 )
 
 GOOD = """\
@@ -291,3 +292,28 @@ def test_dsm_delay_knob() -> None:
         assert f"shard[1].test_dsm_delay: {bad.split('+')[0]!r} is not EVENT:MICROSECONDS" in err
     shared = GOOD.replace("vcpus = [2, 3]", 'vcpus = [2, 3]\ntest_dsm_delay = "hold:5"')
     assert 'shard[1].test_dsm_delay: needs memory_mode "dsm"' in _err(shared)
+
+
+def test_posted_writes_follow_the_memory_mode() -> None:
+    assert parse_spec(GOOD).posted_writes == "off"  # the default until proven in CI
+    assert not posted_writes_enabled(parse_spec(GOOD))
+    auto = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "auto"')
+    assert posted_writes_enabled(parse_spec(auto))  # two shards sharing guest RAM
+    dsm = auto.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    assert not posted_writes_enabled(parse_spec(dsm))  # no memory every shard maps
+    one = auto.replace('vcpus = "0-1"', 'vcpus = "0-3"').split("[[shard]]\nid = 1")[0]
+    assert not posted_writes_enabled(parse_spec(one.replace("shard = 1", "shard = 0")))
+    assert "vm.posted_writes: 'yes' is not one of auto, on, off" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "yes"')
+    )
+    both = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "on"\nmemory_mode = "dsm"')
+    assert 'vm.posted_writes: "on" needs memory_mode "shared"' in _err(both)
+
+
+def test_code_announce_defaults_to_fast() -> None:
+    assert parse_spec(GOOD).code_announce == "fast"
+    plain = GOOD.replace('memory = "1G"', 'memory = "1G"\ncode_announce = "plain"')
+    assert parse_spec(plain).code_announce == "plain"
+    assert "vm.code_announce: 'lazy' is not one of fast, plain" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\ncode_announce = "lazy"')
+    )
