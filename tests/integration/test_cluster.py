@@ -662,3 +662,43 @@ def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
     for n in (node2, node3):
         assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
     assert _wait_for(lambda: not _in_netns(cluster.head.netns, "VMController"), 120)
+
+
+def test_a_node_whose_processes_are_all_killed_ends_its_vm(
+    built: None, cluster: lc.ClusterState, tmp_path: Path
+) -> None:
+    """Every process in node3's namespace (its raylet, node actor, the VM's router and
+    shard, Ray's agents) is SIGKILLed at once under a running dsm VM whose shard 0 is on
+    node2 (whose node actor, killed by the test before, Ray makes anew for this VM) and
+    shard 1 on node3: the VM ends everywhere, exit 4, with a message naming node3 and
+    shard 1, and nothing of it is left on node2. Runs last: node3 stays dead."""
+    node2, node3 = cluster.nodes[2], cluster.nodes[3]
+    spec = tmp_path / "whole.toml"
+    spec.write_text(_dqtest_spec("whole", ["node2", "node3"], "dsm", "only=mem wait_input=1"))
+    driver = _dqemu_run(cluster, spec)
+    try:
+        running = _wait_for(lambda: driver.said(WAITING) or driver.proc.poll() is not None, 600)
+        assert running and driver.said(WAITING), driver.text()[-3000:]
+        assert _vm_qemus(node2.netns, "whole").keys() == {0}
+        assert _vm_qemus(node3.netns, "whole").keys() == {1}
+        pids = netns.pids_in(node3.netns)
+        assert any("/raylet" in " ".join(psutil.Process(p).cmdline()) for p in pids)
+        t0 = time.monotonic()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        code = driver.end(300)
+        said = driver.said("dqemu: error:")
+        print(f"VM whole: the error came {'-' if said is None else f'{said - t0:.2f}'} s "
+              "after the SIGKILL of node3's processes")  # fmt: skip
+    finally:
+        if driver.proc.poll() is None:
+            driver.proc.kill()
+            driver.proc.wait()
+    out = driver.text()
+    assert code == 4, out[-3000:]
+    assert f"node node3 ({node3.ip}) lost" in out, out[-3000:]
+    assert "shard(s) 1 of VM whole ran there" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert _wait_for(lambda: not _vm_children(node2.netns), 60), _vm_children(node2.netns)
+    assert _wait_for(lambda: not _in_netns(cluster.head.netns, "VMController"), 120)
