@@ -15,6 +15,7 @@ import pytest
 from loopback.dqtest import (
     EXIT_PASS,
     DqtestResult,
+    DqtestRun,
     build_dqtest,
     run_dqtest,
 )
@@ -102,6 +103,12 @@ def test_dqtest_passes(
         kernel, qemu=qemu, shards=shards, append=f"iters={ITERS}", vcpus=VCPUS,
         machine=machine, timeout=TIMEOUT, data_path=data_path,
     )  # fmt: skip
+    assert_run_passed(run, machine)
+    if shards > 1:
+        assert run.forwarded["ipi"] > 0 and run.forwarded["pio"] > 0, run.forwarded
+
+
+def assert_run_passed(run: DqtestRun, machine: str = "q35") -> None:
     assert not run.timed_out, f"dqtest timed out\n{run.output[-3000:]}"
     assert run.result.complete, f"exit {run.returncode}: {run.stderr}\n{run.output[-2000:]}"
     # the launcher's stderr names a failure outside the guest (a shard or link lost)
@@ -109,8 +116,19 @@ def test_dqtest_passes(
         f"{run.result.summary()}\nlauncher: {run.stderr[-3000:]}\n{run.output[-2000:]}"
     )
     assert_full_pass(run.result, run.output, machine)
-    if shards > 1:
-        assert run.forwarded["ipi"] > 0 and run.forwarded["pio"] > 0, run.forwarded
+
+
+# Issue 17: every dqtest check over memory_mode "dsm" too, each vCPU's pages moving between
+# shards (minutes each on a loaded machine: make test-dsm, not make test)
+@pytest.mark.dsmlinux
+@pytest.mark.parametrize("shards", [2, 4])
+def test_every_dqtest_check_over_dsm_shards(qemu: Path, kernel: Path, shards: int) -> None:
+    run = run_dqtest(
+        kernel, qemu=qemu, shards=shards, append=f"iters={ITERS}", vcpus=VCPUS,
+        timeout=3 * TIMEOUT, memory_mode="dsm",
+    )  # fmt: skip
+    assert_run_passed(run)
+    assert run.forwarded["ipi"] > 0 and run.forwarded["page"] > 0, run.forwarded
 
 
 def test_only_option_selects_groups(qemu: Path, kernel: Path) -> None:
