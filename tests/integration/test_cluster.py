@@ -287,6 +287,12 @@ class _Lines:
     def text(self) -> str:
         return "".join(line for _t, line in self.lines)
 
+    def kill(self) -> None:
+        """SIGKILL the command if it still runs (a test's way out), and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def end(self, timeout: float) -> int | None:
         try:
             code = self.proc.wait(timeout)
@@ -330,9 +336,7 @@ def test_ray_job_submit_runs_a_dsm_vm_over_three_nodes(
         _span3_while_it_runs(cluster, job, "span3", WAITING, "# input received")
         code = job.end(600)
     finally:
-        if job.proc.poll() is None:
-            job.proc.kill()
-            job.proc.wait()
+        job.kill()
     out = job.text()
     print(f"3-shard dsm VM over 3 nodes: {time.monotonic() - t0:.1f} s from submit to end")
     assert "# cpus online=3" in out and "dqtest: PASS" in out, out[-3000:]
@@ -401,9 +405,7 @@ def test_ray_job_submit_boots_linux_over_three_dsm_nodes(
         waited = time.monotonic() - t0
         code = job.end(2400)
     finally:
-        if job.proc.poll() is None:
-            job.proc.kill()
-            job.proc.wait()
+        job.kill()
     out = job.text()
     print(f"Linux over 3 dsm nodes: {waited:.1f} s from submit to its init's wait, "
           f"{time.monotonic() - t0:.1f} s to the end")  # fmt: skip
@@ -494,9 +496,7 @@ def test_a_lost_node_ends_its_vms_at_once_and_leaves_nothing(
                   + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(gone.items())))  # fmt: skip
     finally:
         for d in drivers.values():
-            if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+            d.kill()
     for name, ran in (("span", "shard(s) 1 of VM span"), ("one", "shard(s) 0, 1 of VM one")):
         out = drivers[name].text()
         assert codes[name] == 4, out[-3000:]
@@ -651,9 +651,7 @@ def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
               "after node2's actor's SIGKILL")  # fmt: skip
     finally:
         for d in drivers.values():
-            if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+            d.kill()
     out = drivers["act"].text()
     assert (f"node node2 ({node2.ip}) lost: its dQEMU actor ended (its connection closed); "
             "shard(s) 0 of VM act ran there") in out, out[-3000:]  # fmt: skip
@@ -692,9 +690,7 @@ def test_a_node_whose_processes_are_all_killed_ends_its_vm(
         print(f"VM whole: the error came {'-' if said is None else f'{said - t0:.2f}'} s "
               "after the SIGKILL of node3's processes")  # fmt: skip
     finally:
-        if driver.proc.poll() is None:
-            driver.proc.kill()
-            driver.proc.wait()
+        driver.kill()
     out = driver.text()
     assert code == 4, out[-3000:]
     assert f"node node3 ({node3.ip}) lost" in out, out[-3000:]
