@@ -38,6 +38,8 @@ SILENCE = 2.0  # seconds without a heartbeat before the node is called lost
 CONNECT_TIMEOUT = 10.0
 MAX_WATCHERS = 256
 FAREWELL = b"!"
+# what the controller is told when the actor's end of the connection closes or resets
+ACTOR_ENDED = "its dQEMU actor ended (its connection closed)"
 TICKET_MAX = 128  # bytes of a watcher's first line (its ticket) the server reads
 
 
@@ -198,11 +200,14 @@ class Lifeline:
             except TimeoutError:
                 why = f"no sign of life from its dQEMU actor in {self.silence:g} s"
                 break
+            except ConnectionResetError:  # it died before accepting, or with data unread
+                why = ACTOR_ENDED
+                break
             except OSError as e:
                 why = f"the connection to its dQEMU actor failed: {e.strerror or e}"
                 break
             if not data:
-                why = "its dQEMU actor ended (its connection closed)"
+                why = ACTOR_ENDED
                 break
             self.last = time.monotonic()
             buf = (buf + data)[-1024:]

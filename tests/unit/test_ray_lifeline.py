@@ -75,6 +75,21 @@ def test_a_killed_actor_process_is_known_at_once() -> None:
         proc.wait()
 
 
+def test_an_actor_that_dies_before_accepting_is_known_at_once() -> None:
+    """A process killed with the connection still in its listen backlog: the kernel resets
+    it, and the controller is told the same as for a closed connection (the race that made
+    the SIGKILL test above flaky, made certain here)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    lost = Lost()
+    line = Lifeline(f"127.0.0.1:{listener.getsockname()[1]}", lost, silence=30.0)
+    try:
+        listener.close()  # never accepted: the backlog's connection gets a reset
+        assert lost.event.wait(5.0)
+        assert lost.why == ["its dQEMU actor ended (its connection closed)"]
+    finally:
+        line.close()
+
+
 def test_silence_is_a_lost_node() -> None:
     """A peer that accepts and never beats (a host that vanished stops beating)."""
     mute = socket.create_server(("127.0.0.1", 0))
