@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import FIGURES, BenchError, boot_once, data_paths, loadavg  # noqa: E402
-from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, default_data_path  # noqa: E402
+from bench.linux_guest import FIGURES, add_vm_choices, boot_once, loadavg, vm_flags  # noqa: E402
+from cluster.spec import DATA_PATHS, default_data_path  # noqa: E402
 
 Layout = tuple[int, str | None]  # (shards, data path; None on one shard)
 
@@ -48,26 +48,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vcpus", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument(
-        "--data-paths", default=",".join(DATA_PATHS),
-        help=f"data paths of the sharded boots, comma-separated (default: {','.join(DATA_PATHS)})",
-    )  # fmt: skip
-    ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
-        help="the VMs' posted_writes (default: the spec's)",
-    )  # fmt: skip
+    add_vm_choices(ap, ",".join(DATA_PATHS), "the sharded boots")
     args = ap.parse_args()
-    try:
-        paths = data_paths(args.data_paths, DATA_PATHS)
-    except BenchError as e:
-        print(f"boot: {e}", file=sys.stderr)
-        return 2
-    extra = ["--posted-writes", args.posted_writes] if args.posted_writes else []
+    paths: list[str] = args.data_paths
     runs: dict[Layout, list[tuple[float, dict[str, float]]]] = {}
     for n in range(args.runs):
         for layout in run_order(n, paths):
             shards, path = layout
-            more = [*extra, "--data-path", path] if path else extra
+            more = vm_flags(args.posted_writes, path)
             runs.setdefault(layout, []).append(boot_once(args.vcpus, shards, *more))
             print(f"run={n + 1} {label(layout)} boot_s={runs[layout][-1][0]:.2f}", flush=True)
     medians: dict[Layout, float] = {}

@@ -40,10 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import BenchError, data_paths  # noqa: E402
+from bench.linux_guest import add_vm_choices  # noqa: E402
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, POSTED_WRITES_MODES, VMSpec  # noqa: E402
+from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
 from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
 GROUPS = "pingpong,pio,mmio"
@@ -110,20 +110,9 @@ def main() -> int:
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
-    ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
-        help="the VMs' posted_writes (docs/spec.md; default: the spec's, auto: on over 2 shards)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--data-paths", default=",".join(DATA_PATHS),
-        help="data paths of the 2-shard runs, comma-separated (default: router,direct)",
-    )  # fmt: skip
+    add_vm_choices(ap, ",".join(DATA_PATHS), "the 2-shard runs")
     args = ap.parse_args()
-    try:
-        paths = data_paths(args.data_paths, DATA_PATHS)
-    except BenchError as e:
-        print(f"forwarding: {e}", file=sys.stderr)
-        return 2
+    paths: list[str] = args.data_paths
     if args.vcpus < 2:
         print("forwarding: --vcpus must be at least 2 (one per shard)", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ lines on the host's clock. The shards' counters (patch 0034) come from their log
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 # "dqemu: shard N counters: posted {...} tb {...}" (patch 0034), once per shard log
@@ -151,12 +154,41 @@ def shard_counters(log_dir: Path) -> dict[str, float]:
     return out
 
 
-def data_paths(value: str, all_paths: tuple[str, ...]) -> list[str]:
+def data_paths(value: str, all_paths: tuple[str, ...] = DATA_PATHS) -> list[str]:
     """``--data-paths``' comma-separated list, checked against ``all_paths``."""
     paths = [x for x in value.split(",") if x]
     if not paths or any(x not in all_paths for x in paths):
         raise BenchError(f"--data-paths takes {', '.join(all_paths)}, comma-separated")
     return paths
+
+
+def _data_paths_arg(value: str) -> list[str]:
+    try:
+        return data_paths(value)
+    except BenchError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: takes {', '.join(DATA_PATHS)}, comma-separated"
+        ) from None
+
+
+def add_vm_choices(ap: argparse.ArgumentParser, paths_default: str, what: str) -> None:
+    """The benches' ``--data-paths`` (``args.data_paths``: the checked list; ``what``: the
+    runs it applies to) and ``--posted-writes`` (None: the spec's default)."""
+    ap.add_argument(
+        "--data-paths", type=_data_paths_arg, default=paths_default,
+        help=f"data paths of {what}, comma-separated ({', '.join(DATA_PATHS)}; "
+        f"default: {paths_default})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
+        help="the VMs' posted_writes (docs/spec.md; default: the spec's, auto)",
+    )  # fmt: skip
+
+
+def vm_flags(posted_writes: str | None, data_path: str | None = None) -> list[str]:
+    """The loopback flags for ``--posted-writes`` (if given) and a data path."""
+    flags = ["--posted-writes", posted_writes] if posted_writes else []
+    return flags + (["--data-path", data_path] if data_path else [])
 
 
 def loadavg() -> str:

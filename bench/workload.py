@@ -29,8 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import BenchError, GuestRun, boot_guest, checked, data_paths, loadavg  # noqa: E402
-from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, default_data_path  # noqa: E402
+from bench.linux_guest import (  # noqa: E402
+    BenchError,
+    GuestRun,
+    add_vm_choices,
+    boot_guest,
+    checked,
+    loadavg,
+    vm_flags,
+)
+from cluster.spec import default_data_path  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,8 @@ def work_figures(run: GuestRun) -> WorkRun:
 
 
 def run_layout(layout: Layout, args: argparse.Namespace) -> WorkRun:
-    extra: list[str] = []
-    if layout.data_path:
-        extra += ["--data-path", layout.data_path]
-    if args.posted_writes:
-        extra += ["--posted-writes", args.posted_writes]
     run = boot_guest(
-        "work", args.vcpus, layout.shards, *extra,
+        "work", args.vcpus, layout.shards, *vm_flags(args.posted_writes, layout.data_path),
         guest_args=f"dq.rounds={args.rounds}", timeout=args.timeout,
     )  # fmt: skip
     checked(run, f"the work over {layout.name}", "work_jobs", str(args.vcpus))
@@ -99,24 +102,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=12, help="gzip passes per job (default 12)")
     ap.add_argument("--timeout", type=float, default=900, help="per boot, seconds")
-    ap.add_argument(
-        "--data-paths", default=default_data_path(),
-        help=f"data paths of the 2-shard runs, comma-separated ({', '.join(DATA_PATHS)})",
-    )  # fmt: skip
-    ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
-        help="the VMs' posted_writes (default: the spec's)",
-    )  # fmt: skip
+    add_vm_choices(ap, default_data_path(), "the 2-shard runs")
     args = ap.parse_args()
     if args.vcpus < 2 or args.runs < 1 or args.rounds < 1:
         print("workload: --vcpus must be at least 2, --runs and --rounds at least 1",
               file=sys.stderr)  # fmt: skip
         return 2
-    try:
-        paths = data_paths(args.data_paths, DATA_PATHS)
-    except BenchError as e:
-        print(f"workload: {e}", file=sys.stderr)
-        return 2
+    paths: list[str] = args.data_paths
     layouts = [Layout(1, None), *(Layout(2, p) for p in paths)]
     results: dict[Layout, list[WorkRun]] = {lay: [] for lay in layouts}
     try:

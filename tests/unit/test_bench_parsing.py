@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from bench.boot import run_order
-from bench.linux_guest import BenchError, GuestRun, checked, data_paths, loopback_cmd, read_kv
+from bench.linux_guest import (
+    BenchError,
+    GuestRun,
+    add_vm_choices,
+    checked,
+    data_paths,
+    loopback_cmd,
+    read_kv,
+    vm_flags,
+)
 from bench.workload import WorkRun, ratio, work_figures
 
 CONSOLE = [
@@ -85,6 +96,22 @@ def test_data_paths_and_the_command_line() -> None:
     assert cmd[cmd.index("--append") + 1] == "dq.run=work dq.rounds=3"
     assert cmd[-2:] == ["--data-path", "router"]
     assert cmd[cmd.index("--shards") + 1] == "2"
+    assert vm_flags(None, None) == [] and vm_flags("off", "router") == [
+        "--posted-writes", "off", "--data-path", "router"
+    ]  # fmt: skip
+
+
+def test_vm_choices_check_the_paths_when_parsed(capsys: pytest.CaptureFixture[str]) -> None:
+    ap = argparse.ArgumentParser(prog="bench")
+    add_vm_choices(ap, "direct", "the runs")
+    args = ap.parse_args([])
+    assert (args.data_paths, args.posted_writes) == (["direct"], None)
+    assert ap.parse_args(["--data-paths", "router,direct"]).data_paths == ["router", "direct"]
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["--data-paths", "fast"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data-paths: 'fast': takes router, direct, comma-separated" in err
 
 
 def test_boot_alternates_the_paths_run_by_run() -> None:
