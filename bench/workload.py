@@ -8,14 +8,16 @@ that a change in the machine's load hits each alike. The work is the same in eve
 a run's throughput is that work (MB of input compressed) over the host's seconds between
 the guest's ``work_start`` and ``work_end`` lines; the guest's own elapsed time and each
 job's are printed beside it. The 2-shard layout runs once per data path (``--data-paths``,
-default: the spec's default path only). Prints every run, the medians per layout and the
+default: the spec's default path only). The guest sees the same machine in every layout:
+two shards are two NUMA nodes (one each), so the one shard gets two as well
+(``--no-same-numa``: one). Prints every run, the medians per layout and the
 load average; per data path ``<path>: smp_throughput_ratio=<x>``, and last, for the default
 path (or the first one given): ``smp_throughput_ratio=<median 2-shard throughput / median
 1-shard throughput>``. Figures, never assertions. Run it from the repository with the
 venv's python:
 
     .venv/bin/python bench/workload.py [--vcpus 2] [--runs 3] [--rounds 12]
-        [--data-paths router,direct] [--posted-writes auto|on|off]
+        [--data-paths router,direct] [--posted-writes auto|on|off] [--no-same-numa]
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ def work_figures(run: GuestRun) -> WorkRun:
 
 
 def run_layout(layout: Layout, args: argparse.Namespace) -> WorkRun:
+    # the same guest-visible machine in every layout: two shards are two NUMA nodes, so
+    # the one shard is too (unless --no-same-numa)
+    numa = ["--numa-nodes", "2"] if layout.shards == 1 and args.same_numa else []
     run = boot_guest(
-        "work", args.vcpus, layout.shards, *vm_flags(args.posted_writes, layout.data_path),
+        "work", args.vcpus, layout.shards, *numa, *vm_flags(args.posted_writes, layout.data_path),
         guest_args=f"dq.rounds={args.rounds}", timeout=args.timeout,
     )  # fmt: skip
     checked(run, f"the work over {layout.name}", "work_jobs", str(args.vcpus))
@@ -102,6 +107,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=12, help="gzip passes per job (default 12)")
     ap.add_argument("--timeout", type=float, default=900, help="per boot, seconds")
+    ap.add_argument(
+        "--same-numa", action=argparse.BooleanOptionalAction, default=True,
+        help="boot the one shard with 2 NUMA nodes, as the guest sees 2 shards (default: on)",
+    )  # fmt: skip
     add_vm_choices(ap, default_data_path(), "the 2-shard runs")
     args = ap.parse_args()
     if args.vcpus < 2 or args.runs < 1 or args.rounds < 1:
@@ -109,6 +118,7 @@ def main() -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     paths: list[str] = args.data_paths
+    print(f"numa_nodes={2 if args.same_numa else 1} on one shard, 1 per shard on two shards")
     layouts = [Layout(1, None), *(Layout(2, p) for p in paths)]
     results: dict[Layout, list[WorkRun]] = {lay: [] for lay in layouts}
     try:
