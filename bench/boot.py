@@ -1,101 +1,83 @@
 #!/usr/bin/env python3
 """Boot time of the Linux test guest over 1, 2 and 4 shards with the same vCPU count.
 
-Prints one line per layout, then the ratios against one shard. Per sharded layout also
-the shards' own counters (each shard logs them as it exits; medians over the runs): the
-posted writes sent (docs/shard-design.md, "Posted writes") and the synchronous code
-announcements and invalidations (§6) with the seconds spent waiting for their acks, summed
-over the shards. Last line: ``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from the
-repository with the venv's python:
-``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--posted-writes off|auto|on]``.
+The sharded layouts run once per data path (``--data-paths``, default both: through the
+routers, and on direct shard-to-shard links). Every run boots each layout once, one after
+the other, with the paths' order swapped from one run to the next, so that a change in
+the machine's load hits every layout alike. Prints every boot as it ends, then one line per
+layout (medians over the runs) and per sharded layout the shards' own counters (each
+shard logs them as it exits; medians): the posted writes sent (docs/shard-design.md,
+"Posted writes") and the synchronous code announcements and invalidations (§6) with the
+seconds spent waiting for their acks, summed over the shards. Then the load average, a
+line of ratios against one shard per data path (``<path>: boot_ratio_2=<x>
+boot_ratio_4=<y>``) and, last, the default path's (the spec's, direct):
+``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from the repository with the venv's python:
+``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--data-paths router,direct]
+[--posted-writes off|auto|on]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# "dqemu: shard N counters: posted {...} tb {...}" (patch 0034), once per shard log
-COUNTERS = re.compile(r"dqemu: shard \d+ counters: posted (\{.*?\}) tb (\{.*?\})")
-FIGURES = (
-    "posted_sent", "announces", "announce_wait_s", "remembered", "invalidates",
-    "invalidate_wait_s",
-)  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.linux_guest import FIGURES, add_vm_choices, boot_once, loadavg, vm_flags  # noqa: E402
+from cluster.spec import DATA_PATHS, default_data_path  # noqa: E402
+
+Layout = tuple[int, str | None]  # (shards, data path; None on one shard)
 
 
-def boot_run(
-    vcpus: int, shards: int, *extra: str, timeout: int = 600
-) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Boot the test guest with ``dq.run=cpus`` (plus ``extra`` loopback arguments): the
-    wall time from launch to its end, and the run; exits naming the failure."""
-    cmd = [
-        sys.executable, "-m", "cluster.cli", "loopback", "--kernel", "guest:cloud",
-        "--initrd", "guest:cloud", "--append", "dq.run=cpus", "--vcpus", str(vcpus),
-        "--shards", str(shards), "--timeout", str(timeout), *extra,
-    ]  # fmt: skip
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-    elapsed = time.monotonic() - t0
-    if proc.returncode != 0 or f"DQ KV online_cpus={vcpus}" not in proc.stdout:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
-        sys.exit(f"boot over {shards} shard(s) {' '.join(extra)} failed: {tail[0]}")
-    return elapsed, proc
+def run_order(run: int, paths: list[str]) -> list[Layout]:
+    """The layouts of run number ``run`` (from 0) in the order they boot: one shard, then
+    2 and 4 shards on every path, the paths' order reversed in every other run."""
+    order = paths if run % 2 == 0 else paths[::-1]
+    return [(1, None), *((s, p) for s in (2, 4) for p in order)]
 
 
-def shard_counters(log_dir: Path) -> dict[str, float]:
-    """The figures of one run, summed over its shards' logs."""
-    out = dict.fromkeys(FIGURES, 0.0)
-    for log in log_dir.glob("shard*.log"):
-        m = COUNTERS.search(log.read_text(errors="replace"))
-        if not m:
-            continue
-        posted, tb = json.loads(m.group(1)), json.loads(m.group(2))
-        out["posted_sent"] += posted.get("sent", 0)
-        out["announces"] += tb.get("announces", 0)
-        out["announce_wait_s"] += tb.get("announce_ns", 0) / 1e9
-        out["invalidates"] += tb.get("invalidates", 0)
-        out["invalidate_wait_s"] += tb.get("invalidate_ns", 0) / 1e9
-        out["remembered"] += tb.get("remembered", 0)
-    return out
-
-
-def boot_once(vcpus: int, shards: int, *extra: str) -> tuple[float, dict[str, float]]:
-    """One boot (``extra``: loopback arguments): its wall time and the shards' counters."""
-    with tempfile.TemporaryDirectory(prefix="dqemu-boot-bench-") as logs:
-        elapsed, _ = boot_run(vcpus, shards, "--log-dir", logs, *extra)
-        return elapsed, shard_counters(Path(logs))
+def label(layout: Layout) -> str:
+    shards, path = layout
+    return f"shards={shards}" + (f" data_path={path}" if path else "")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vcpus", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--posted-writes", choices=("auto", "on", "off"), default="off")
+    add_vm_choices(ap, ",".join(DATA_PATHS), "the sharded boots")
     args = ap.parse_args()
-    medians: dict[int, float] = {}
-    for shards in (1, 2, 4):
-        runs = [
-            boot_once(args.vcpus, shards, "--posted-writes", args.posted_writes)
-            for _ in range(args.runs)
-        ]
-        times = [t for t, _ in runs]
-        medians[shards] = statistics.median(times)
-        print(f"shards={shards} vcpus={args.vcpus} boot_s_median={medians[shards]:.2f} "
+    paths: list[str] = args.data_paths
+    runs: dict[Layout, list[tuple[float, dict[str, float]]]] = {}
+    for n in range(args.runs):
+        for layout in run_order(n, paths):
+            shards, path = layout
+            more = vm_flags(args.posted_writes, path)
+            runs.setdefault(layout, []).append(boot_once(args.vcpus, shards, *more))
+            print(f"run={n + 1} {label(layout)} boot_s={runs[layout][-1][0]:.2f}", flush=True)
+    medians: dict[Layout, float] = {}
+    for layout in run_order(0, paths):
+        times = [t for t, _ in runs[layout]]
+        medians[layout] = statistics.median(times)
+        print(f"{label(layout)} vcpus={args.vcpus} boot_s_median={medians[layout]:.2f} "
               f"runs={' '.join(f'{t:.2f}' for t in times)}")  # fmt: skip
-        if shards > 1:
-            figures = {k: statistics.median(c[k] for _, c in runs) for k in FIGURES}
-            print(f"  shards={shards} " + " ".join(
+        if layout[0] > 1:
+            figures = {k: statistics.median(c[k] for _, c in runs[layout]) for k in FIGURES}
+            print(f"  {label(layout)} " + " ".join(
                 f"{k}={v:.0f}" if not k.endswith("_s") else f"{k}={v:.2f}"
                 for k, v in figures.items()))  # fmt: skip
-    print(f"boot_ratio_2={medians[2] / medians[1]:.2f} boot_ratio_4={medians[4] / medians[1]:.2f}")
+    print(loadavg())
+    one = medians[(1, None)]
+    ratios = {
+        p: f"boot_ratio_2={medians[(2, p)] / one:.2f} boot_ratio_4={medians[(4, p)] / one:.2f}"
+        for p in paths
+    }
+    for p, line in ratios.items():
+        print(f"{p}: {line}")
+    print(ratios.get(default_data_path(), ratios[paths[0]]))
     return 0
 
 

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 
-from boot import FIGURES, boot_once  # noqa: E402
+from bench.linux_guest import FIGURES, boot_once  # noqa: E402
 
 MODES = ("plain", "fast")
 

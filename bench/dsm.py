@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from boot import boot_run  # noqa: E402
 from forwarding import raw_link_rtt_us  # noqa: E402
 
+from bench.linux_guest import boot_cpus  # noqa: E402
 from cluster.router.stats import LatencyHistogram  # noqa: E402
 
 POWER_DOWN = re.compile(r"^\[\s*(\d+\.\d+)\] reboot: Power down", re.M)
@@ -44,12 +44,12 @@ def boot_once(mode: str, vcpus: int, timeout: int) -> tuple[float, float, list[d
     """(wall seconds, guest seconds at power-off, every router's stats) of one boot."""
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.json"
-        elapsed, proc = boot_run(
+        run = boot_cpus(
             vcpus, 2, "--memory-mode", mode, "--stats-file", str(stats), timeout=timeout
         )
-        m = POWER_DOWN.search(proc.stdout)
+        m = POWER_DOWN.search(run.stdout)
         routers = json.loads(stats.read_text()).get("routers", []) if stats.exists() else []
-        return elapsed, float(m.group(1)) if m else 0.0, routers
+        return run.elapsed, float(m.group(1)) if m else 0.0, routers
 
 
 def merged(routers: list[dict[str, Any]], kind: str) -> LatencyHistogram:

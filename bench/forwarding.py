@@ -22,7 +22,7 @@ forwarded PIO frames, how many of them were posted writes (no reply: docs/shard-
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
        [--data-paths router,direct] [--posted-writes auto|on|off]
-Last line, all p50 over 2 shards on the default data path (router), in µs:
+Last line, all p50 over 2 shards on the default data path (the spec's, direct), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
 
@@ -40,9 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.linux_guest import add_vm_choices  # noqa: E402
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, POSTED_WRITES_MODES, VMSpec  # noqa: E402
+from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
 from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
 GROUPS = "pingpong,pio,mmio"
@@ -90,7 +91,7 @@ def run(
     r = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
         machine=args.machine, timeout=args.timeout, data_path=data_path,
-        vm_extra={"posted_writes": args.posted_writes},
+        vm_extra={"posted_writes": args.posted_writes} if args.posted_writes else None,
     )  # fmt: skip
     wakeups = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before
     if r.returncode is None or not r.result.complete:
@@ -109,19 +110,9 @@ def main() -> int:
     ap.add_argument("--machine", choices=("q35", "pc"), default="q35")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
-    ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default="off",
-        help="the VMs' posted_writes (docs/spec.md; auto: on over 2 shards)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--data-paths", default=",".join(DATA_PATHS),
-        help="data paths of the 2-shard runs, comma-separated (default: router,direct)",
-    )  # fmt: skip
+    add_vm_choices(ap, ",".join(DATA_PATHS), "the 2-shard runs")
     args = ap.parse_args()
-    paths = [x for x in args.data_paths.split(",") if x]
-    if not paths or any(x not in DATA_PATHS for x in paths):
-        print(f"forwarding: --data-paths takes {', '.join(DATA_PATHS)}", file=sys.stderr)
-        return 2
+    paths: list[str] = args.data_paths
     if args.vcpus < 2:
         print("forwarding: --vcpus must be at least 2 (one per shard)", file=sys.stderr)
         return 2

@@ -106,9 +106,9 @@ class VMSpec:
     # clock sync across hosts (docs/shard-design.md, Clock): "auto", "on" or "off"
     clock_sync: str = "auto"
     # UART transmit writes to another shard without a reply (docs/shard-design.md, "Posted
-    # writes"): "off" (the default until proven in CI), "auto" (on with several shards in
-    # memory_mode "shared") or "on"
-    posted_writes: str = "off"
+    # writes"): "auto" (the default: on with several shards in memory_mode "shared", off in
+    # "dsm"), "on" or "off"
+    posted_writes: str = "auto"
     # code announcements (docs/shard-design.md §6): "fast" (handled by the receive thread,
     # remembered until the page is invalidated) or "plain" (each one through the main loops)
     code_announce: str = "fast"
@@ -506,7 +506,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             '"rdma" needs data_path "router", not "direct" (RDMA links join routers only)',
         )  # fmt: skip
     clock_sync = _vm_choice(r, vm, "clock_sync", CLOCK_SYNC_MODES)
-    posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES, "off")
+    posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES)
     code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):

@@ -193,8 +193,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
         help="UART transmit writes to another shard go without waiting for a reply "
-        "(auto: with several shards in memory mode shared; docs/shard-design.md); "
-        "may override a --spec",
+        "(auto, the default: with several shards in memory mode shared; "
+        "docs/shard-design.md); may override a --spec",
     )  # fmt: skip
     p.add_argument(
         "--code-announce", choices=CODE_ANNOUNCE_MODES, default=None,

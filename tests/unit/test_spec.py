@@ -295,12 +295,16 @@ def test_dsm_delay_knob() -> None:
 
 
 def test_posted_writes_follow_the_memory_mode() -> None:
-    assert parse_spec(GOOD).posted_writes == "off"  # the default until proven in CI
-    assert not posted_writes_enabled(parse_spec(GOOD))
+    assert parse_spec(GOOD).posted_writes == "auto"  # the default
+    assert posted_writes_enabled(parse_spec(GOOD))  # two shards sharing guest RAM
+    off = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "off"')
+    assert not posted_writes_enabled(parse_spec(off))
     auto = GOOD.replace('memory = "1G"', 'memory = "1G"\nposted_writes = "auto"')
-    assert posted_writes_enabled(parse_spec(auto))  # two shards sharing guest RAM
+    assert posted_writes_enabled(parse_spec(auto))
     dsm = auto.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
     assert not posted_writes_enabled(parse_spec(dsm))  # no memory every shard maps
+    dsm_default = GOOD.replace('memory = "1G"', 'memory = "1G"\nmemory_mode = "dsm"')
+    assert not posted_writes_enabled(parse_spec(dsm_default))  # the default is no error there
     one = auto.replace('vcpus = "0-1"', 'vcpus = "0-3"').split("[[shard]]\nid = 1")[0]
     assert not posted_writes_enabled(parse_spec(one.replace("shard = 1", "shard = 0")))
     assert "vm.posted_writes: 'yes' is not one of auto, on, off" in _err(

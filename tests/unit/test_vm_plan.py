@@ -159,3 +159,13 @@ def test_dsm_has_no_ram_file() -> None:
         objs = _opt(s.argv, "-object")
         assert not any("mem-path" in o for o in objs)
         assert sum(o.startswith("memory-backend-ram,") for o in objs) == 2
+
+
+def test_posted_writes_are_on_by_default_where_shards_share_guest_ram() -> None:
+    def shm(plan: VMPlan) -> list[str]:
+        objs = [o for s in plan.shards for o in _opt(s.argv, "-object") if "dqemu-shard" in o]
+        return [o.split("posted-shm=")[1].split(",")[0] for o in objs if "posted-shm=" in o]
+
+    assert shm(_plan(_shards("0-1", "2-3"), run_dir="/run/x")) == ["/run/x/posted.shm"] * 2
+    assert shm(_plan(_shards("0-1", "2-3", extra='posted_writes = "off"'))) == []
+    assert shm(_plan(_shards("0-1", "2-3", extra='memory_mode = "dsm"'))) == []
