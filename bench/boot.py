@@ -55,7 +55,7 @@ def main() -> int:
     for n in range(args.runs):
         for layout in run_order(n, paths):
             shards, path = layout
-            more = vm_flags(args.posted_writes, path)
+            more = vm_flags(args, path)
             runs.setdefault(layout, []).append(boot_once(args.vcpus, shards, *more))
             print(f"run={n + 1} {label(layout)} boot_s={runs[layout][-1][0]:.2f}", flush=True)
     medians: dict[Layout, float] = {}

@@ -18,10 +18,14 @@ every shard QEMU and router of the run (getrusage of the reaped children), divid
 frames that crossed shards (the routers' counters, which include the direct links). It is
 an upper bound: boot, idle timer ticks and housekeeping wake threads too. And the
 forwarded PIO frames, how many of them were posted writes (no reply: docs/shard-design.md,
-"Posted writes"; ``--posted-writes off`` to compare) and the code-invalidation frames.
+"Posted writes"; ``--posted-writes off`` to compare) and the code-invalidation frames, and
+the shards' own wake-up counters (docs/shard-design.md §15): replies a vCPU caught by
+polling, and accesses the owner served in its receive thread (``--reply-poll off``,
+``--serve-in-rx off`` to compare).
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
        [--data-paths router,direct] [--posted-writes auto|on|off]
+       [--reply-poll on|off] [--serve-in-rx on|off]
 Last line, all p50 over 2 shards on the default data path (the spec's, direct), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
@@ -40,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import add_vm_choices  # noqa: E402
+from bench.linux_guest import add_vm_choices, vm_extra  # noqa: E402
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
 from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
@@ -85,13 +89,14 @@ def run(
     kernel: Path, qemu: Path, shards: int, args: argparse.Namespace, data_path: str | None = None
 ) -> tuple[list[Latency], float | None, dict[str, int]]:
     """The latencies, the wake-ups per forwarded frame (None on one shard) and the
-    forwarding counters (``posted``: the PIO writes that went without a reply)."""
+    forwarding counters (``posted``: the PIO writes that went without a reply) with the
+    shards' wake-up counters summed over the shards (``replies_polled``, ...)."""
     append = f"only={GROUPS} iters={args.iters} idle=hlt"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     r = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
         machine=args.machine, timeout=args.timeout, data_path=data_path,
-        vm_extra={"posted_writes": args.posted_writes} if args.posted_writes else None,
+        vm_extra=vm_extra(args) or None,
     )  # fmt: skip
     wakeups = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before
     if r.returncode is None or not r.result.complete:
@@ -100,7 +105,11 @@ def run(
         print(f"  ({shards} shard(s)) not ok {c.number} - {c.description}", file=sys.stderr)
     frames = sum(r.forwarded.values())
     per = round(wakeups / frames, 1) if shards > 1 and frames else None
-    return list(r.result.latencies), per, r.forwarded
+    counts = dict(r.forwarded)
+    for shard in r.wakeups.values():
+        for key, value in shard.items():
+            counts[key] = counts.get(key, 0) + value
+    return list(r.result.latencies), per, counts
 
 
 def main() -> int:
@@ -156,7 +165,9 @@ def main() -> int:
             f"pio_over_raw={ratio['pio']} ipi_over_raw={ratio['ipi']} "
             f"mmio_over_raw={ratio['mmio']} pio_frames={fwd.get('pio')} "
             f"posted_writes={fwd.get('posted')} "
-            f"code_invalidate_frames={fwd.get('code_invalidate')}"
+            f"code_invalidate_frames={fwd.get('code_invalidate')} "
+            f"replies_polled={fwd.get('replies_polled')} replies_slept={fwd.get('replies_slept')} "
+            f"served_in_rx={fwd.get('served_in_rx')}"
         )
     print(f"loadavg: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES
+from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, WAKEUP_CUT_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 # "dqemu: shard N counters: posted {...} tb {...}" (patch 0034), once per shard log
@@ -171,23 +171,38 @@ def _data_paths_arg(value: str) -> list[str]:
         ) from None
 
 
+# the VM options the benches can set (None: the spec's default), and their flags
+VM_CHOICES = (
+    ("posted_writes", POSTED_WRITES_MODES, "auto"),
+    ("reply_poll", WAKEUP_CUT_MODES, "on"),
+    ("serve_in_rx", WAKEUP_CUT_MODES, "on"),
+)
+
+
 def add_vm_choices(ap: argparse.ArgumentParser, paths_default: str, what: str) -> None:
     """The benches' ``--data-paths`` (``args.data_paths``: the checked list; ``what``: the
-    runs it applies to) and ``--posted-writes`` (None: the spec's default)."""
+    runs it applies to), ``--posted-writes``, ``--reply-poll`` and ``--serve-in-rx`` (None:
+    the spec's default)."""
     ap.add_argument(
         "--data-paths", type=_data_paths_arg, default=paths_default,
         help=f"data paths of {what}, comma-separated ({', '.join(DATA_PATHS)}; "
         f"default: {paths_default})",
     )  # fmt: skip
-    ap.add_argument(
-        "--posted-writes", choices=POSTED_WRITES_MODES, default=None,
-        help="the VMs' posted_writes (docs/spec.md; default: the spec's, auto)",
-    )  # fmt: skip
+    for key, modes, default in VM_CHOICES:
+        ap.add_argument(
+            "--" + key.replace("_", "-"), choices=modes, default=None,
+            help=f"the VMs' {key} (docs/spec.md; default: the spec's, {default})",
+        )  # fmt: skip
 
 
-def vm_flags(posted_writes: str | None, data_path: str | None = None) -> list[str]:
-    """The loopback flags for ``--posted-writes`` (if given) and a data path."""
-    flags = ["--posted-writes", posted_writes] if posted_writes else []
+def vm_extra(args: argparse.Namespace) -> dict[str, str]:
+    """The VM options given on the bench's command line (see :func:`add_vm_choices`)."""
+    return {k: v for k, _, _ in VM_CHOICES if (v := getattr(args, k, None))}
+
+
+def vm_flags(args: argparse.Namespace, data_path: str | None = None) -> list[str]:
+    """The loopback flags for the VM options given and a data path."""
+    flags = [x for k, v in vm_extra(args).items() for x in ("--" + k.replace("_", "-"), v)]
     return flags + (["--data-path", data_path] if data_path else [])
 
 

@@ -89,7 +89,7 @@ def run_layout(layout: Layout, args: argparse.Namespace) -> WorkRun:
     # the one shard is too (unless --no-same-numa)
     numa = ["--numa-nodes", "2"] if layout.shards == 1 and args.same_numa else []
     run = boot_guest(
-        "work", args.vcpus, layout.shards, *numa, *vm_flags(args.posted_writes, layout.data_path),
+        "work", args.vcpus, layout.shards, *numa, *vm_flags(args, layout.data_path),
         guest_args=f"dq.rounds={args.rounds}", timeout=args.timeout,
     )  # fmt: skip
     checked(run, f"the work over {layout.name}", "work_jobs", str(args.vcpus))

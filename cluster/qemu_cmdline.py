@@ -136,6 +136,10 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += f",posted-shm={posted}"
     if spec.code_announce == "fast":
         obj += ",fast-announce=on"
+    if spec.reply_poll == "off":
+        obj += ",reply-poll=off"
+    if spec.serve_in_rx == "off":
+        obj += ",serve-in-rx=off"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

@@ -112,6 +112,11 @@ class VMSpec:
     # code announcements (docs/shard-design.md §6): "fast" (handled by the receive thread,
     # remembered until the page is invalidated) or "plain" (each one through the main loops)
     code_announce: str = "fast"
+    # issue 14's wake-up cuts (docs/shard-design.md §15), "on" (default) or "off" to measure
+    # without: a vCPU polls for a short reply before it sleeps (0037); the owner's receive
+    # thread serves a UART/RTC/PIT/IOAPIC access itself instead of waking its main loop (0038)
+    reply_poll: str = "on"
+    serve_in_rx: str = "on"
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -123,6 +128,7 @@ class VMSpec:
 CLOCK_SYNC_MODES = ("auto", "on", "off")
 POSTED_WRITES_MODES = ("auto", "on", "off")
 CODE_ANNOUNCE_MODES = ("fast", "plain")
+WAKEUP_CUT_MODES = ("on", "off")
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -397,6 +403,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "clock_sync": str,
             "posted_writes": str,
             "code_announce": str,
+            "reply_poll": str,
+            "serve_in_rx": str,
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -508,6 +516,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     clock_sync = _vm_choice(r, vm, "clock_sync", CLOCK_SYNC_MODES)
     posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES)
     code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
+    reply_poll = _vm_choice(r, vm, "reply_poll", WAKEUP_CUT_MODES)
+    serve_in_rx = _vm_choice(r, vm, "serve_in_rx", WAKEUP_CUT_MODES)
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -576,6 +586,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         clock_sync=clock_sync,
         posted_writes=posted_writes,
         code_announce=code_announce,
+        reply_poll=reply_poll,
+        serve_in_rx=serve_in_rx,
         **options,
     )
 
@@ -789,6 +801,8 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "memory_mode"): "--memory-mode",
     ("vm", "posted_writes"): "--posted-writes",
     ("vm", "code_announce"): "--code-announce",
+    ("vm", "reply_poll"): "--reply-poll",
+    ("vm", "serve_in_rx"): "--serve-in-rx",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
@@ -877,7 +891,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
             **{
                 key: value
-                for key in ("posted_writes", "code_announce")
+                for key in ("posted_writes", "code_announce", "reply_poll", "serve_in_rx")
                 if (value := getattr(ns, key, None)) is not None
             },
             **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),

@@ -25,6 +25,7 @@ from cluster.spec import (
     MEMORY_MODES,
     POSTED_WRITES_MODES,
     TRANSPORTS,
+    WAKEUP_CUT_MODES,
     load_spec,
     spec_from_flags,
 )
@@ -35,6 +36,11 @@ from loopback.terminal import console_terminal, interactive
 if TYPE_CHECKING:
     from cluster.vm.orchestrator import VMResult
 
+# [vm] keys that a flag may override for a --spec
+_VM_OVERRIDES = (
+    "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
+    "serve_in_rx",
+)  # fmt: skip
 _SPEC_EXCLUSIVE = (
     "kernel",
     "initrd",
@@ -66,11 +72,7 @@ def _run(ns: argparse.Namespace) -> int:
         mixed += [f"--{k}" for k in DEVICE_KINDS if getattr(ns, k)]
         if mixed:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
-        overrides = {
-            key: value
-            for key in ("data_path", "memory_mode", "posted_writes", "code_announce", "transport")
-            if (value := getattr(ns, key)) is not None
-        }
+        overrides = {key: value for key in _VM_OVERRIDES if (value := getattr(ns, key)) is not None}
         spec = load_spec(ns.spec, overrides)
     else:
         if ns.vcpus is None:
@@ -201,6 +203,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="code announcements between shards: fast (the default: handled by the receive "
         "thread and remembered until the page is written) or plain (each through the "
         "main loops; docs/shard-design.md section 6); may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--reply-poll", choices=WAKEUP_CUT_MODES, default=None,
+        help="a vCPU waiting for another shard's reply polls for it briefly before it "
+        "sleeps (default: on; docs/shard-design.md section 15); may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--serve-in-rx", choices=WAKEUP_CUT_MODES, default=None,
+        help="the owner's receive thread serves another shard's UART, RTC, PIT and IOAPIC "
+        "accesses itself (default: on; docs/shard-design.md section 15); may override a --spec",
     )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,

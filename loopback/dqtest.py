@@ -18,6 +18,7 @@ guests/dqtest/README.md for the output format and the command-line options.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -296,6 +297,9 @@ class DqtestRun:
     stderr: str  # the launcher's one-line reason
     result: DqtestResult
     forwarded: dict[str, int]
+    # per shard, its wake-up counters as it logged them at exit (patches 0037, 0038):
+    # replies_polled, replies_slept, served_in_rx, replies_handed_off
+    wakeups: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def timed_out(self) -> bool:
@@ -378,7 +382,10 @@ def run_dqtest(
             data_path=data_path, memory_mode=memory_mode,
             vm_extra=vm_extra, shard_extra=shard_extra,
         )  # fmt: skip
-        vm = LoopbackVM(spec, qemu=qemu, console=console).run()
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        vm = LoopbackVM(spec, qemu=qemu, console=console, log_dir=logs).run()
+        wakeups = shard_wakeups(logs)
     text = console.getvalue().decode(errors="replace")
     return DqtestRun(
         returncode=None if vm.exit_code == EXIT_TIMEOUT else vm.exit_code,
@@ -386,4 +393,19 @@ def run_dqtest(
         stderr=vm.reason,
         result=parse_dqtest_output(text),
         forwarded=vm.forwarded,
+        wakeups=wakeups,
     )
+
+
+# "dqemu: shard N counters: posted {...} tb {...} wakeups {...}", once in each shard's log
+# as it exits (patches 0034, 0037)
+_WAKEUPS = re.compile(r"dqemu: shard (\d+) counters: .* wakeups (\{.*?\})")
+
+
+def shard_wakeups(log_dir: Path) -> dict[int, dict[str, int]]:
+    """Each shard's wake-up counters from the logs a run kept in ``log_dir``."""
+    out: dict[int, dict[str, int]] = {}
+    for log in log_dir.glob("shard*.log"):
+        for m in _WAKEUPS.finditer(log.read_text(errors="replace")):
+            out[int(m.group(1))] = json.loads(m.group(2))
+    return out

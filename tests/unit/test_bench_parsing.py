@@ -96,8 +96,10 @@ def test_data_paths_and_the_command_line() -> None:
     assert cmd[cmd.index("--append") + 1] == "dq.run=work dq.rounds=3"
     assert cmd[-2:] == ["--data-path", "router"]
     assert cmd[cmd.index("--shards") + 1] == "2"
-    assert vm_flags(None, None) == [] and vm_flags("off", "router") == [
-        "--posted-writes", "off", "--data-path", "router"
+    none = argparse.Namespace(posted_writes=None, reply_poll=None, serve_in_rx=None)
+    some = argparse.Namespace(posted_writes="off", reply_poll=None, serve_in_rx="off")
+    assert vm_flags(none, None) == [] and vm_flags(some, "router") == [
+        "--posted-writes", "off", "--serve-in-rx", "off", "--data-path", "router"
     ]  # fmt: skip
 
 
@@ -105,7 +107,8 @@ def test_vm_choices_check_the_paths_when_parsed(capsys: pytest.CaptureFixture[st
     ap = argparse.ArgumentParser(prog="bench")
     add_vm_choices(ap, "direct", "the runs")
     args = ap.parse_args([])
-    assert (args.data_paths, args.posted_writes) == (["direct"], None)
+    assert (args.data_paths, args.posted_writes, args.reply_poll) == (["direct"], None, None)
+    assert ap.parse_args(["--serve-in-rx", "off"]).serve_in_rx == "off"
     assert ap.parse_args(["--data-paths", "router,direct"]).data_paths == ["router", "direct"]
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["--data-paths", "fast"])

@@ -321,3 +321,13 @@ def test_code_announce_defaults_to_fast() -> None:
     assert "vm.code_announce: 'lazy' is not one of fast, plain" in _err(
         GOOD.replace('memory = "1G"', 'memory = "1G"\ncode_announce = "lazy"')
     )
+
+
+def test_wakeup_cuts_default_to_on() -> None:
+    spec = parse_spec(GOOD)
+    assert (spec.reply_poll, spec.serve_in_rx) == ("on", "on")
+    off = GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_poll = "off"\nserve_in_rx = "off"')
+    assert (parse_spec(off).reply_poll, parse_spec(off).serve_in_rx) == ("off", "off")
+    assert "vm.serve_in_rx: 'yes' is not one of on, off" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nserve_in_rx = "yes"')
+    )

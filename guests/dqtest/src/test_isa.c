@@ -115,6 +115,18 @@ static void handoff_rounds(void *arg)
     }
 }
 
+/* an IOAPIC route written by another CPU (over shards: a forwarded MMIO write) */
+struct route {
+    uint32_t gsi;
+    uint8_t dest;
+};
+
+static void route_unmasked(void *arg)
+{
+    struct route *r = arg;
+    ioapic_route(r->gsi, VEC_ISA, r->dest, FLAGS_LEVEL_HIGH, false);
+}
+
 static uint32_t got[MAX_CPUS], expect[MAX_CPUS];
 
 /* Counts on every CPU after a settle; true if target got exactly n and the others none. */
@@ -216,13 +228,22 @@ void test_isairq(void)
         uint32_t early = 0;
         for (unsigned i = 0; i < ncpus; i++)
             early += READ_ONCE(cpus[i].vec_count[VEC_ISA]);
-        ioapic_route(gsi, VEC_ISA, dest, FLAGS_LEVEL_HIGH, false);
+        /*
+         * Unmasked by the next CPU: over 4 shards, cpu2 unmasks for cpu1 and cpu3 for
+         * cpu2, so the IOAPIC's shard delivers to a third shard while it serves the write.
+         */
+        unsigned u = (t + 1) % ncpus;
+        struct route ro = {.gsi = gsi, .dest = dest};
+        if (u == t || cpus[u].dead || !smp_call(u, route_unmasked, &ro)) {
+            u = (unsigned)(this_cpu() - cpus);
+            route_unmasked(&ro);
+        }
         bool seen = wait_count(&lowered, 1);
         set_line(0);
         ok = exact_on(t, 1) && seen && !early;
         rirr = remote_irr(gsi);
-        snprintf(d, sizeof(d), "isairq level gsi %u raised while masked -> cpu%u once on unmask%s", gsi, t,
-                 rirr ? " (remote irr stuck)" : "");
+        snprintf(d, sizeof(d), "isairq level gsi %u raised while masked -> cpu%u once on unmask by cpu%u%s", gsi, t,
+                 u, rirr ? " (remote irr stuck)" : "");
         verdict(ok && !rirr, d);
         ioapic_route(gsi, VEC_ISA, dest, FLAGS_LEVEL_HIGH, true);
 
