@@ -1,6 +1,6 @@
 """The RDMA transport for real: one boot of the RDMA test host (Debian's generic kernel
 with soft-RoCE, tests/support/rdma_host.py) runs, over rxe devices, the TCP router tests'
-request, broadcast, control and loss cases with DQEMU_TEST_TRANSPORT=rdma, and the
+request, broadcast, control, ordering, fuzz and loss cases with DQEMU_TEST_TRANSPORT=rdma, and the
 RDMA link's own cases (tests/rdma/). One boot for all of it: a boot costs 30-90 s."""
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ from tests.support import rdma_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.testhost]
 
-# the TCP router tests that run unchanged over RDMA links (the fuzz cases stay on TCP: they
-# fuzz the local link and the handshake, which RDMA shares; tests/rdma fuzzes its set-up)
+# the TCP router tests that run unchanged over RDMA links: request, broadcast, control,
+# ordering, fuzz and link loss. Not the cases where the test itself plays a peer router on
+# a raw TCP link (ordering's [raw], test_router_fuzz's auth and after-auth fuzz): over RDMA
+# a peer's frames come by queue pair, and tests/rdma fuzzes what an RDMA peer sends at set-up
 TCP_CASES = [
     "tests/unit/test_router_inprocess.py::test_request_reply_broadcast",
     "tests/unit/test_router_inprocess.py::test_control_api",
+    "tests/unit/test_router_ordering.py::test_link_state_does_not_overtake_earlier_frames[router]",
+    "tests/unit/test_router_fuzz.py::test_fuzz_local_and_peer_links",
     "tests/unit/test_router_inprocess.py::test_peer_loss_reported",
     "tests/unit/test_router_processes.py::test_kill9_fails_pending_requests_promptly",
 ]
