@@ -101,10 +101,13 @@ def problems(returncode: int, out: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--iters", type=int, default=100, help="dqtest's iters= (kernel argument)")
+    ap.add_argument("--wait-ms", type=int, default=20000, help="dqtest's timeout_ms=")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds for the whole boot")
     args = ap.parse_args()
     kernel = build_dqtest()  # here: the test host sees the build cache read-only
-    spec = dqtest_toml(kernel, append=f"iters={args.iters}", timeout=args.timeout - 300)
+    # timeout_ms: a single wait in dqtest may take long in TCG inside TCG (default 2 s)
+    append = f"iters={args.iters} timeout_ms={args.wait_ms}"
+    spec = dqtest_toml(kernel, append=append, timeout=args.timeout - 300)
     t0 = time.monotonic()
     try:
         r = rdma_host.run(["sh", "-c", SCRIPT.format(spec=spec)], timeout=args.timeout)
