@@ -56,6 +56,8 @@ EOF_SPEC
 ( while sleep 2; do
     rdma link | grep -q 'dq[0-9]*rxe1' && {{ rdma link > /tmp/links.txt; break; }}
   done ) &
+# TCG inside TCG: a router's start alone can take longer than the default 30 s
+export DQEMU_START_TIMEOUT=600
 mkdir -p /tmp/dqlogs; T0=$(date +%s)
 dqemu loopback --spec /tmp/dqtest.toml --transport rdma --log-dir /tmp/dqlogs > /tmp/out.txt 2>&1
 RC=$?
