@@ -73,7 +73,7 @@ echo "== killed launcher's"; rdma link | grep -c "dq${{P}}rxe"
 kill -9 $P; wait $P
 dqemu cleanup 2> /tmp/cleanup.txt; tail -1 /tmp/cleanup.txt
 # this machine's run directories, seen through the overlay, are not judged (not removed)
-echo "run directories of another boot or pid namespace left: $(grep -c '^dqemu: left ' /tmp/cleanup.txt)"
+echo "foreign run directories left: $(grep -c '^dqemu: left ' /tmp/cleanup.txt)"
 echo "== after cleanup"; rdma link; ip -br link | grep '^dq[0-9]'; ip netns list
 exit $RC
 """
