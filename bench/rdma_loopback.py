@@ -63,6 +63,7 @@ dqemu loopback --spec /tmp/dqtest.toml --transport rdma --log-dir /tmp/dqlogs > 
 RC=$?
 echo "loopback exit $RC in $(( $(date +%s) - T0 )) s"
 cat /tmp/out.txt
+[ $RC -eq 33 ] || tail -n 30 /tmp/dqlogs/shard*.log  # why it failed
 echo "== links while it ran"; cat /tmp/links.txt
 grep -h "rdma" /tmp/dqlogs/router*.log | head -4
 echo "== after"; rdma link; ip -br link | grep '^dq[0-9]'; ip netns list
