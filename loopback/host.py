@@ -42,6 +42,7 @@ from cluster.vm.host import (
 )
 from cluster.vm.plan import VMPlan
 from loopback.netns import NetnsError, Topology
+from loopback.owner import mark_own
 from loopback.procs import Child, Supervisor
 from loopback.qmp import ShardQMP
 from loopback.rxe import RxeDevices
@@ -172,6 +173,7 @@ class LoopbackHost(ShardHost):
             prefix = RUNDIR_PREFIX.format(pid=os.getpid())
             self.rundir = Path(tempfile.mkdtemp(prefix=prefix))
             os.chmod(self.rundir, 0o700)
+            mark_own(self.rundir)  # so that cleanup judges its pid only where it means this
         return self.rundir
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:

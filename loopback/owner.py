@@ -5,6 +5,12 @@ Launchers name what they make after their pid (``dq-<pid>-...`` namespaces,
 launcher died, the pid may belong to another process. So a resource is its maker's only
 while a process with that pid exists *and* started no later than the resource was last
 changed (its ctime); a process that started afterwards reused the pid.
+
+And a pid means something only in the pid namespace of the boot that gave it: a run
+directory seen from another one (the RDMA test host sees this machine's /tmp through its
+overlay) names a pid of a process it cannot see. So a launcher writes its identity (boot id
+and pid namespace, :func:`identity`) into its run directory, and only a run directory that
+carries this process's identity is judged by its pid (:func:`made_here`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+# in a launcher's run directory: the boot id and pid namespace it was made in
+OWNER_FILE = "owner"
 # /proc/<pid>/stat start times have clock-tick resolution (10 ms): allow for it.
 _SLACK_S = 0.05
 
@@ -42,3 +50,24 @@ def maker_alive(pid: int, path: Path) -> bool:
     except OSError:
         return True  # gone or unreadable: nothing to reap, nothing to decide
     return start <= changed + _SLACK_S
+
+
+def identity() -> str:
+    """This process's boot and pid namespace, ``<boot id> pidns:<inode>``: pids are
+    comparable only between processes that share both."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot} pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+
+
+def mark_own(rundir: Path) -> None:
+    """Record in ``rundir`` (just made) the identity of the process that made it."""
+    (rundir / OWNER_FILE).write_text(identity() + "\n")
+
+
+def made_here(rundir: Path) -> bool:
+    """Was ``rundir`` made in this boot and pid namespace (so its name's pid is one this
+    process can judge)? False when it carries another identity, or none."""
+    try:
+        return (rundir / OWNER_FILE).read_text().strip() == identity()
+    except OSError:
+        return False

@@ -5,7 +5,9 @@ A SIGKILLed launcher's children die with it (PR_SET_PDEATHSIG), but its network
 namespaces (with their ``/run/netns`` mounts), its run directory and any RAM file not yet
 unlinked stay. Every launcher reaps them when it starts, and ``dqemu cleanup`` does on
 demand: only what a launcher that no longer runs made (:mod:`loopback.owner`), never a
-live one's.
+live one's. A run directory is judged only if it was made in this boot and pid namespace
+(its ``owner`` file says so): one seen from elsewhere (the RDMA test host sees this
+machine's /tmp) or without that file is left alone, and ``dqemu cleanup`` names it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from loopback import netns
-from loopback.owner import maker_alive
+from loopback.owner import made_here, maker_alive
 
 SHM_DIR = Path("/dev/shm")
 # the launcher's run directory, dqemu-<pid>-<random> in the temporary directory
@@ -28,7 +30,8 @@ _RUNDIR_RE = re.compile(r"^dqemu-(\d+)-[A-Za-z0-9_]+$")
 _SHM_RE = re.compile(r"^dqemu-(\d+)-[0-9a-f]+-ram\d+$")
 
 
-def _stale_files(where: Path, pattern: re.Pattern[str]) -> list[Path]:
+def _matching(where: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
+    """The entries of ``where`` (no symlinks) named by ``pattern``, with their maker's pid."""
     try:
         entries = list(where.iterdir())
     except OSError:
@@ -36,20 +39,38 @@ def _stale_files(where: Path, pattern: re.Pattern[str]) -> list[Path]:
     out = []
     for p in entries:
         m = pattern.match(p.name)
-        if m and not p.is_symlink() and not maker_alive(int(m.group(1)), p):
-            out.append(p)
+        if m and not p.is_symlink():
+            out.append((p, int(m.group(1))))
     return out
 
 
-def reap_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[str]:
+def _stale_files(where: Path, pattern: re.Pattern[str]) -> list[Path]:
+    return [p for p, pid in _matching(where, pattern) if not maker_alive(pid, p)]
+
+
+def _stale_rundirs(tmp: Path) -> list[Path]:
+    return [
+        d
+        for d, pid in _matching(tmp, _RUNDIR_RE)
+        if d.is_dir() and made_here(d) and not maker_alive(pid, d)
+    ]
+
+
+def foreign_rundirs(tmp: Path | None = None) -> list[str]:
+    """Run directories that cleanup leaves alone because their pid cannot be judged here:
+    made in another boot or pid namespace, or by a launcher that recorded no owner."""
+    where = tmp or Path(tempfile.gettempdir())
+    return [str(d) for d, _ in _matching(where, _RUNDIR_RE) if d.is_dir() and not made_here(d)]
+
+
+def reap_stale(tmp: Path | None = None, shm: Path | None = None) -> list[str]:
     """Remove what dead launchers left: namespaces, run directories, RAM files. Returns
     their names."""
     removed = list(netns.cleanup_stale()) if netns.available() is None else []
-    for d in _stale_files(tmp or Path(tempfile.gettempdir()), _RUNDIR_RE):
-        if d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(str(d))
-    for f in _stale_files(shm, _SHM_RE):
+    for d in _stale_rundirs(tmp or Path(tempfile.gettempdir())):
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    for f in _stale_files(shm or SHM_DIR, _SHM_RE):
         f.unlink(missing_ok=True)
         removed.append(str(f))
     return removed
@@ -59,6 +80,12 @@ def _run(ns: argparse.Namespace) -> int:
     removed = reap_stale()
     for name in removed:
         print(f"dqemu: removed {name}", file=sys.stderr)
+    for name in foreign_rundirs():
+        print(
+            f"dqemu: left {name}: not made in this boot and pid namespace "
+            "(its launcher's pid cannot be judged here)",
+            file=sys.stderr,
+        )
     print(f"dqemu: {len(removed)} leftover(s) of dead launchers removed", file=sys.stderr)
     return 0
 

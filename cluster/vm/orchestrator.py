@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import secrets
 import sys
 import threading
@@ -42,6 +43,25 @@ from cluster.vm.serial_hub import SerialHub
 from cluster.vm.signals import Terminated, terminate_on_signals
 
 START_TIMEOUT = 30.0
+# DQEMU_START_TIMEOUT (seconds) replaces it where everything is slow: in the RDMA test host
+# (TCG inside TCG) a router's Python start alone took over 30 s
+START_TIMEOUT_ENV = "DQEMU_START_TIMEOUT"
+
+
+def start_timeout() -> float:
+    """How long each start-up stage (routers, console, QMP, the mesh) may take."""
+    raw = os.environ.get(START_TIMEOUT_ENV, "")
+    if not raw:
+        return START_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86400:
+        raise DqemuError(f"{START_TIMEOUT_ENV}={raw!r}: not a number of seconds in (0, 86400)")
+    return value
+
+
 # Once a shard has ended, the others follow on their own (a guest poweroff or quit is
 # broadcast; a lost shard is noticed within 2 s): how long to wait for them before the
 # orchestrator decides how the VM ended and stops what is left.
@@ -187,7 +207,7 @@ class VMOrchestrator:
             self.events.emit("shard", shard=s.id, state="up", pid=st.pid, host=st.where)
         io = plan.io_shard
         self.console = ConsoleReader(self.host_of(io).open_serial(io), self.console_sink)
-        if not self.console.connect(timeout=START_TIMEOUT):
+        if not self.console.connect(timeout=start_timeout()):
             raise self._start_failure()
         self.console.hub = self.hub
         self.hub.send = self.console.send
@@ -213,7 +233,7 @@ class VMOrchestrator:
         for s in plan.shards:
             assert s.router is not None
             self.children[s.router.name] = self.host_of(s.id).start_router(s.id, secret)
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout()
         addresses: dict[int, str] = {}
         for s in plan.shards:
             left = max(0.1, deadline - time.monotonic())
@@ -232,7 +252,7 @@ class VMOrchestrator:
         for s in self.plan.shards:
             try:
                 on_event = functools.partial(self._qmp_event, s.id)
-                self.qmp_links[s.id] = self.host_of(s.id).open_qmp(s.id, on_event, START_TIMEOUT)
+                self.qmp_links[s.id] = self.host_of(s.id).open_qmp(s.id, on_event, start_timeout())
             except DqemuError:
                 raise self._start_failure() from None
 
@@ -240,7 +260,7 @@ class VMOrchestrator:
         """Wait until every router has its shard registered and every peer link up: a frame
         sent before its link is up would be dropped, so no vCPU may run before that."""
         assert self.plan is not None
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout()
         for s in self.plan.shards:
             assert s.router is not None
             host = self.host_of(s.id)
@@ -254,7 +274,7 @@ class VMOrchestrator:
                     down = [k for k, v in health.get("peers", {}).items() if v.get("state") != "up"]
                     raise DqemuError(
                         f"router {s.id}: links to shard(s) {', '.join(down) or '?'} not up "
-                        f"within {START_TIMEOUT:g} s", EXIT_SHARD_FAILED,
+                        f"within {start_timeout():g} s", EXIT_SHARD_FAILED,
                     )  # fmt: skip
                 time.sleep(0.02)
 

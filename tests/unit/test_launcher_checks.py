@@ -3,10 +3,12 @@ launchers (item 5)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,9 +18,9 @@ from cluster.errors import DqemuError
 from cluster.qemu_cmdline import BootFiles
 from cluster.spec import parse_spec
 from cluster.vm.plan import make_plan
-from loopback import netns
+from loopback import netns, stale
 from loopback.host import create_ram_file
-from loopback.owner import maker_alive, process_start
+from loopback.owner import OWNER_FILE, identity, maker_alive, mark_own, process_start
 from loopback.preflight import (
     check_memory,
     host_memory_mib,
@@ -26,7 +28,7 @@ from loopback.preflight import (
     silence_ends_run,
     silence_limit,
 )
-from loopback.stale import reap_stale
+from loopback.stale import foreign_rundirs, reap_stale
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,9 +148,10 @@ def test_reap_stale_removes_only_dead_launchers_leftovers(tmp_path: Path) -> Non
     dead = subprocess.Popen(["true"])
     dead.wait()
     mine = os.getpid()
-    (tmp / f"dqemu-{dead.pid}-abc123").mkdir()
+    for d in (f"dqemu-{dead.pid}-abc123", f"dqemu-{mine}-def456"):
+        (tmp / d).mkdir()
+        mark_own(tmp / d)
     (tmp / f"dqemu-{dead.pid}-abc123" / "console.sock").write_text("")
-    (tmp / f"dqemu-{mine}-def456").mkdir()
     (tmp / "dqemu-guest-xyz").mkdir()  # not a run directory
     (shm / f"dqemu-{dead.pid}-0a1b-ram0").write_text("")
     (shm / f"dqemu-{mine}-0a1b-ram0").write_text("")
@@ -158,6 +161,41 @@ def test_reap_stale_removes_only_dead_launchers_leftovers(tmp_path: Path) -> Non
     ]  # fmt: skip
     assert {p.name for p in tmp.iterdir()} == {"dqemu-guest-xyz", f"dqemu-{mine}-def456"}
     assert [p.name for p in shm.iterdir()] == [f"dqemu-{mine}-0a1b-ram0"]
+
+
+def test_reap_stale_judges_only_run_dirs_made_in_its_own_pid_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run directory made in another boot or pid namespace (the RDMA test host sees this
+    machine's /tmp) names a pid that means nothing here: cleanup leaves it, and names it.
+    So does one with no owner recorded."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    boot, pidns = identity().split(" ")
+    foreign = {
+        f"dqemu-{dead.pid}-otherns": f"{boot} pidns:1\n",  # same boot, other pid namespace
+        f"dqemu-{dead.pid}-otherboot": f"00000000-0000-0000-0000-000000000000 {pidns}\n",
+        f"dqemu-{dead.pid}-noowner": None,
+    }
+    for name, owner in foreign.items():
+        (tmp_path / name).mkdir()
+        if owner is not None:
+            (tmp_path / name / OWNER_FILE).write_text(owner)
+    ours = tmp_path / f"dqemu-{dead.pid}-ours"
+    ours.mkdir()
+    mark_own(ours)
+    removed = reap_stale(tmp=tmp_path, shm=tmp_path / "no-shm")
+    assert [r for r in removed if not r.startswith("dq-")] == [str(ours)]
+    assert {p.name for p in tmp_path.iterdir()} == set(foreign)
+    assert sorted(foreign_rundirs(tmp_path)) == sorted(str(tmp_path / n) for n in foreign)
+    # `dqemu cleanup` names them (this directory as the temporary one, no RAM files)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(stale, "SHM_DIR", tmp_path / "no-shm")
+    assert stale._run(argparse.Namespace()) == 0
+    err = capsys.readouterr().err
+    for n in foreign:
+        assert f"dqemu: left {tmp_path / n}: not made in this boot and pid namespace" in err
+    assert {p.name for p in tmp_path.iterdir()} == set(foreign)
 
 
 @pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))

@@ -6,10 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cluster.errors import DqemuError
 from cluster.qemu_cmdline import BootFiles
 from cluster.spec import parse_spec
 from cluster.vm.exit_policy import EXIT_SHARD_FAILED
-from cluster.vm.orchestrator import VMOrchestrator
+from cluster.vm.orchestrator import (
+    START_TIMEOUT,
+    START_TIMEOUT_ENV,
+    VMOrchestrator,
+    start_timeout,
+)
 from cluster.vm.plan import make_plan
 from loopback.host import LoopbackHost
 from loopback.procs import Child
@@ -36,3 +44,16 @@ def test_start_failure_names_the_shard_that_failed(tmp_path: Path) -> None:
     ]
     err = vm._start_failure()
     assert str(err).startswith("shard 1 failed to start (exit 1): Block node is read-only")
+
+
+def test_start_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DQEMU_START_TIMEOUT stretches every start-up stage's bound (the RDMA test host needs
+    it: TCG inside TCG); a value that is no positive number of seconds is named."""
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    assert start_timeout() == START_TIMEOUT
+    monkeypatch.setenv(START_TIMEOUT_ENV, "600")
+    assert start_timeout() == 600.0
+    for bad in ("soon", "0", "-5", "nan", "1e9"):
+        monkeypatch.setenv(START_TIMEOUT_ENV, bad)
+        with pytest.raises(DqemuError, match=rf"DQEMU_START_TIMEOUT='{bad}': not a number"):
+            start_timeout()
