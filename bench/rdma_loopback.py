@@ -34,11 +34,13 @@ from tests.support import rdma_host  # noqa: E402
 
 def dqtest_toml(kernel: Path, append: str, timeout: float) -> str:
     """dqtest's VM over 2 shards as a spec file: loopback/dqtest.py's devices (its
-    ``dqtest_spec`` without the scratch disk), for ``dqemu loopback --spec``."""
+    ``dqtest_spec`` without the scratch disk), for ``dqemu loopback --spec``. Its routers
+    wait 20 s (``link_timeout``) before calling a link dead: under TCG inside TCG both
+    routers of a healthy link were seen silent for just over the default 1 s."""
     devices = [(DEBUG_EXIT_DEVICE, 0), ("edu", 0), (ISA_IRQ_DEVICE, 1), (VGA_DEVICE, 1)]
     return "\n".join(
         [
-            '[vm]\nvcpus = 4\nmemory = 256\nmachine = "q35"',
+            '[vm]\nvcpus = 4\nmemory = 256\nmachine = "q35"\nlink_timeout = 20',
             f'[boot]\nkernel = "{kernel}"\nappend = "{append}"\ntimeout = {timeout:g}',
             '[[shard]]\nid = 0\nvcpus = "0-1"\n[[shard]]\nid = 1\nvcpus = "2-3"',
             *(f'[[device]]\ndevice = "{d}"\nshard = {k}' for d, k in devices),

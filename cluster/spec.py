@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
+from cluster.router.config import LINK_TIMEOUT
 from cluster.vm.registry import NAME_RE, NAME_RULE
 from cluster.vm_options import (
     NumaNode,
@@ -43,6 +44,10 @@ GUEST_PREFIX = "guest:"
 
 class SpecError(DqemuError):
     """A problem in a VM spec, located by key path and (when known) line."""
+
+
+# the range of vm.link_timeout (its default: the routers' own, LINK_TIMEOUT)
+LINK_TIMEOUT_RANGE = (0.5, 600.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,9 @@ class VMSpec:
     # thread serves a UART/RTC/PIT/IOAPIC access itself instead of waking its main loop (0038)
     reply_poll: str = "on"
     serve_in_rx: str = "on"
+    # seconds a router waits for a sign of life of a peer router (or of its own shard)
+    # before it calls the link dead (docs/protocol.md, liveness); longer where hosts stall
+    link_timeout: float = LINK_TIMEOUT
 
     def shard_of_vcpu(self, vcpu: int) -> int:
         for s in self.shards:
@@ -405,6 +413,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "code_announce": str,
             "reply_poll": str,
             "serve_in_rx": str,
+            "link_timeout": (int, float),
             **VM_OPTION_KEYS,
         },
         types={"vcpus": int, "memory": (str, int)},
@@ -518,6 +527,12 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
     reply_poll = _vm_choice(r, vm, "reply_poll", WAKEUP_CUT_MODES)
     serve_in_rx = _vm_choice(r, vm, "serve_in_rx", WAKEUP_CUT_MODES)
+    link_timeout = float(vm.get("link_timeout", LINK_TIMEOUT))
+    low, high = LINK_TIMEOUT_RANGE
+    if not low <= link_timeout <= high:
+        raise r.fail(
+            "vm", None, "link_timeout", f"{link_timeout:g} s is outside {low:g}..{high:g} s"
+        )
     io_shard = vm.get("io_shard", 0)
     if not 0 <= io_shard < len(shards):
         raise r.fail("vm", None, "io_shard", f"shard {io_shard} does not exist")
@@ -588,6 +603,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         code_announce=code_announce,
         reply_poll=reply_poll,
         serve_in_rx=serve_in_rx,
+        link_timeout=link_timeout,
         **options,
     )
 

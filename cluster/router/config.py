@@ -75,6 +75,9 @@ class ConfigError(ValueError):
     """Bad configuration; the message is one line naming the file and the problem."""
 
 
+LINK_TIMEOUT = 1.0  # s: a link silent this long is dead (the default of link_timeout)
+
+
 @dataclass
 class RouterConfig:
     vm_id: str
@@ -85,7 +88,7 @@ class RouterConfig:
     peers: dict[int, Address | None] = field(default_factory=dict)
     routes: dict[str, dict[Any, Any]] = field(default_factory=dict)
     ping_interval: float = 0.2
-    link_timeout: float = 1.0
+    link_timeout: float = LINK_TIMEOUT
     handshake_timeout: float = 2.0
     features: int = p.FEATURES_KNOWN
     shard_heartbeat: str = "auto"
@@ -235,7 +238,7 @@ def config_from_data(data: Any) -> RouterConfig:
         peers=peers,
         routes=routes,
         ping_interval=_positive(data, "ping_interval", 0.2),
-        link_timeout=_positive(data, "link_timeout", 1.0),
+        link_timeout=_positive(data, "link_timeout", LINK_TIMEOUT),
         handshake_timeout=_positive(data, "handshake_timeout", 2.0),
         features=features,
         shard_heartbeat=hb,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.qemu_cmdline import BootFiles, ShardPaths, numa_nodes, shard_argv
+from cluster.router.config import LINK_TIMEOUT
 from cluster.spec import VMSpec, posted_writes_enabled
 
 # the host of a shard whose spec names none: this machine
@@ -64,6 +65,7 @@ class RouterPlan:
     vcpu_routes: tuple[tuple[int, int], ...]  # (vCPU index, its shard)
     data_path: str = "router"  # the spec's vm.data_path: "router" or "direct"
     transport: str = "tcp"  # the spec's vm.transport: "tcp" or "rdma"
+    link_timeout: float = LINK_TIMEOUT  # the spec's vm.link_timeout (s)
 
     @property
     def shard_socket(self) -> str:
@@ -89,6 +91,7 @@ class RouterPlan:
             "routes": {"vcpus": {str(c): s for c, s in self.vcpu_routes}},
             "data_path": self.data_path,
             **({"transport": self.transport} if self.transport != "tcp" else {}),
+            **({"link_timeout": self.link_timeout} if self.link_timeout != LINK_TIMEOUT else {}),
         }
 
 
@@ -188,6 +191,7 @@ def make_plan(
                 vcpu_routes=routes,
                 data_path=spec.data_path,
                 transport=spec.transport,
+                link_timeout=spec.link_timeout,
             )
         serial = SERIAL_SOCKET if s.id == spec.io_shard else None
         qmp = f"shard{s.id}.qmp"

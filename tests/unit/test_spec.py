@@ -331,3 +331,15 @@ def test_wakeup_cuts_default_to_on() -> None:
     assert "vm.serve_in_rx: 'yes' is not one of on, off" in _err(
         GOOD.replace('memory = "1G"', 'memory = "1G"\nserve_in_rx = "yes"')
     )
+
+
+def test_link_timeout_reaches_the_routers_and_is_checked() -> None:
+    assert parse_spec(GOOD).link_timeout == 1.0  # the routers' own default
+    slow = GOOD.replace('memory = "1G"', 'memory = "1G"\nlink_timeout = 20')
+    assert parse_spec(slow).link_timeout == 20.0
+    for bad in ("0.1", "601"):
+        err = _err(GOOD.replace('memory = "1G"', f'memory = "1G"\nlink_timeout = {bad}'))
+        assert f"vm.link_timeout: {float(bad):g} s is outside 0.5..600 s" in err
+    assert "vm.link_timeout" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nlink_timeout = "2"')
+    )

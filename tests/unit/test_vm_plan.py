@@ -96,6 +96,11 @@ def test_router_config_is_accepted_by_the_router() -> None:
         assert cfg.listen.port == 0
         assert set(cfg.peers) == {0, 1, 2, 3} - {s.id}
         assert all(a is None for a in cfg.peers.values())
+        assert cfg.link_timeout == 1.0 and "link_timeout" not in s.router.config("/r", "h")
+    slow = _plan(_shards("0", "1", extra="link_timeout = 12.5"))
+    for s in slow.shards:
+        assert s.router is not None
+        assert config_from_data(s.router.config("/tmp/r", "127.0.0.1")).link_timeout == 12.5
 
 
 def test_four_shards_bsp_last_and_spec_hosts() -> None:
