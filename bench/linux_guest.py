@@ -8,7 +8,6 @@ lines on the host's clock. The shards' counters (patch 0034) come from their log
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, WAKEUP_CUT_MODES
+from loopback.shard_logs import shard_counters
 
 REPO = Path(__file__).resolve().parents[1]
-# "dqemu: shard N counters: posted {...} tb {...}" (patch 0034), once per shard log
-COUNTERS = re.compile(r"dqemu: shard \d+ counters: posted (\{.*?\}) tb (\{.*?\})")
 FIGURES = (
     "posted_sent", "announces", "announce_wait_s", "remembered", "invalidates",
     "invalidate_wait_s",
@@ -134,17 +132,14 @@ def boot_once(vcpus: int, shards: int, *extra: str) -> tuple[float, dict[str, fl
     shards' counters."""
     with tempfile.TemporaryDirectory(prefix="dqemu-boot-bench-") as logs:
         run = boot_cpus(vcpus, shards, "--log-dir", logs, *extra)
-        return run.elapsed, shard_counters(Path(logs))
+        return run.elapsed, summed_counters(Path(logs))
 
 
-def shard_counters(log_dir: Path) -> dict[str, float]:
-    """The figures of one run, summed over its shards' logs."""
+def summed_counters(log_dir: Path) -> dict[str, float]:
+    """The figures of one run, summed over its shards' logs (loopback/shard_logs.py)."""
     out = dict.fromkeys(FIGURES, 0.0)
-    for log in log_dir.glob("shard*.log"):
-        m = COUNTERS.search(log.read_text(errors="replace"))
-        if not m:
-            continue
-        posted, tb = json.loads(m.group(1)), json.loads(m.group(2))
+    for groups in shard_counters(log_dir).values():
+        posted, tb = groups.get("posted", {}), groups.get("tb", {})
         out["posted_sent"] += posted.get("sent", 0)
         out["announces"] += tb.get("announces", 0)
         out["announce_wait_s"] += tb.get("announce_ns", 0) / 1e9

@@ -808,6 +808,11 @@ def flag_reader(flags: dict[tuple[str | None, str | None], str]) -> _Reader:
 
 # --- the same spec from command-line flags (dqemu loopback, and later dqemu run) --------------
 
+# [vm] keys that have a flag of their own, which also overrides a --spec's
+VM_FLAG_KEYS = (
+    "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
+    "serve_in_rx",
+)  # fmt: skip
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
     ("vm", "memory"): "--memory",
@@ -903,14 +908,7 @@ def spec_from_flags(ns: argparse.Namespace) -> VMSpec:
             "vcpus": ns.vcpus,
             "memory": ns.memory,
             "io_shard": ns.io_shard or 0,
-            **({"data_path": ns.data_path} if ns.data_path is not None else {}),
-            **({"memory_mode": ns.memory_mode} if ns.memory_mode is not None else {}),
-            **{
-                key: value
-                for key in ("posted_writes", "code_announce", "reply_poll", "serve_in_rx")
-                if (value := getattr(ns, key, None)) is not None
-            },
-            **({"transport": ns.transport} if getattr(ns, "transport", None) else {}),
+            **{key: value for key in VM_FLAG_KEYS if (value := getattr(ns, key, None)) is not None},
             **_vm_option_flags(ns),
         },
         "boot": boot,

@@ -25,6 +25,7 @@ from cluster.spec import (
     MEMORY_MODES,
     POSTED_WRITES_MODES,
     TRANSPORTS,
+    VM_FLAG_KEYS,
     WAKEUP_CUT_MODES,
     load_spec,
     spec_from_flags,
@@ -36,11 +37,6 @@ from loopback.terminal import console_terminal, interactive
 if TYPE_CHECKING:
     from cluster.vm.orchestrator import VMResult
 
-# [vm] keys that a flag may override for a --spec
-_VM_OVERRIDES = (
-    "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
-    "serve_in_rx",
-)  # fmt: skip
 _SPEC_EXCLUSIVE = (
     "kernel",
     "initrd",
@@ -72,7 +68,7 @@ def _run(ns: argparse.Namespace) -> int:
         mixed += [f"--{k}" for k in DEVICE_KINDS if getattr(ns, k)]
         if mixed:
             raise DqemuError(f"--spec cannot be combined with {', '.join(mixed)}")
-        overrides = {key: value for key in _VM_OVERRIDES if (value := getattr(ns, key)) is not None}
+        overrides = {key: value for key in VM_FLAG_KEYS if (value := getattr(ns, key)) is not None}
         spec = load_spec(ns.spec, overrides)
     else:
         if ns.vcpus is None:

@@ -18,7 +18,6 @@ guests/dqtest/README.md for the output format and the command-line options.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -34,6 +33,7 @@ from cluster.errors import DqemuError
 from cluster.paths import GUESTS_DIR, cache_root
 from cluster.spec import VMSpec, even_placement, flag_reader, spec_from_data
 from loopback.launcher import EXIT_TIMEOUT, LoopbackVM
+from loopback.shard_logs import shard_counters
 
 DQTEST_DIR = GUESTS_DIR / "dqtest"
 KERNEL_NAME = "dqtest.elf"
@@ -397,15 +397,6 @@ def run_dqtest(
     )
 
 
-# "dqemu: shard N counters: posted {...} tb {...} wakeups {...}", once in each shard's log
-# as it exits (patches 0034, 0037)
-_WAKEUPS = re.compile(r"dqemu: shard (\d+) counters: .* wakeups (\{.*?\})")
-
-
 def shard_wakeups(log_dir: Path) -> dict[int, dict[str, int]]:
     """Each shard's wake-up counters from the logs a run kept in ``log_dir``."""
-    out: dict[int, dict[str, int]] = {}
-    for log in log_dir.glob("shard*.log"):
-        for m in _WAKEUPS.finditer(log.read_text(errors="replace")):
-            out[int(m.group(1))] = json.loads(m.group(2))
-    return out
+    return {s: c["wakeups"] for s, c in shard_counters(log_dir).items() if "wakeups" in c}
