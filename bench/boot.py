@@ -26,22 +26,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import FIGURES, add_vm_choices, boot_once, loadavg, vm_flags  # noqa: E402
+from bench.linux_guest import (  # noqa: E402
+    FIGURES,
+    Layout,
+    add_vm_choices,
+    boot_once,
+    loadavg,
+    vm_flags,
+)
 from cluster.spec import DATA_PATHS, default_data_path  # noqa: E402
-
-Layout = tuple[int, str | None]  # (shards, data path; None on one shard)
 
 
 def run_order(run: int, paths: list[str]) -> list[Layout]:
     """The layouts of run number ``run`` (from 0) in the order they boot: one shard, then
     2 and 4 shards on every path, the paths' order reversed in every other run."""
     order = paths if run % 2 == 0 else paths[::-1]
-    return [(1, None), *((s, p) for s in (2, 4) for p in order)]
-
-
-def label(layout: Layout) -> str:
-    shards, path = layout
-    return f"shards={shards}" + (f" data_path={path}" if path else "")
+    return [Layout(1), *(Layout(s, p) for s in (2, 4) for p in order)]
 
 
 def main() -> int:
@@ -54,25 +54,24 @@ def main() -> int:
     runs: dict[Layout, list[tuple[float, dict[str, float]]]] = {}
     for n in range(args.runs):
         for layout in run_order(n, paths):
-            shards, path = layout
-            more = vm_flags(args, path)
-            runs.setdefault(layout, []).append(boot_once(args.vcpus, shards, *more))
-            print(f"run={n + 1} {label(layout)} boot_s={runs[layout][-1][0]:.2f}", flush=True)
+            more = vm_flags(args, layout.data_path)
+            runs.setdefault(layout, []).append(boot_once(args.vcpus, layout.shards, *more))
+            print(f"run={n + 1} {layout.name} boot_s={runs[layout][-1][0]:.2f}", flush=True)
     medians: dict[Layout, float] = {}
     for layout in run_order(0, paths):
         times = [t for t, _ in runs[layout]]
         medians[layout] = statistics.median(times)
-        print(f"{label(layout)} vcpus={args.vcpus} boot_s_median={medians[layout]:.2f} "
+        print(f"{layout.name} vcpus={args.vcpus} boot_s_median={medians[layout]:.2f} "
               f"runs={' '.join(f'{t:.2f}' for t in times)}")  # fmt: skip
-        if layout[0] > 1:
+        if layout.shards > 1:
             figures = {k: statistics.median(c[k] for _, c in runs[layout]) for k in FIGURES}
-            print(f"  {label(layout)} " + " ".join(
+            print(f"  {layout.name} " + " ".join(
                 f"{k}={v:.0f}" if not k.endswith("_s") else f"{k}={v:.2f}"
                 for k, v in figures.items()))  # fmt: skip
     print(loadavg())
-    one = medians[(1, None)]
+    one = medians[Layout(1)]
     ratios = {
-        p: f"boot_ratio_2={medians[(2, p)] / one:.2f} boot_ratio_4={medians[(4, p)] / one:.2f}"
+        p: " ".join(f"boot_ratio_{n}={medians[Layout(n, p)] / one:.2f}" for n in (2, 4))
         for p in paths
     }
     for p, line in ratios.items():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, WAKEUP_CUT_MODES
 from loopback.shard_logs import shard_counters
@@ -32,6 +33,17 @@ class BenchError(SystemExit):
     """A run that failed, or bad bench arguments: the message names the layout and the
     reason. A SystemExit, so that a bench that does not catch it ends with that message on
     stderr and status 1, without a traceback."""
+
+
+class Layout(NamedTuple):
+    """How a bench's VM is laid out: its shard count and, when sharded, its data path."""
+
+    shards: int
+    data_path: str | None = None  # None: one shard, no data path
+
+    @property
+    def name(self) -> str:
+        return f"shards={self.shards}" + (f" data_path={self.data_path}" if self.data_path else "")
 
 
 @dataclass

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from bench.linux_guest import (  # noqa: E402
     BenchError,
     GuestRun,
+    Layout,
     add_vm_choices,
     boot_guest,
     checked,
@@ -41,16 +42,6 @@ from bench.linux_guest import (  # noqa: E402
     vm_flags,
 )
 from cluster.spec import default_data_path  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Layout:
-    shards: int
-    data_path: str | None  # None: one shard, no data path
-
-    @property
-    def name(self) -> str:
-        return f"shards={self.shards}" + (f" data_path={self.data_path}" if self.data_path else "")
 
 
 @dataclass(frozen=True)
