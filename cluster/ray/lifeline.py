@@ -190,6 +190,7 @@ class Lifeline:
         self.sock.settimeout(silence)
         self.closing = False
         self.last = time.monotonic()  # when the last heartbeat came
+        self.ended = threading.Event()  # set once the watch ended (after on_lost, if called)
         threading.Thread(target=self._watch, name="lifeline", daemon=True).start()
 
     def _watch(self) -> None:
@@ -217,6 +218,7 @@ class Lifeline:
                 break
         if not self.closing:
             self.on_lost(why)
+        self.ended.set()
 
     def close(self) -> None:
         self.closing = True

@@ -607,8 +607,15 @@ class RemoteHost(ShardHost):
         try:
             return _get(ref, timeout, self.where, self._ran_there())
         except NodeLost as e:
+            # Ray and the lifeline race to tell of a dead actor: a call that was pending
+            # can fail before the lifeline's thread has seen the closed connection. The
+            # lifeline says more (closed, silent, or the actor's own farewell), and it
+            # decides within its silence, so its verdict is waited for: one message for
+            # one loss, whichever noticed first.
+            if self.lifeline is not None:
+                self.lifeline.ended.wait(self.lifeline.silence + LOST_CHECK)
             self.lost = self.lost or e
-            raise
+            raise NodeLost(str(self.lost), self.lost.exit_code) from None
 
     def _wait_ready(self, ref: Any, timeout: float) -> None:
         """Wait for the call's result (up to ``timeout`` s) while the lifeline holds."""

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from cluster.ray.lifeline import Lifeline, LifelineServer
 
 
@@ -171,3 +173,39 @@ def test_a_watcher_without_a_valid_ticket_stops_nothing() -> None:
     assert gone.event.wait(5.0)
     assert gone.got == [("vm1", ticket)]
     server.close()
+
+
+def test_a_call_that_fails_first_waits_for_the_lifelines_word(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pending actor call can fail (Ray: the actor died) before the lifeline's thread has
+    read the closed connection; the node's loss is still told in the lifeline's words, so
+    one loss gives one message, whichever noticed first (CI once saw Ray's words win)."""
+    from cluster.errors import DqemuError
+    from cluster.ray import node
+
+    def ray_says_died(ref: object, timeout: float, where: str, lost: str) -> object:
+        raise node.NodeLost(f"node {where} lost: its dQEMU actor is gone or does not answer "
+                            f"(The actor died unexpectedly){lost}", 4)  # fmt: skip
+
+    monkeypatch.setattr(node, "_get", ray_says_died)
+    listener = socket.create_server(("127.0.0.1", 0))
+    host = node.RemoteHost(actor=None, vm="act", where="node2 (10.0.0.2)")
+    host.shards = [0]
+    host.lifeline = Lifeline(f"127.0.0.1:{listener.getsockname()[1]}", host._lifeline_lost,
+                             silence=30.0)  # fmt: skip
+    conn, _ = listener.accept()
+    monkeypatch.setattr(host, "_wait_ready", lambda ref, timeout: None)  # the call is done
+    threading.Timer(0.3, conn.close).start()  # the lifeline hears of it a little later
+    try:
+        try:
+            host.call(object())
+        except DqemuError as e:
+            said = str(e)
+        else:
+            raise AssertionError("the call did not fail")
+        assert said == ("node node2 (10.0.0.2) lost: its dQEMU actor ended (its connection "
+                        "closed); shard(s) 0 of VM act ran there")  # fmt: skip
+    finally:
+        host.lifeline.close()
+        listener.close()
