@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,11 +41,10 @@ from cluster.vm.host import (
 )
 from cluster.vm.plan import VMPlan
 from loopback.netns import NetnsError, Topology
-from loopback.owner import mark_own
 from loopback.procs import Child, Supervisor
 from loopback.qmp import ShardQMP
 from loopback.rxe import RxeDevices
-from loopback.stale import RUNDIR_PREFIX, reap_stale
+from loopback.stale import new_rundir, reap_stale
 from loopback.unix_socket import connect_when_ready
 
 # the port every router listens on, in its own namespace
@@ -170,10 +168,7 @@ class LoopbackHost(ShardHost):
             for name in reap_stale():
                 print(f"dqemu: removed {name}, left by a launcher that no longer runs",
                       file=sys.stderr)  # fmt: skip
-            prefix = RUNDIR_PREFIX.format(pid=os.getpid())
-            self.rundir = Path(tempfile.mkdtemp(prefix=prefix))
-            os.chmod(self.rundir, 0o700)
-            mark_own(self.rundir)  # so that cleanup judges its pid only where it means this
+            self.rundir = new_rundir()
         return self.rundir
 
     def prepare(self, plan: VMPlan, shards: Sequence[int]) -> None:

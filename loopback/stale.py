@@ -1,5 +1,7 @@
 """Leftovers of launchers that died without their teardown (SIGKILL, a crash), and
-``dqemu cleanup``.
+``dqemu cleanup``. Ray's node actors and VM controllers make their directories the same
+way (:func:`new_rundir`), and a node actor reaps its host's leftovers when it starts, as
+``dqemu cluster down`` does.
 
 A SIGKILLed launcher's children die with it (PR_SET_PDEATHSIG), but its network
 namespaces (with their ``/run/netns`` mounts), its run directory and any RAM file not yet
@@ -13,6 +15,7 @@ machine's /tmp) or without that file is left alone, and ``dqemu cleanup`` names 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -20,14 +23,24 @@ import tempfile
 from pathlib import Path
 
 from loopback import netns
-from loopback.owner import made_here, maker_alive
+from loopback.owner import made_here, maker_alive, mark_own
 
 SHM_DIR = Path("/dev/shm")
 # the launcher's run directory, dqemu-<pid>-<random> in the temporary directory
 RUNDIR_PREFIX = "dqemu-{pid}-"
-_RUNDIR_RE = re.compile(r"^dqemu-(\d+)-[A-Za-z0-9_]+$")
+_RUNDIR_RE = re.compile(r"^dqemu-(\d+)-[A-Za-z0-9_.-]+$")
 # the guest RAM files, dqemu-<pid>-<hex>-ram<node> in /dev/shm
 _SHM_RE = re.compile(r"^dqemu-(\d+)-[0-9a-f]+-ram\d+$")
+
+
+def new_rundir(label: str = "") -> Path:
+    """A run directory of this process: private (0700), named ``dqemu-<pid>-<label>...``
+    and marked as made here, so that once this process is gone, whatever ended it, the next
+    launcher or node actor on this host (or ``dqemu cleanup``) removes it."""
+    rundir = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX.format(pid=os.getpid()) + label))
+    os.chmod(rundir, 0o700)
+    mark_own(rundir)
+    return rundir
 
 
 def _matching(where: Path, pattern: re.Pattern[str]) -> list[tuple[Path, int]]:
@@ -48,7 +61,7 @@ def _stale_files(where: Path, pattern: re.Pattern[str]) -> list[Path]:
     return [p for p, pid in _matching(where, pattern) if not maker_alive(pid, p)]
 
 
-def _stale_rundirs(tmp: Path) -> list[Path]:
+def stale_rundirs(tmp: Path) -> list[Path]:
     return [
         d
         for d, pid in _matching(tmp, _RUNDIR_RE)
@@ -67,7 +80,7 @@ def reap_stale(tmp: Path | None = None, shm: Path | None = None) -> list[str]:
     """Remove what dead launchers left: namespaces, run directories, RAM files. Returns
     their names."""
     removed = list(netns.cleanup_stale()) if netns.available() is None else []
-    for d in _stale_rundirs(tmp or Path(tempfile.gettempdir())):
+    for d in stale_rundirs(tmp or Path(tempfile.gettempdir())):
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     for f in _stale_files(shm or SHM_DIR, _SHM_RE):

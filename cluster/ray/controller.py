@@ -23,9 +23,7 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 from cluster.errors import DqemuError
@@ -38,6 +36,7 @@ from cluster.vm.orchestrator import Silence, VMResult
 from cluster.vm.plan import VMPlan, make_plan
 from loopback.launcher import LoopbackVM
 from loopback.preflight import silence_ends_run, silence_limit
+from loopback.stale import new_rundir
 
 PREFIX = "dqemu-vm-"
 KEEP_ENDED = 60.0  # seconds an ended VM's controller waits for its driver to take the result
@@ -126,7 +125,7 @@ class VMController:
     """The Ray actor of one VM (wrap with ``ray.remote``; see :func:`start_controller`)."""
 
     def __init__(self, spec: VMSpec, shipped: dict[str, Any]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="dqemu-vm-"))
+        self.dir = new_rundir(f"vm-{(spec.name or '')[:20]}-")
         self.control = self.dir / "control.sock"
         self.vm = ClusterVM(spec, shipped)
         self.relay = RelayServer(self.control)

@@ -38,6 +38,7 @@ import psutil
 from cluster.errors import DqemuError
 from cluster.vm.registry import registry_dir
 from loopback import netns
+from loopback.stale import reap_stale
 
 NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
 SUBNET_BASE = "10.214"
@@ -365,6 +366,10 @@ def down(name: str, say: Callable[[str], None] = print) -> bool:
             stopped = _teardown(st)
             if stopped:
                 say(f"dqemu: stopped {stopped} process(es) of cluster {name}")
+            # what its killed actors could not remove: shipped boot files, a VM
+            # controller's directory (their processes are gone now)
+            for left in reap_stale():
+                say(f"dqemu: removed {left}, left by a process that no longer runs")
         _remove_state(d)
     return True
 

@@ -35,7 +35,6 @@ import queue
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +59,7 @@ from cluster.vm.host import (
 from cluster.vm.plan import VMPlan
 from loopback.host import LoopbackHost
 from loopback.procs import Child, Supervisor
+from loopback.stale import new_rundir, reap_stale
 
 NAMESPACE = "dqemu"
 ACTOR_PREFIX = "dqemu-node-"
@@ -223,6 +223,9 @@ class NodeActor:
         self.boot_dirs: dict[str, Path] = {}  # each VM's shipped boot files
         self.tickets: dict[str, str] = {}  # each VM's lifeline ticket (its controller's)
         self.lock = threading.RLock()
+        for name in reap_stale():  # a node actor that was killed left these on this host
+            print(f"dqemu: removed {name}, left by a process that no longer runs",
+                  file=sys.stderr)  # fmt: skip
         self.lifeline = LifelineServer(self.ip, on_gone=self._controller_gone)
         threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
         threading.Thread(target=self._watch_raylet, name="raylet", daemon=True).start()
@@ -326,7 +329,7 @@ class NodeActor:
         """The spec with its shipped boot files written on this node."""
         import ray
 
-        where = Path(tempfile.mkdtemp(prefix=f"dqemu-boot-{vm[:20]}-"))
+        where = new_rundir(f"boot-{vm[:20]}-")
         with self.lock:
             self.boot_dirs[vm] = where
         boot = spec.boot

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 
 from cluster.ray import local_cluster as lc
 from loopback import netns
+from loopback.stale import reap_stale, stale_rundirs
 from tests.conftest import REPO, TEST_ENV, dqemu_cmd, run_dqemu
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,7 @@ def _nothing_left(name: str, st: lc.ClusterState) -> list[str]:
         left.append(st.temp_root)
     if lc.state_dir(name).exists():
         left.append(str(lc.state_dir(name)))
+    left += [str(d) for d in stale_rundirs(Path(tempfile.gettempdir()))]  # of dead makers
     return left
 
 
@@ -436,7 +439,7 @@ def _vm_qemus(ns: str, vm: str) -> dict[int, int]:
     """The QEMU shards of VM ``vm`` (booting a kernel the driver shipped) in a node's
     namespace: shard -> pid."""
     out = {}
-    for pid in _in_netns(ns, f"dqemu-boot-{vm}-"):
+    for pid in _in_netns(ns, f"-boot-{vm}-"):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(psutil.Process(pid).cmdline())
             if "qemu-system" in cmd:  # (a VM of one shard runs a plain QEMU)
@@ -553,7 +556,7 @@ def test_ray_vms_in_the_commands_and_job_stop_destroys_the_vm(
     assert len(_vm_children(node.netns)) == 4
     # the shards boot the shipped copies, in the VM's own directory on the node
     booted = [a for pid in _in_netns(node.netns, "qemu-system")
-              for a in psutil.Process(pid).cmdline() if "dqemu-boot-stop-" in a]  # fmt: skip
+              for a in psutil.Process(pid).cmdline() if "-boot-stop-" in a]  # fmt: skip
     assert len(booted) == 4 and str(mine) not in " ".join(booted), booted
     # at the node's normal priority, not at the nice 15 of Ray's workers
     nice = {c: psutil.Process(int(c.split()[0])).nice() for c in _vm_children(node.netns)}
@@ -618,7 +621,7 @@ def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
         assert _vm_qemus(node2.netns, "act").keys() == {0}
         assert _vm_qemus(node3.netns, "act").keys() == {1}
         shipped = {Path(a).parent for pid in _vm_qemus(node3.netns, "ctl").values()
-                   for a in psutil.Process(pid).cmdline() if "dqemu-boot-ctl-" in a}  # fmt: skip
+                   for a in psutil.Process(pid).cmdline() if "-boot-ctl-" in a}  # fmt: skip
         assert len(shipped) == 1
         # the controller: its pid is on the driver's "where it runs" line
         line = next(ln for ln in drivers["ctl"].text().splitlines() if "its controller: pid" in ln)
@@ -660,6 +663,13 @@ def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
     for n in (node2, node3):
         assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
     assert _wait_for(lambda: not _in_netns(cluster.head.netns, "VMController"), 120)
+    # what the SIGKILLed controller (ctl) and node actor (act) could not remove, the next
+    # reap on their host removes (a new node actor's, a launcher's or `dqemu cleanup`)
+    tmp = Path(tempfile.gettempdir())
+    left = sorted(tmp.glob("dqemu-*-vm-ctl-*")) + sorted(tmp.glob("dqemu-*-boot-act-*"))
+    assert left, "the killed processes' directories were not found"
+    reap_stale()
+    assert not [d for d in left if d.exists()]
 
 
 def test_a_node_whose_processes_are_all_killed_ends_its_vm(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -161,6 +162,34 @@ def test_reap_stale_removes_only_dead_launchers_leftovers(tmp_path: Path) -> Non
     ]  # fmt: skip
     assert {p.name for p in tmp.iterdir()} == {"dqemu-guest-xyz", f"dqemu-{mine}-def456"}
     assert [p.name for p in shm.iterdir()] == [f"dqemu-{mine}-0a1b-ram0"]
+
+
+def test_a_killed_node_actors_or_controllers_dirs_are_reaped(tmp_path: Path) -> None:
+    """A Ray node actor's boot files and a VM controller's directory (new_rundir, named
+    after the VM) outlive a SIGKILL of their process; the next reap removes them, and
+    leaves a live process's."""
+    code = (
+        "import sys, time; from loopback.stale import new_rundir; "
+        "print(new_rundir('boot-my.vm-1-'), new_rundir('vm-'), flush=True); time.sleep(60)"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=env, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        made = [Path(d) for d in proc.stdout.readline().split()]
+        assert len(made) == 2 and all(d.parent == tmp_path for d in made), made
+        assert made[0].name.startswith(f"dqemu-{proc.pid}-boot-my.vm-1-")
+        reap_stale(tmp=tmp_path, shm=tmp_path / "no-shm")
+        assert all(d.exists() for d in made)  # its maker runs: left alone
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        removed = reap_stale(tmp=tmp_path, shm=tmp_path / "no-shm")
+        assert sorted(r for r in removed if not r.startswith("dq-")) == sorted(map(str, made))
+        assert not any(d.exists() for d in made)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_reap_stale_judges_only_run_dirs_made_in_its_own_pid_namespace(
