@@ -7,6 +7,9 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 (a) router round trip: a client on A's UNIX socket sends PIO_REQ to shard 2 -> router A ->
     TCP -> router B -> an echo client on B's UNIX socket, which answers PIO_REPLY back the
     same way. Reported for a lean synchronous client (headline) and for ShardClient.request.
+(a') the same round trip between two C shard ends (bench/shard_pingpong.c, compiled now
+    against the QEMU series' own header): what talks to a router is C (QEMU), so this is
+    the routers' and their link's figure, without a Python client's and echo's cost.
 (b) raw one-hop ping-pong of the same frame size from A's namespace to B's over the veth,
     in Python (blocking sockets, TCP_NODELAY; run in blocks interleaved with (a) so both
     see the same machine load) and in C (bench/pingpong.c, compiled now).
@@ -15,8 +18,10 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 ``--transport rdma`` links the two routers by RDMA (the raw figures stay TCP's).
 
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
-(raw = the Python one-hop p50). Needs root for namespaces; ``--no-netns`` runs everything
-on 127.0.0.1 instead. Every process and namespace is cleaned up on every exit path.
+(raw = the Python one-hop p50); the line before it, ``router_c_rtt_us=<p50>
+raw_c_rtt_us=<p50> ratio_c=<router/raw>``, is (a') against the C one-hop. Needs root for
+namespaces; ``--no-netns`` runs everything on 127.0.0.1 instead. Every process and
+namespace is cleaned up on every exit path.
 
 CPUs: by default every process of the bench runs on CPU 0 (``--cpus``). On a VM whose
 idle vCPUs halt, a wake-up that crosses CPUs costs tens of microseconds (the halted vCPU
@@ -50,6 +55,7 @@ from cluster.router import protocol as p  # noqa: E402
 from cluster.router.auth import generate_secret, write_secret_file  # noqa: E402
 from cluster.router.control import ControlError, control_call  # noqa: E402
 from loopback.netns import Topology, available  # noqa: E402
+from tests.support.proto_header import write_include_dir  # noqa: E402
 from tests.support.shard_client import ShardClient  # noqa: E402
 
 HDR = p.HEADER
@@ -73,6 +79,11 @@ def parse_cpus(text: str) -> set[int]:
         raise SystemExit(f"router_latency: --cpus {text!r}: this process may use CPUs "
                          f"{sorted(online)}")  # fmt: skip
     return cpus
+
+
+def parse_kv(text: str) -> dict[str, float]:
+    """``p50_us=X p99_us=Y`` (the C programs' output) -> a dict."""
+    return {k: float(v) for k, v in (kv.split("=") for kv in text.split())}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -349,18 +360,49 @@ class Bench:
         echo.wait(5)
         return router_lat, raw_lat, api_lat
 
-    def raw_c(self) -> dict[str, float] | None:
+    def compile_c(self, name: str) -> Path | None:
+        """bench/<name>.c built now (with the QEMU series' header), or None without gcc."""
         gcc = shutil.which("gcc")
         if gcc is None:
             return None
-        exe = self.tmp / "pingpong"
-        subprocess.run([gcc, "-O2", "-o", str(exe), str(ROOT / "bench" / "pingpong.c")], check=True)
+        exe = self.tmp / name
+        inc = write_include_dir(self.tmp / "include")
+        subprocess.run(
+            [gcc, "-O2", f"-I{inc}", "-o", str(exe), str(ROOT / "bench" / f"{name}.c")], check=True
+        )
+        return exe
+
+    def raw_c(self) -> dict[str, float] | None:
+        exe = self.compile_c("pingpong")
+        if exe is None:
+            return None
         self.role_c(exe)
         out = self.run_in(
             0, [str(exe), "client", self.ip[1], "7201", str(FRAME_SIZE), str(self.args.iters)]
         )
-        fields = dict(kv.split("=") for kv in out.split())
-        return {k: float(v) for k, v in fields.items()}
+        return parse_kv(out)
+
+    def router_c(self, dirs: list[Path]) -> dict[str, float] | None:
+        """(a'): the router round trip between two C shard ends (bench/shard_pingpong.c)."""
+        exe = self.compile_c("shard_pingpong")
+        if exe is None:
+            return None
+        echo = self.spawn(
+            None, [str(exe), "echo", str(dirs[1] / "shard.sock"), "2"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert echo.stdout is not None
+        if echo.stdout.readline().strip() != "ready":
+            raise SystemExit("C shard echo failed to start")
+        r = subprocess.run(
+            [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2", str(self.args.iters)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        echo.terminate()
+        echo.wait(5)
+        if r.returncode != 0:
+            raise SystemExit(f"C shard client failed (exit {r.returncode}): {r.stderr.strip()}")
+        return parse_kv(r.stdout)
 
     def role_c(self, exe: Path) -> None:
         proc = self.spawn(
@@ -410,6 +452,7 @@ class Bench:
         lean = {"p50_us": pct(router_lat, 50), "p99_us": pct(router_lat, 99)}
         raw_py = {"p50_us": pct(raw_lat, 50), "p99_us": pct(raw_lat, 99)}
         api = {"p50_us": pct(api_lat, 50), "p99_us": pct(api_lat, 99)}
+        router_c = self.router_c(dirs)
         raw_c = self.raw_c()
         rates = [self.throughput(dirs) for _ in range(self.args.rounds)]
         rate = statistics.median(rates)
@@ -419,6 +462,9 @@ class Bench:
         dl_b = control_call(dirs[1] / "control.sock", "stats").get("data_loop", {})
         print(f"(a) router RTT, lean client:       p50 {lean['p50_us']:.1f} us  "
               f"p99 {lean['p99_us']:.1f} us")  # fmt: skip
+        if router_c:
+            print(f"(a') router RTT, C shard ends:     p50 {router_c['p50_us']:.1f} us  "
+                  f"p99 {router_c['p99_us']:.1f} us")  # fmt: skip
         print(f"    router RTT, ShardClient.request: p50 {api['p50_us']:.1f} us  "
               f"p99 {api['p99_us']:.1f} us")  # fmt: skip
         lat = stats.get("request_latency", {})
@@ -437,6 +483,11 @@ class Bench:
                   f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip
         print(f"(c) one-way throughput, one link:  {rate:,.0f} msgs/s "
               f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        if router_c and raw_c:
+            print(
+                f"router_c_rtt_us={router_c['p50_us']:.1f} raw_c_rtt_us={raw_c['p50_us']:.1f} "
+                f"ratio_c={router_c['p50_us'] / raw_c['p50_us']:.2f}"
+            )
         ratio = lean["p50_us"] / raw_py["p50_us"]
         print(
             f"router_rtt_us={lean['p50_us']:.1f} raw_rtt_us={raw_py['p50_us']:.1f} "
