@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +62,9 @@ from tests.support.shard_client import ShardClient  # noqa: E402
 HDR = p.HEADER
 REQ_TYPE, REP_TYPE = p.MSG_PIO_REQ, p.MSG_PIO_REPLY
 FRAME_SIZE = p.HEADER_SIZE + 16  # PIO_REQ / PIO_REPLY
+# a bound for a hang, not a timing: in the RDMA test host (TCG) a role's exit took over 5 s
+EXIT_WAIT = 120
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")  # listening sockets: state 0A
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -345,7 +349,7 @@ class Bench:
                 raw_lat += rl
         s.close()
         raw.stdin.close()
-        raw.wait(5)
+        raw.wait(EXIT_WAIT)
         time.sleep(0.2)
         c = ShardClient.connect(dirs[0] / "shard.sock", 1, threaded=False)
         api_lat: list[float] = []
@@ -357,7 +361,7 @@ class Bench:
                 api_lat.append((time.perf_counter_ns() - t0) / 1000)
         c.close()
         echo.terminate()
-        echo.wait(5)
+        echo.wait(EXIT_WAIT)
         return router_lat, raw_lat, api_lat
 
     def compile_c(self, name: str) -> Path | None:
@@ -383,7 +387,11 @@ class Bench:
         return parse_kv(out)
 
     def router_c(self, dirs: list[Path]) -> dict[str, float] | None:
-        """(a'): the router round trip between two C shard ends (bench/shard_pingpong.c)."""
+        """(a'): the router round trip between two C shard ends (bench/shard_pingpong.c), in
+        blocks; with ``--verbs-device``, ibv_rc_pingpong's round trip (busy-polled and with
+        -e) runs between the blocks, so that both see the same machine load. Run first, so
+        that router A's request latencies (its view of shard 2) are the C ends' alone; router
+        B's view of its shard is read while the C echo is its shard."""
         exe = self.compile_c("shard_pingpong")
         if exe is None:
             return None
@@ -391,18 +399,66 @@ class Bench:
             None, [str(exe), "echo", str(dirs[1] / "shard.sock"), "2"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        assert echo.stdout is not None
-        if echo.stdout.readline().strip() != "ready":
-            raise SystemExit("C shard echo failed to start")
-        r = subprocess.run(
-            [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2", str(self.args.iters)],
-            capture_output=True, text=True, timeout=600,
+        client = self.spawn(
+            None, [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
+        assert echo.stdout is not None and client.stdin is not None and client.stdout is not None
+        if echo.stdout.readline().strip() != "ready" or client.stdout.readline() != "ready\n":
+            raise SystemExit("C shard ends failed to start (see the routers' logs)")
+        blocks = 10 if self.args.verbs_device else 1
+        per = max(50, self.args.iters // blocks)
+        lat: list[float] = []
+        verbs: dict[str, list[float]] = {"busy": [], "events": []}
+        for block in range(blocks + 1):
+            client.stdin.write(f"{per if block else max(10, per // 5)}\n")
+            line = client.stdout.readline()
+            if not line:
+                raise SystemExit("C shard client failed (its output ended)")
+            if block:  # block 0 is warm-up
+                lat += [float(v) for v in line.split()]
+            if self.args.verbs_device:
+                verbs["busy"].append(self.verbs_block(per, 18515 + 2 * block))
+                verbs["events"].append(self.verbs_block(per, 18516 + 2 * block, "-e"))
+        views = [
+            control_call(d / "control.sock", "stats")["links"].get(key, {}).get("request_latency")
+            or {}
+            for d, key in ((dirs[0], "shard:2"), (dirs[1], "local"))
+        ]
+        client.stdin.close()
+        client.wait(EXIT_WAIT)
         echo.terminate()
-        echo.wait(5)
-        if r.returncode != 0:
-            raise SystemExit(f"C shard client failed (exit {r.returncode}): {r.stderr.strip()}")
-        return parse_kv(r.stdout)
+        echo.wait(EXIT_WAIT)
+        out = {
+            "p50_us": pct(lat, 50),
+            "p99_us": pct(lat, 99),
+            "a_view_p50_us": float(views[0].get("p50_us") or 0),
+            "b_view_p50_us": float(views[1].get("p50_us") or 0),
+        }
+        if self.args.verbs_device:
+            out["verbs_us"] = statistics.median(verbs["busy"][1:])
+            out["verbs_events_us"] = statistics.median(verbs["events"][1:])
+        return out
+
+    def verbs_block(self, iters: int, port: int, *options: str) -> float:
+        """ibv_rc_pingpong on ``--verbs-device`` with frame-sized messages: its usec/iter."""
+        argv = ["ibv_rc_pingpong", "-d", self.args.verbs_device, "-g", "0",
+                "-s", str(FRAME_SIZE), "-n", str(iters), "-p", str(port), *options]  # fmt: skip
+        server = self.spawn(None, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # under TCG the server takes seconds to listen: a client that comes too early gives
+        # up, and the server would then wait for ever
+        deadline = time.monotonic() + EXIT_WAIT
+        listening = re.compile(rf":{port:04X} 0+:0000 0A ")
+        while not any(listening.search(Path(f).read_text()) for f in TCP_TABLES):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"ibv_rc_pingpong server on port {port} did not listen")
+            time.sleep(0.1)
+        r = subprocess.run([*argv, "127.0.0.1"], capture_output=True, text=True, timeout=600)
+        server.wait(EXIT_WAIT)
+        m = re.search(r"([0-9.]+) usec/iter", r.stdout + r.stderr)
+        if m is None:
+            raise SystemExit(f"ibv_rc_pingpong {' '.join(options)} failed: {r.stdout}{r.stderr}")
+        return float(m.group(1))
 
     def role_c(self, exe: Path) -> None:
         proc = self.spawn(
@@ -429,7 +485,7 @@ class Bench:
         assert sink.stdout is not None
         res = json.loads(sink.stdout.readline())
         s.close()
-        sink.wait(10)
+        sink.wait(EXIT_WAIT)
         if res["count"] < n:
             raise SystemExit(f"sink got {res['count']} of {n} frames")
         return float(n / (res["t_last"] - t0))
@@ -448,11 +504,11 @@ class Bench:
         print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips; "
               f"CPUs {cpus}")  # fmt: skip
         dirs = self.start_routers()
+        router_c = self.router_c(dirs)
         router_lat, raw_lat, api_lat = self.latency(dirs)
         lean = {"p50_us": pct(router_lat, 50), "p99_us": pct(router_lat, 99)}
         raw_py = {"p50_us": pct(raw_lat, 50), "p99_us": pct(raw_lat, 99)}
         api = {"p50_us": pct(api_lat, 50), "p99_us": pct(api_lat, 99)}
-        router_c = self.router_c(dirs)
         raw_c = self.raw_c()
         rates = [self.throughput(dirs) for _ in range(self.args.rounds)]
         rate = statistics.median(rates)
@@ -463,8 +519,11 @@ class Bench:
         print(f"(a) router RTT, lean client:       p50 {lean['p50_us']:.1f} us  "
               f"p99 {lean['p99_us']:.1f} us")  # fmt: skip
         if router_c:
-            print(f"(a') router RTT, C shard ends:     p50 {router_c['p50_us']:.1f} us  "
+            c50, a50, b50 = (router_c[k] for k in ("p50_us", "a_view_p50_us", "b_view_p50_us"))
+            print(f"(a') router RTT, C shard ends:     p50 {c50:.1f} us  "
                   f"p99 {router_c['p99_us']:.1f} us")  # fmt: skip
+            print(f"     its spans (p50s): router A's view (A->B->echo->B->A) {a50} us, B's "
+                  f"view of its shard (B->echo->B) {b50} us")  # fmt: skip
         print(f"    router RTT, ShardClient.request: p50 {api['p50_us']:.1f} us  "
               f"p99 {api['p99_us']:.1f} us")  # fmt: skip
         lat = stats.get("request_latency", {})
@@ -483,10 +542,20 @@ class Bench:
                   f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip
         print(f"(c) one-way throughput, one link:  {rate:,.0f} msgs/s "
               f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        if router_c and "verbs_us" in router_c:
+            print(f"    ibv_rc_pingpong between them:  {router_c['verbs_us']:.1f} us busy-polled, "
+                  f"{router_c['verbs_events_us']:.1f} us with -e (medians of the blocks' "
+                  "means)")  # fmt: skip
         if router_c and raw_c:
+            verbs = (
+                f" verbs_rtt_us={router_c['verbs_us']:.1f} "
+                f"verbs_events_rtt_us={router_c['verbs_events_us']:.1f}"
+                if "verbs_us" in router_c
+                else ""
+            )
             print(
                 f"router_c_rtt_us={router_c['p50_us']:.1f} raw_c_rtt_us={raw_c['p50_us']:.1f} "
-                f"ratio_c={router_c['p50_us'] / raw_c['p50_us']:.2f}"
+                f"ratio_c={router_c['p50_us'] / raw_c['p50_us']:.2f}{verbs}"
             )
         ratio = lean["p50_us"] / raw_py["p50_us"]
         print(
@@ -508,6 +577,11 @@ def main() -> int:
         "that bench/rdma.py boots)",
     )  # fmt: skip
     ap.add_argument("--rdma-device", default="", help="with --transport rdma (default: first)")
+    ap.add_argument(
+        "--verbs-device", default="",
+        help="run ibv_rc_pingpong on this RDMA device between the C shard ends' blocks "
+        "(the raw verbs round trip, frame-sized messages, busy-polled and with -e)",
+    )  # fmt: skip
     ap.add_argument("--busy-poll-us", type=float, help="routers' busy_poll_us (default: theirs)")
     ap.add_argument("--busy-poll-cpu", type=float, help="routers' busy_poll_cpu (default: theirs)")
     ap.add_argument(

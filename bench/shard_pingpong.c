@@ -7,10 +7,10 @@
  *   shard_pingpong echo SOCK SHARD [spin]
  *       registers as SHARD on the router's UNIX socket SOCK, prints "ready",
  *       answers every request by rewriting its header (PIO_REQ -> PIO_REPLY)
- *   shard_pingpong client SOCK SHARD DST ITERS [spin]
- *       registers, sends ITERS PIO_REQs to shard DST one at a time (after
- *       ITERS/10 of warm-up), each waiting for its reply; prints
- *       "p50_us=X p99_us=Y"
+ *   shard_pingpong client SOCK SHARD DST [spin]
+ *       registers, prints "ready"; then for each count N read from stdin
+ *       sends N PIO_REQs to shard DST one at a time, each waiting for its
+ *       reply, and prints their latencies (microseconds) on one line
  *
  * "spin" busy-polls reads (non-blocking recv in a loop) instead of sleeping.
  * The frame layout is the QEMU series' own header (hw/dqemu/proto.h, taken out
@@ -185,58 +185,59 @@ static void echo(int fd)
     }
 }
 
-static int cmp(const void *a, const void *b)
+/* one round trip of request ``rid``: its latency in microseconds */
+static double round_trip(int fd, void *f, size_t len, uint64_t rid)
 {
-    double x = *(const double *)a, y = *(const double *)b;
+    struct timespec t0, t1;
+    DQHeader *h;
 
-    return x < y ? -1 : x > y;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    send_all(fd, f, len);
+    do {
+        h = next_frame(fd);
+    } while (!((h->flags & DQ_FLAG_REPLY) && h->request_id == rid));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (h->flags & DQ_FLAG_ERROR) {
+        fprintf(stderr, "shard_pingpong: request %llu answered by an error\n",
+                (unsigned long long)rid);
+        exit(1);
+    }
+    return (t1.tv_sec - t0.tv_sec) * 1e6 + (t1.tv_nsec - t0.tv_nsec) / 1e3;
 }
 
-static void client(int fd, uint16_t shard, uint16_t dst, int iters)
+/* per line of stdin, a count: that many round trips, their latencies */
+static void client(int fd, uint16_t shard, uint16_t dst)
 {
     struct {
         DQHeader h;
         DQMsgPioReq r;
     } f;
-    double *lat = calloc((size_t)iters, sizeof(double));
     uint64_t rid = 10;
+    int n;
 
     memset(&f.r, 0, sizeof(f.r));
     f.r.port = 0x3F8;
     f.r.size = 1;
-    for (int i = -iters / 10; i < iters; i++) {
-        struct timespec t0, t1;
-        DQHeader *h;
-
-        header(&f.h, DQ_MSG_PIO_REQ, DQ_FLAG_WANT_REPLY, shard, dst,
-               sizeof(f.r), ++rid);
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        send_all(fd, &f, sizeof(f));
-        do {
-            h = next_frame(fd);
-        } while (!((h->flags & DQ_FLAG_REPLY) && h->request_id == rid));
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        if (h->flags & DQ_FLAG_ERROR) {
-            fprintf(stderr, "shard_pingpong: request %d answered by an "
-                    "error\n", i);
-            exit(1);
+    printf("ready\n");
+    fflush(stdout);
+    while (scanf("%d", &n) == 1) {
+        for (int i = 0; i < n; i++) {
+            header(&f.h, DQ_MSG_PIO_REQ, DQ_FLAG_WANT_REPLY, shard, dst,
+                   sizeof(f.r), ++rid);
+            printf("%s%.2f", i ? " " : "", round_trip(fd, &f, sizeof(f), rid));
         }
-        if (i >= 0) {
-            lat[i] = (t1.tv_sec - t0.tv_sec) * 1e6 +
-                     (t1.tv_nsec - t0.tv_nsec) / 1e3;
-        }
+        printf("\n");
+        fflush(stdout);
     }
-    qsort(lat, (size_t)iters, sizeof(double), cmp);
-    printf("p50_us=%.2f p99_us=%.2f\n", lat[iters / 2], lat[iters * 99 / 100]);
 }
 
 int main(int argc, char **argv)
 {
     int fd;
 
-    if (argc < 4 || (strcmp(argv[1], "echo") && argc < 6)) {
+    if (argc < 4 || (strcmp(argv[1], "echo") && argc < 5)) {
         fprintf(stderr, "usage: %s echo SOCK SHARD [spin] | "
-                "client SOCK SHARD DST ITERS [spin]\n", argv[0]);
+                "client SOCK SHARD DST [spin]\n", argv[0]);
         return 2;
     }
     spin = strcmp(argv[argc - 1], "spin") == 0;
@@ -247,7 +248,6 @@ int main(int argc, char **argv)
         echo(fd);
         return 0;
     }
-    client(fd, (uint16_t)atoi(argv[3]), (uint16_t)atoi(argv[4]),
-           atoi(argv[5]));
+    client(fd, (uint16_t)atoi(argv[3]), (uint16_t)atoi(argv[4]));
     return 0;
 }
