@@ -7,6 +7,9 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 (a) router round trip: a client on A's UNIX socket sends PIO_REQ to shard 2 -> router A ->
     TCP -> router B -> an echo client on B's UNIX socket, which answers PIO_REPLY back the
     same way. Reported for a lean synchronous client (headline) and for ShardClient.request.
+(a') the same round trip between two C shard ends (bench/shard_pingpong.c, compiled now
+    against the QEMU series' own header): what talks to a router is C (QEMU), so this is
+    the routers' and their link's figure, without a Python client's and echo's cost.
 (b) raw one-hop ping-pong of the same frame size from A's namespace to B's over the veth,
     in Python (blocking sockets, TCP_NODELAY; run in blocks interleaved with (a) so both
     see the same machine load) and in C (bench/pingpong.c, compiled now).
@@ -15,8 +18,10 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 ``--transport rdma`` links the two routers by RDMA (the raw figures stay TCP's).
 
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
-(raw = the Python one-hop p50). Needs root for namespaces; ``--no-netns`` runs everything
-on 127.0.0.1 instead. Every process and namespace is cleaned up on every exit path.
+(raw = the Python one-hop p50); the line before it, ``router_c_rtt_us=<p50>
+raw_c_rtt_us=<p50> ratio_c=<router/raw>``, is (a') against the C one-hop. Needs root for
+namespaces; ``--no-netns`` runs everything on 127.0.0.1 instead. Every process and
+namespace is cleaned up on every exit path.
 
 CPUs: by default every process of the bench runs on CPU 0 (``--cpus``). On a VM whose
 idle vCPUs halt, a wake-up that crosses CPUs costs tens of microseconds (the halted vCPU
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,11 +56,15 @@ from cluster.router import protocol as p  # noqa: E402
 from cluster.router.auth import generate_secret, write_secret_file  # noqa: E402
 from cluster.router.control import ControlError, control_call  # noqa: E402
 from loopback.netns import Topology, available  # noqa: E402
+from tests.support.proto_header import write_include_dir  # noqa: E402
 from tests.support.shard_client import ShardClient  # noqa: E402
 
 HDR = p.HEADER
 REQ_TYPE, REP_TYPE = p.MSG_PIO_REQ, p.MSG_PIO_REPLY
 FRAME_SIZE = p.HEADER_SIZE + 16  # PIO_REQ / PIO_REPLY
+# a bound for a hang, not a timing: in the RDMA test host (TCG) a role's exit took over 5 s
+EXIT_WAIT = 120
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")  # listening sockets: state 0A
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -73,6 +83,11 @@ def parse_cpus(text: str) -> set[int]:
         raise SystemExit(f"router_latency: --cpus {text!r}: this process may use CPUs "
                          f"{sorted(online)}")  # fmt: skip
     return cpus
+
+
+def parse_kv(text: str) -> dict[str, float]:
+    """``p50_us=X p99_us=Y`` (the C programs' output) -> a dict."""
+    return {k: float(v) for k, v in (kv.split("=") for kv in text.split())}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -334,7 +349,7 @@ class Bench:
                 raw_lat += rl
         s.close()
         raw.stdin.close()
-        raw.wait(5)
+        raw.wait(EXIT_WAIT)
         time.sleep(0.2)
         c = ShardClient.connect(dirs[0] / "shard.sock", 1, threaded=False)
         api_lat: list[float] = []
@@ -346,21 +361,104 @@ class Bench:
                 api_lat.append((time.perf_counter_ns() - t0) / 1000)
         c.close()
         echo.terminate()
-        echo.wait(5)
+        echo.wait(EXIT_WAIT)
         return router_lat, raw_lat, api_lat
 
-    def raw_c(self) -> dict[str, float] | None:
+    def compile_c(self, name: str) -> Path | None:
+        """bench/<name>.c built now (with the QEMU series' header), or None without gcc."""
         gcc = shutil.which("gcc")
         if gcc is None:
             return None
-        exe = self.tmp / "pingpong"
-        subprocess.run([gcc, "-O2", "-o", str(exe), str(ROOT / "bench" / "pingpong.c")], check=True)
+        exe = self.tmp / name
+        inc = write_include_dir(self.tmp / "include")
+        subprocess.run(
+            [gcc, "-O2", f"-I{inc}", "-o", str(exe), str(ROOT / "bench" / f"{name}.c")], check=True
+        )
+        return exe
+
+    def raw_c(self) -> dict[str, float] | None:
+        exe = self.compile_c("pingpong")
+        if exe is None:
+            return None
         self.role_c(exe)
         out = self.run_in(
             0, [str(exe), "client", self.ip[1], "7201", str(FRAME_SIZE), str(self.args.iters)]
         )
-        fields = dict(kv.split("=") for kv in out.split())
-        return {k: float(v) for k, v in fields.items()}
+        return parse_kv(out)
+
+    def router_c(self, dirs: list[Path]) -> dict[str, float] | None:
+        """(a'): the router round trip between two C shard ends (bench/shard_pingpong.c), in
+        blocks; with ``--verbs-device``, ibv_rc_pingpong's round trip (busy-polled and with
+        -e) runs between the blocks, so that both see the same machine load. Run first, so
+        that router A's request latencies (its view of shard 2) are the C ends' alone; router
+        B's view of its shard is read while the C echo is its shard."""
+        exe = self.compile_c("shard_pingpong")
+        if exe is None:
+            return None
+        echo = self.spawn(
+            None, [str(exe), "echo", str(dirs[1] / "shard.sock"), "2"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        client = self.spawn(
+            None, [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        assert echo.stdout is not None and client.stdin is not None and client.stdout is not None
+        if echo.stdout.readline().strip() != "ready" or client.stdout.readline() != "ready\n":
+            raise SystemExit("C shard ends failed to start (see the routers' logs)")
+        blocks = 10 if self.args.verbs_device else 1
+        per = max(50, self.args.iters // blocks)
+        lat: list[float] = []
+        verbs: dict[str, list[float]] = {"busy": [], "events": []}
+        for block in range(blocks + 1):
+            client.stdin.write(f"{per if block else max(10, per // 5)}\n")
+            line = client.stdout.readline()
+            if not line:
+                raise SystemExit("C shard client failed (its output ended)")
+            if block:  # block 0 is warm-up
+                lat += [float(v) for v in line.split()]
+            if self.args.verbs_device:
+                verbs["busy"].append(self.verbs_block(per, 18515 + 2 * block))
+                verbs["events"].append(self.verbs_block(per, 18516 + 2 * block, "-e"))
+        views = [
+            control_call(d / "control.sock", "stats")["links"].get(key, {}).get("request_latency")
+            or {}
+            for d, key in ((dirs[0], "shard:2"), (dirs[1], "local"))
+        ]
+        client.stdin.close()
+        client.wait(EXIT_WAIT)
+        echo.terminate()
+        echo.wait(EXIT_WAIT)
+        out = {
+            "p50_us": pct(lat, 50),
+            "p99_us": pct(lat, 99),
+            "a_view_p50_us": float(views[0].get("p50_us") or 0),
+            "b_view_p50_us": float(views[1].get("p50_us") or 0),
+        }
+        if self.args.verbs_device:
+            out["verbs_us"] = statistics.median(verbs["busy"][1:])
+            out["verbs_events_us"] = statistics.median(verbs["events"][1:])
+        return out
+
+    def verbs_block(self, iters: int, port: int, *options: str) -> float:
+        """ibv_rc_pingpong on ``--verbs-device`` with frame-sized messages: its usec/iter."""
+        argv = ["ibv_rc_pingpong", "-d", self.args.verbs_device, "-g", "0",
+                "-s", str(FRAME_SIZE), "-n", str(iters), "-p", str(port), *options]  # fmt: skip
+        server = self.spawn(None, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # under TCG the server takes seconds to listen: a client that comes too early gives
+        # up, and the server would then wait for ever
+        deadline = time.monotonic() + EXIT_WAIT
+        listening = re.compile(rf":{port:04X} 0+:0000 0A ")
+        while not any(listening.search(Path(f).read_text()) for f in TCP_TABLES):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"ibv_rc_pingpong server on port {port} did not listen")
+            time.sleep(0.1)
+        r = subprocess.run([*argv, "127.0.0.1"], capture_output=True, text=True, timeout=600)
+        server.wait(EXIT_WAIT)
+        m = re.search(r"([0-9.]+) usec/iter", r.stdout + r.stderr)
+        if m is None:
+            raise SystemExit(f"ibv_rc_pingpong {' '.join(options)} failed: {r.stdout}{r.stderr}")
+        return float(m.group(1))
 
     def role_c(self, exe: Path) -> None:
         proc = self.spawn(
@@ -387,7 +485,7 @@ class Bench:
         assert sink.stdout is not None
         res = json.loads(sink.stdout.readline())
         s.close()
-        sink.wait(10)
+        sink.wait(EXIT_WAIT)
         if res["count"] < n:
             raise SystemExit(f"sink got {res['count']} of {n} frames")
         return float(n / (res["t_last"] - t0))
@@ -406,6 +504,7 @@ class Bench:
         print(f"hosts: {where}; frame {FRAME_SIZE} bytes; {self.args.iters} round trips; "
               f"CPUs {cpus}")  # fmt: skip
         dirs = self.start_routers()
+        router_c = self.router_c(dirs)
         router_lat, raw_lat, api_lat = self.latency(dirs)
         lean = {"p50_us": pct(router_lat, 50), "p99_us": pct(router_lat, 99)}
         raw_py = {"p50_us": pct(raw_lat, 50), "p99_us": pct(raw_lat, 99)}
@@ -419,6 +518,12 @@ class Bench:
         dl_b = control_call(dirs[1] / "control.sock", "stats").get("data_loop", {})
         print(f"(a) router RTT, lean client:       p50 {lean['p50_us']:.1f} us  "
               f"p99 {lean['p99_us']:.1f} us")  # fmt: skip
+        if router_c:
+            c50, a50, b50 = (router_c[k] for k in ("p50_us", "a_view_p50_us", "b_view_p50_us"))
+            print(f"(a') router RTT, C shard ends:     p50 {c50:.1f} us  "
+                  f"p99 {router_c['p99_us']:.1f} us")  # fmt: skip
+            print(f"     its spans (p50s): router A's view (A->B->echo->B->A) {a50} us, B's "
+                  f"view of its shard (B->echo->B) {b50} us")  # fmt: skip
         print(f"    router RTT, ShardClient.request: p50 {api['p50_us']:.1f} us  "
               f"p99 {api['p99_us']:.1f} us")  # fmt: skip
         lat = stats.get("request_latency", {})
@@ -437,6 +542,21 @@ class Bench:
                   f"p99 {raw_c['p99_us']:.1f} us")  # fmt: skip
         print(f"(c) one-way throughput, one link:  {rate:,.0f} msgs/s "
               f"(rounds: {', '.join(f'{r:,.0f}' for r in rates)})")  # fmt: skip
+        if router_c and "verbs_us" in router_c:
+            print(f"    ibv_rc_pingpong between them:  {router_c['verbs_us']:.1f} us busy-polled, "
+                  f"{router_c['verbs_events_us']:.1f} us with -e (medians of the blocks' "
+                  "means)")  # fmt: skip
+        if router_c and raw_c:
+            verbs = (
+                f" verbs_rtt_us={router_c['verbs_us']:.1f} "
+                f"verbs_events_rtt_us={router_c['verbs_events_us']:.1f}"
+                if "verbs_us" in router_c
+                else ""
+            )
+            print(
+                f"router_c_rtt_us={router_c['p50_us']:.1f} raw_c_rtt_us={raw_c['p50_us']:.1f} "
+                f"ratio_c={router_c['p50_us'] / raw_c['p50_us']:.2f}{verbs}"
+            )
         ratio = lean["p50_us"] / raw_py["p50_us"]
         print(
             f"router_rtt_us={lean['p50_us']:.1f} raw_rtt_us={raw_py['p50_us']:.1f} "
@@ -457,6 +577,11 @@ def main() -> int:
         "that bench/rdma.py boots)",
     )  # fmt: skip
     ap.add_argument("--rdma-device", default="", help="with --transport rdma (default: first)")
+    ap.add_argument(
+        "--verbs-device", default="",
+        help="run ibv_rc_pingpong on this RDMA device between the C shard ends' blocks "
+        "(the raw verbs round trip, frame-sized messages, busy-polled and with -e)",
+    )  # fmt: skip
     ap.add_argument("--busy-poll-us", type=float, help="routers' busy_poll_us (default: theirs)")
     ap.add_argument("--busy-poll-cpu", type=float, help="routers' busy_poll_cpu (default: theirs)")
     ap.add_argument(

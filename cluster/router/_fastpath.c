@@ -848,9 +848,12 @@ static void handle_events(Engine *e, struct epoll_event *evs, int n)
             (void)r;
             continue;
         }
-        l = lookup(e, (unsigned long)evs[i].data.u64, &slot);
+        l = lookup(e, (unsigned long)(evs[i].data.u64 & ~RD_CHAN_TAG), &slot);
         if (!l || l->closed) {
             continue;
+        }
+        if (l->rdma) {
+            l->rdma->chan_ready = (evs[i].data.u64 & RD_CHAN_TAG) != 0;
         }
         if (evs[i].events & EPOLLOUT) {
             flush(e, slot);

@@ -35,8 +35,11 @@
 #define RD_NBUF 32
 #define RD_BUFSZ 16384
 #define RD_BATCH (RD_NBUF / 4)
+#define RD_SIGNAL (RD_NBUF / 4) /* one send in RD_SIGNAL asks for a completion */
 #define RD_PARAMS_SIZE 48
 #define RD_MAGIC "DQRDMA01"
+/* in the epoll tag of a link's completion channel, beside the link's handle */
+#define RD_CHAN_TAG (1ULL << 32)
 
 /* defined further on in _fastpath.c */
 static void lock(Engine *e);
@@ -61,7 +64,10 @@ struct RdmaLink {
     int to_return; /* receives reposted since we last told the peer */
     int send_free; /* send buffers not in flight */
     unsigned send_next;
+    int unsignaled; /* sends posted since the last signaled one */
+    uint64_t sends, send_cqes; /* posted, and completions of them taken */
     int polling;   /* served: in the epoll set, counted in nrdma */
+    int chan_ready; /* set by handle_events: the channel fd, not the socket */
     char dev[64];
 };
 
@@ -334,16 +340,27 @@ static int rd_connect(RdmaLink *r, const uint8_t *in, char *err, size_t errlen)
     return 0;
 }
 
-/* post one SEND_WITH_IMM of ``len`` bytes from send buffer ``i`` */
+/*
+ * Post one SEND_WITH_IMM of ``len`` bytes from send buffer ``i``. Only one
+ * send in RD_SIGNAL asks for a completion (its wr_id: how many sends it
+ * frees, itself and the unsignaled ones before it, which an RC queue pair
+ * completes in order): a completion per send would wake a sleeping data loop
+ * once more per message, for nothing but freeing its buffer. At most
+ * RD_SIGNAL - 1 < RD_NBUF sends wait unsignaled, so when no buffer is free
+ * a signaled send is in flight and its completion frees them. Errors
+ * complete every send, signaled or not.
+ */
 static int rd_post_send(RdmaLink *r, unsigned i, size_t len)
 {
+    int signal = r->unsignaled + 1 >= RD_SIGNAL;
     struct ibv_sge sge = {
         .addr = (uintptr_t)rd_sbuf(r, i), .length = (uint32_t)len,
         .lkey = r->mr->lkey
     };
     struct ibv_send_wr wr = {
-        .wr_id = i, .sg_list = &sge, .num_sge = len ? 1 : 0,
-        .opcode = IBV_WR_SEND_WITH_IMM, .send_flags = IBV_SEND_SIGNALED,
+        .wr_id = signal ? (uint64_t)r->unsignaled + 1 : 0, .sg_list = &sge,
+        .num_sge = len ? 1 : 0, .opcode = IBV_WR_SEND_WITH_IMM,
+        .send_flags = signal ? IBV_SEND_SIGNALED : 0,
         .imm_data = htonl((uint32_t)r->to_return),
     };
     struct ibv_send_wr *bad;
@@ -354,6 +371,8 @@ static int rd_post_send(RdmaLink *r, unsigned i, size_t len)
         r->credits--;
         r->send_free--;
         r->send_next = (r->send_next + 1) % RD_NBUF;
+        r->unsignaled = signal ? 0 : r->unsignaled + 1;
+        r->sends++;
     }
     return rc;
 }
@@ -433,7 +452,8 @@ static int rdma_poll(Engine *e, int slot)
                 return -1;
             }
             if (!(wc[i].opcode & IBV_WC_RECV)) {
-                r->send_free++;
+                r->send_free += (int)wc[i].wr_id;
+                r->send_cqes++;
                 more_out = 1;
                 continue;
             }
@@ -464,7 +484,12 @@ static int rdma_poll(Engine *e, int slot)
     return total;
 }
 
-/* LinkOps.read: the channel fd or the TCP socket is readable */
+/*
+ * LinkOps.read: the channel fd (``chan_ready``) or the TCP socket is
+ * readable. A wake-up by the channel takes one event (epoll is level-
+ * triggered: another one wakes it again) and never looks at the socket, so
+ * that it costs as few system calls as it can.
+ */
 static void rdma_read(Engine *e, int slot)
 {
     Link *l = e->links[slot];
@@ -474,6 +499,18 @@ static void rdma_read(Engine *e, int slot)
     char c;
     ssize_t k;
 
+    if (r->chan_ready) {
+        r->chan_ready = 0;
+        if (ibv_get_cq_event(r->ch, &cq, &ctx) == 0) {
+            ibv_ack_cq_events(cq, 1);
+        }
+        if (ibv_req_notify_cq(r->cq, 0)) {
+            rd_fail(e, slot, "cannot arm the completion queue", 0);
+            return;
+        }
+        rdma_poll(e, slot);
+        return;
+    }
     k = recv(l->fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
     if (k == 0) {
         close_link(e, slot, "remote gone: the peer router closed the "
@@ -488,16 +525,7 @@ static void rdma_read(Engine *e, int slot)
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         close_errno(e, slot, "remote gone: the RDMA link's TCP connection "
                     "failed", errno);
-        return;
     }
-    while (ibv_get_cq_event(r->ch, &cq, &ctx) == 0) {
-        ibv_ack_cq_events(cq, 1);
-    }
-    if (ibv_req_notify_cq(r->cq, 0)) {
-        rd_fail(e, slot, "cannot arm the completion queue", 0);
-        return;
-    }
-    rdma_poll(e, slot);
 }
 
 /* LinkOps.close: error the QP (flushes what is posted), tell the peer */
@@ -525,7 +553,7 @@ static int rdma_start(Engine *e, int slot)
     struct epoll_event ev = { 0 };
 
     ev.events = EPOLLIN;
-    ev.data.u64 = handle_of(slot, l);
+    ev.data.u64 = handle_of(slot, l) | RD_CHAN_TAG;
     if (epoll_ctl(e->ep, EPOLL_CTL_ADD, l->rdma->ch->fd, &ev) < 0) {
         return -1;
     }
@@ -655,10 +683,16 @@ static PyObject *Engine_rdma_info(Engine *e, PyObject *arg)
     if (l && l->rdma) {
         RdmaLink *r = l->rdma;
 
-        out = Py_BuildValue("{s:s,s:i,s:I,s:i,s:i,s:i}", "device", r->dev,
-                            "port", (int)r->port, "qp_num", r->qp->qp_num,
-                            "credits", r->credits, "to_return", r->to_return,
-                            "send_free", r->send_free);
+        out = Py_BuildValue("{s:s,s:i,s:I,s:i,s:i,s:i,s:i,s:K,s:K,s:i}",
+                            "device", r->dev, "port", (int)r->port,
+                            "qp_num", r->qp->qp_num, "credits", r->credits,
+                            "to_return", r->to_return,
+                            "send_free", r->send_free,
+                            "unsignaled", r->unsignaled,
+                            "sends", (unsigned long long)r->sends,
+                            "send_completions",
+                            (unsigned long long)r->send_cqes,
+                            "signal_every", RD_SIGNAL);
     }
     unlock(e);
     if (!l) {

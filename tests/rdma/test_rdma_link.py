@@ -94,6 +94,19 @@ def test_bursts_keep_order_both_ways(mesh2: InProcessMesh) -> None:
     c2.on(p.MSG_PIO_REQ, lambda f: p.PioReply(f.msg.data + 1, 0))  # type: ignore[attr-defined]
     for i in range(50):
         assert c1.request(2, p.PioReq(1, 1, 0, 0, i), timeout=10) == p.PioReply(i + 1, 0)
+    # only one send in signal_every asks for a completion (one per send would wake a sleeping
+    # data loop once more per message), and still every send buffer comes back
+    for me in (1, 2):
+        r = mesh2.routers[me]
+        info = r._data.engine.rdma_info(r.peers[3 - me].handle)
+        assert info is not None and info["sends"] >= 1_638_400 // 16384
+        assert info["send_completions"] <= info["sends"] // info["signal_every"] + 1, info
+
+        def all_back(r: Router = r, me: int = me) -> bool:
+            i = r._data.engine.rdma_info(r.peers[3 - me].handle)
+            return i is not None and i["send_free"] + i["unsignaled"] == 32
+
+        wait_for(all_back, 30, "every send buffer back")
 
 
 def _raw_peer(r2: Router) -> socket.socket:

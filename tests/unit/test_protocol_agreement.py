@@ -16,25 +16,12 @@ from pathlib import Path
 import pytest
 
 from cluster.router import protocol as p
+from tests.support.proto_header import HEADER_PATH, PATCH, extract_header
 
 ROOT = Path(__file__).resolve().parents[2]
-PATCH = ROOT / "qemu-patches" / "0002-dqemu-wire-protocol-header.patch"
 DOC = ROOT / "docs" / "protocol.md"
-HEADER_PATH = "include/hw/dqemu/proto.h"
 
 ALL_LAYOUTS = [p.HEADER_LAYOUT] + [c.LAYOUT for c in p.MESSAGES.values()]
-
-
-def extract_header(patch_text: str) -> str:
-    lines = patch_text.splitlines()
-    start = lines.index(f"+++ b/{HEADER_PATH}")
-    hunk = lines[start + 1]
-    m = re.match(r"@@ -0,0 \+1,(\d+) @@", hunk)
-    assert m, f"expected a new-file hunk, got {hunk!r}"
-    n = int(m.group(1))
-    body = lines[start + 2 : start + 2 + n]
-    assert all(line.startswith("+") for line in body)
-    return "\n".join(line[1:] for line in body) + "\n"
 
 
 @pytest.fixture(scope="module")
