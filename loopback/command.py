@@ -211,6 +211,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "accesses itself (default: on; docs/shard-design.md section 15); may override a --spec",
     )  # fmt: skip
     p.add_argument(
+        "--reply-read", choices=WAKEUP_CUT_MODES, default=None,
+        help="a vCPU polling for a PIO/MMIO reply reads it from the direct link itself "
+        "(default: on; docs/shard-design.md section 15); may override a --spec",
+    )  # fmt: skip
+    p.add_argument(
+        "--irq-in-rx", choices=WAKEUP_CUT_MODES, default=None,
+        help="the receive thread delivers another shard's interrupt itself instead of "
+        "waking the main loop (default: on; docs/shard-design.md section 15); may override "
+        "a --spec",
+    )  # fmt: skip
+    p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,
         help="what the routers' links run on: tcp, or rdma (RC queue pairs; fails before the "
         "VM starts if no RDMA device is usable; default: the spec's vm.transport, else tcp); "
