@@ -1,7 +1,7 @@
 """Leftovers of launchers that died without their teardown (SIGKILL, a crash), and
 ``dqemu cleanup``. Ray's node actors and VM controllers make their directories the same
-way (:func:`new_rundir`), and a node actor reaps its host's leftovers when it starts, as
-``dqemu cluster down`` does.
+way (:func:`new_rundir`): the next VM on that host reaps them (a node actor's host makes
+its run directory as a launcher does), and so does ``dqemu cluster down``.
 
 A SIGKILLed launcher's children die with it (PR_SET_PDEATHSIG), but its network
 namespaces (with their ``/run/netns`` mounts), its run directory and any RAM file not yet

@@ -59,7 +59,7 @@ from cluster.vm.host import (
 from cluster.vm.plan import VMPlan
 from loopback.host import LoopbackHost
 from loopback.procs import Child, Supervisor
-from loopback.stale import new_rundir, reap_stale
+from loopback.stale import new_rundir
 
 NAMESPACE = "dqemu"
 ACTOR_PREFIX = "dqemu-node-"
@@ -223,9 +223,6 @@ class NodeActor:
         self.boot_dirs: dict[str, Path] = {}  # each VM's shipped boot files
         self.tickets: dict[str, str] = {}  # each VM's lifeline ticket (its controller's)
         self.lock = threading.RLock()
-        for name in reap_stale():  # a node actor that was killed left these on this host
-            print(f"dqemu: removed {name}, left by a process that no longer runs",
-                  file=sys.stderr)  # fmt: skip
         self.lifeline = LifelineServer(self.ip, on_gone=self._controller_gone)
         threading.Thread(target=self._watch_leases, name="leases", daemon=True).start()
         threading.Thread(target=self._watch_raylet, name="raylet", daemon=True).start()

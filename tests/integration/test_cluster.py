@@ -667,7 +667,7 @@ def test_a_dead_controller_node_actor_or_driver_ends_the_vm(
         assert _wait_for(lambda n=n: not _vm_children(n.netns), 60), _vm_children(n.netns)
     assert _wait_for(lambda: not _in_netns(cluster.head.netns, "VMController"), 120)
     # what the SIGKILLed controller (ctl) and node actor (act) could not remove, the next
-    # reap on their host removes (a new node actor's, a launcher's or `dqemu cleanup`)
+    # reap on their host removes (the next VM's there, a launcher's or `dqemu cleanup`)
     tmp = Path(tempfile.gettempdir())
     left = sorted(tmp.glob("dqemu-*-vm-ctl-*")) + sorted(tmp.glob("dqemu-*-boot-act-*"))
     assert left, "the killed processes' directories were not found"
