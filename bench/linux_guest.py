@@ -183,13 +183,15 @@ VM_CHOICES = (
     ("posted_writes", POSTED_WRITES_MODES, "auto"),
     ("reply_poll", WAKEUP_CUT_MODES, "on"),
     ("serve_in_rx", WAKEUP_CUT_MODES, "on"),
+    ("reply_read", WAKEUP_CUT_MODES, "on"),
+    ("irq_in_rx", WAKEUP_CUT_MODES, "on"),
 )
 
 
 def add_vm_choices(ap: argparse.ArgumentParser, paths_default: str, what: str) -> None:
     """The benches' ``--data-paths`` (``args.data_paths``: the checked list; ``what``: the
-    runs it applies to), ``--posted-writes``, ``--reply-poll`` and ``--serve-in-rx`` (None:
-    the spec's default)."""
+    runs it applies to) and one flag per entry of ``VM_CHOICES`` (``--posted-writes``,
+    ``--reply-poll``, ...; None: the spec's default)."""
     ap.add_argument(
         "--data-paths", type=_data_paths_arg, default=paths_default,
         help=f"data paths of {what}, comma-separated ({', '.join(DATA_PATHS)}; "

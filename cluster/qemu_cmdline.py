@@ -140,6 +140,10 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += ",reply-poll=off"
     if spec.serve_in_rx == "off":
         obj += ",serve-in-rx=off"
+    if spec.reply_read == "off":
+        obj += ",reply-read=off"
+    if spec.irq_in_rx == "off":
+        obj += ",irq-in-rx=off"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

@@ -119,9 +119,13 @@ class VMSpec:
     code_announce: str = "fast"
     # issue 14's wake-up cuts (docs/shard-design.md §15), "on" (default) or "off" to measure
     # without: a vCPU polls for a short reply before it sleeps (0037); the owner's receive
-    # thread serves a UART/RTC/PIT/IOAPIC access itself instead of waking its main loop (0038)
+    # thread serves a UART/RTC/PIT/IOAPIC access itself instead of waking its main loop (0038);
+    # the polling vCPU reads its reply from the direct link itself (0039); the receive
+    # thread delivers another shard's interrupt itself (0041)
     reply_poll: str = "on"
     serve_in_rx: str = "on"
+    reply_read: str = "on"
+    irq_in_rx: str = "on"
     # seconds a router waits for a sign of life of a peer router (or of its own shard)
     # before it calls the link dead (docs/protocol.md, liveness); longer where hosts stall
     link_timeout: float = LINK_TIMEOUT
@@ -413,6 +417,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "code_announce": str,
             "reply_poll": str,
             "serve_in_rx": str,
+            "reply_read": str,
+            "irq_in_rx": str,
             "link_timeout": (int, float),
             **VM_OPTION_KEYS,
         },
@@ -527,6 +533,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)
     reply_poll = _vm_choice(r, vm, "reply_poll", WAKEUP_CUT_MODES)
     serve_in_rx = _vm_choice(r, vm, "serve_in_rx", WAKEUP_CUT_MODES)
+    reply_read = _vm_choice(r, vm, "reply_read", WAKEUP_CUT_MODES)
+    irq_in_rx = _vm_choice(r, vm, "irq_in_rx", WAKEUP_CUT_MODES)
     link_timeout = float(vm.get("link_timeout", LINK_TIMEOUT))
     low, high = LINK_TIMEOUT_RANGE
     if not low <= link_timeout <= high:
@@ -603,6 +611,8 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         code_announce=code_announce,
         reply_poll=reply_poll,
         serve_in_rx=serve_in_rx,
+        reply_read=reply_read,
+        irq_in_rx=irq_in_rx,
         link_timeout=link_timeout,
         **options,
     )
@@ -811,7 +821,7 @@ def flag_reader(flags: dict[tuple[str | None, str | None], str]) -> _Reader:
 # [vm] keys that have a flag of their own, which also overrides a --spec's
 VM_FLAG_KEYS = (
     "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
-    "serve_in_rx",
+    "serve_in_rx", "reply_read", "irq_in_rx",
 )  # fmt: skip
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
@@ -824,6 +834,8 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "code_announce"): "--code-announce",
     ("vm", "reply_poll"): "--reply-poll",
     ("vm", "serve_in_rx"): "--serve-in-rx",
+    ("vm", "reply_read"): "--reply-read",
+    ("vm", "irq_in_rx"): "--irq-in-rx",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",

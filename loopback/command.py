@@ -129,6 +129,18 @@ def report_end(result: VMResult) -> int:
     return result.exit_code
 
 
+# issue 14's wake-up cuts ([vm] reply_poll, serve_in_rx, reply_read, irq_in_rx): flag, what it does
+WAKEUP_CUT_FLAGS = (
+    ("--reply-poll", "a vCPU waiting for another shard's reply polls for it briefly before it "
+     "sleeps"),
+    ("--serve-in-rx", "the owner's receive thread serves another shard's UART, RTC, PIT and IOAPIC "
+     "accesses itself"),
+    ("--reply-read", "a vCPU polling for a PIO/MMIO reply reads it from the direct link itself"),
+    ("--irq-in-rx", "the receive thread delivers another shard's interrupt itself instead of "
+     "waking the main loop"),
+)  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "loopback",
@@ -200,16 +212,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "thread and remembered until the page is written) or plain (each through the "
         "main loops; docs/shard-design.md section 6); may override a --spec",
     )  # fmt: skip
-    p.add_argument(
-        "--reply-poll", choices=WAKEUP_CUT_MODES, default=None,
-        help="a vCPU waiting for another shard's reply polls for it briefly before it "
-        "sleeps (default: on; docs/shard-design.md section 15); may override a --spec",
-    )  # fmt: skip
-    p.add_argument(
-        "--serve-in-rx", choices=WAKEUP_CUT_MODES, default=None,
-        help="the owner's receive thread serves another shard's UART, RTC, PIT and IOAPIC "
-        "accesses itself (default: on; docs/shard-design.md section 15); may override a --spec",
-    )  # fmt: skip
+    for flag, what in WAKEUP_CUT_FLAGS:
+        p.add_argument(
+            flag, choices=WAKEUP_CUT_MODES, default=None,
+            help=f"{what} (default: on; docs/shard-design.md section 15); may override a --spec",
+        )  # fmt: skip
     p.add_argument(
         "--transport", choices=TRANSPORTS, default=None,
         help="what the routers' links run on: tcp, or rdma (RC queue pairs; fails before the "

@@ -114,8 +114,12 @@ def test_dqtest_passes(
         print("wake-up counters per shard:", run.wakeups)
         assert set(run.wakeups) == set(range(shards)), run.wakeups
         assert run.wakeups[0]["served_in_rx"] > 0, run.wakeups
+        # IPIs and device interrupts delivered by the receive thread (0041), on both paths
+        assert sum(w["irqs_in_rx"] for w in run.wakeups.values()) > 0, run.wakeups
         if data_path is None:
             assert sum(w["replies_polled"] for w in run.wakeups.values()) > 0, run.wakeups
+            # vCPUs read replies from the direct link themselves (0039)
+            assert sum(w["replies_read"] for w in run.wakeups.values()) > 0, run.wakeups
         if shards == 4:
             # dqtest's isairq unmask by cpu2 for cpu1 and by cpu3 for cpu2: the I/O shard
             # delivers to a third shard while serving the write, so the reply waits for the

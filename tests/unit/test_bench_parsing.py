@@ -109,6 +109,8 @@ def test_vm_choices_check_the_paths_when_parsed(capsys: pytest.CaptureFixture[st
     args = ap.parse_args([])
     assert (args.data_paths, args.posted_writes, args.reply_poll) == (["direct"], None, None)
     assert ap.parse_args(["--serve-in-rx", "off"]).serve_in_rx == "off"
+    assert ap.parse_args(["--reply-read", "off"]).reply_read == "off"
+    assert ap.parse_args(["--irq-in-rx", "off"]).irq_in_rx == "off"
     assert ap.parse_args(["--data-paths", "router,direct"]).data_paths == ["router", "direct"]
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["--data-paths", "fast"])

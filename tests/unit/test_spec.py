@@ -325,7 +325,12 @@ def test_code_announce_defaults_to_fast() -> None:
 
 def test_wakeup_cuts_default_to_on() -> None:
     spec = parse_spec(GOOD)
-    assert (spec.reply_poll, spec.serve_in_rx) == ("on", "on")
+    assert (spec.reply_poll, spec.serve_in_rx, spec.reply_read, spec.irq_in_rx) == ("on",) * 4
+    both = GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_read = "off"\nirq_in_rx = "off"')
+    assert (parse_spec(both).reply_read, parse_spec(both).irq_in_rx) == ("off", "off")
+    assert "vm.reply_read: 'no' is not one of on, off" in _err(
+        GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_read = "no"')
+    )
     off = GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_poll = "off"\nserve_in_rx = "off"')
     assert (parse_spec(off).reply_poll, parse_spec(off).serve_in_rx) == ("off", "off")
     assert "vm.serve_in_rx: 'yes' is not one of on, off" in _err(
