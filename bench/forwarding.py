@@ -12,7 +12,12 @@ The 2-shard run is made once per data path (``--data-paths``, default both: thro
 routers, and on direct shard-to-shard links, docs/protocol.md "Direct shard links").
 
 Per mechanism it prints the p50 of the local paths and of the forwarded paths. Only the
-pairs and CPUs that actually cross shards count as forwarded. Per data path it also prints
+pairs and CPUs that actually cross shards count as forwarded. ``pio`` and ``mmio`` are one
+access each (dqtest's ``pio_read``, a CMOS data read, and ``mmio_read``, an IOAPIC window
+read), so one forwarded round trip, comparable with the raw link's; ``ipi`` is a ping and
+its pong. The ``pair`` rows are dqtest's index-write-plus-data-read samples (``pio_cmos``,
+``mmio_ioapic``): two forwarded accesses each; before 2026-12-04 the ``pio`` and ``mmio``
+figures were these. Per data path it also prints
 the thread wake-ups per forwarded frame: the voluntary context switches of every thread of
 every shard QEMU and router of the run (getrusage of the reaped children), divided by the
 frames that crossed shards (the routers' counters, which include the direct links). It is
@@ -54,7 +59,13 @@ from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # no
 
 GROUPS = "pingpong,pio,mmio"
 # HPET counter reads are served by every shard (patch 0018), so MMIO means the IOAPIC.
-MECHANISMS = {"ipi": ("ipi_rtt",), "pio": ("pio_cmos",), "mmio": ("mmio_ioapic",)}
+# "pio" and "mmio" are one access each (a CMOS data read, an IOAPIC window read: one
+# forwarded round trip, set against the raw link's); the "pair" rows time dqtest's
+# index-write-plus-data-read samples, two forwarded accesses each, as printed before.
+MECHANISMS = {
+    "ipi": ("ipi_rtt",), "pio": ("pio_read",), "mmio": ("mmio_read",),
+    "pio pair": ("pio_cmos",), "mmio pair": ("mmio_ioapic",),
+}  # fmt: skip
 
 
 def label_cpus(label: str) -> list[int]:

@@ -64,7 +64,10 @@ def assert_full_pass(r: DqtestResult, output: str, machine: str = "q35") -> None
     pairs = {f"cpu{a}-cpu{b}" for a in range(VCPUS) for b in range(VCPUS) if a != b}
     assert set(rtt) == pairs
     assert all(lat.n == ITERS for lat in rtt.values())
-    for name in ("pio_cmos", "pio_pit", "mmio_ioapic", "mmio_hpet", "msi_edu", "intx_edu"):
+    for name in (
+        "pio_cmos", "pio_read", "pio_pit", "mmio_ioapic", "mmio_read", "mmio_hpet", "msi_edu",
+        "intx_edu",
+    ):  # fmt: skip
         assert len(r.latencies_named(name)) == VCPUS, name
     for source in ("pit", "hpet"):
         steered = [c for c in r.checks if c.description.startswith(f"irq {source} via ioapic")]

@@ -7,6 +7,11 @@
  * the HPET main counter (must never go backwards, also across CPUs), and the
  * CPU's own LAPIC version register as a local-MMIO baseline.  CPUs take turns,
  * so index/data register pairs are never used concurrently.
+ *
+ * pio_cmos and mmio_ioapic time an index write plus a data read: two accesses,
+ * and over shards two forwarded round trips.  pio_read and mmio_read time the
+ * data read alone (the index is written once before the loop): one access, the
+ * figure to set against one round trip of the link.
  */
 #include "dqtest.h"
 
@@ -24,6 +29,19 @@ static void cmos_run(void *p)
     for (size_t i = 0; i < a->n; i++) {
         uint64_t t0 = rdtsc_ordered();
         outb(0x70, 0x0d);
+        uint8_t v = inb(0x71);
+        samples[i] = rdtsc_ordered() - t0;
+        if (!(v & 0x80))
+            a->bad++;
+    }
+}
+
+static void cmos_read_run(void *p)
+{
+    struct io_args *a = p;
+    outb(0x70, 0x0d);
+    for (size_t i = 0; i < a->n; i++) {
+        uint64_t t0 = rdtsc_ordered();
         uint8_t v = inb(0x71);
         samples[i] = rdtsc_ordered() - t0;
         if (!(v & 0x80))
@@ -54,6 +72,20 @@ static void ioapic_run(void *p)
     for (size_t i = 0; i < a->n; i++) {
         uint64_t t0 = rdtsc_ordered();
         mmio_write32(base, 1);
+        uint32_t v = mmio_read32(base + 0x10);
+        samples[i] = rdtsc_ordered() - t0;
+        if (v != a->expect)
+            a->bad++;
+    }
+}
+
+static void ioapic_read_run(void *p)
+{
+    struct io_args *a = p;
+    uint64_t base = plat.ioapic[0].addr;
+    mmio_write32(base, 1);
+    for (size_t i = 0; i < a->n; i++) {
+        uint64_t t0 = rdtsc_ordered();
         uint32_t v = mmio_read32(base + 0x10);
         samples[i] = rdtsc_ordered() - t0;
         if (v != a->expect)
@@ -102,6 +134,11 @@ void test_pio(void)
         check(ran && !a.bad, "pio cmos 0x70/0x71 reg D from cpu%u (%u bad of %zu)", c, a.bad, a.n);
         report_lat("pio_cmos", label, samples, ran ? a.n : 0);
 
+        struct io_args r = {.n = opt.iters};
+        ran = smp_call(c, cmos_read_run, &r);
+        check(ran && !r.bad, "pio cmos 0x71 reg D read alone from cpu%u (%u bad of %zu)", c, r.bad, r.n);
+        report_lat("pio_read", label, samples, ran ? r.n : 0);
+
         struct io_args b = {.n = opt.iters};
         ran = smp_call(c, pit_run, &b);
         check(ran && (b.n < 2 || b.distinct > 0), "pio pit channel 0 latch/read from cpu%u counts (%lu changes)",
@@ -124,6 +161,12 @@ void test_mmio(void)
             bool ran = smp_call(c, ioapic_run, &a);
             check(ran && !a.bad, "mmio ioapic version read from cpu%u (%u mismatches of %zu)", c, a.bad, a.n);
             report_lat("mmio_ioapic", label, samples, ran ? a.n : 0);
+
+            struct io_args r = {.n = opt.iters, .expect = ver};
+            ran = smp_call(c, ioapic_read_run, &r);
+            check(ran && !r.bad, "mmio ioapic version read alone from cpu%u (%u mismatches of %zu)", c, r.bad,
+                  r.n);
+            report_lat("mmio_read", label, samples, ran ? r.n : 0);
         }
     } else {
         skip("mmio_ioapic", "no IOAPIC in the MADT");
