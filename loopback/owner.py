@@ -26,15 +26,21 @@ _SLACK_S = 0.05
 
 
 def process_start(pid: int) -> float | None:
-    """Wall-clock start time of ``pid``, or None if there is no such process."""
+    """Wall-clock start time of ``pid``, or None if there is no such process, or it has
+    ended and only waits for its parent to reap it (a zombie: a SIGKILLed launcher whose
+    parent, often init for a detached one, has not collected it yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError:
         return None
-    # field 22 (starttime, clock ticks since boot); the comm field may contain spaces
-    ticks = int(stat.rpartition(")")[2].split()[19])
+    # after the comm field (which may contain spaces): field 3 (state), field 22
+    # (starttime, clock ticks since boot)
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    ticks = int(fields[19])
     since_boot = ticks / os.sysconf("SC_CLK_TCK")
     boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return boot + since_boot

@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,8 +77,11 @@ def built() -> None:
 
 @pytest.fixture
 def no_leftovers() -> Iterator[None]:
-    """Fail the test if a process it started, or a dqemu shm file, outlives it."""
+    """Fail the test if a process it started, a dqemu shm file or a launcher's run
+    directory outlives it."""
     before = {p.name for p in Path("/dev/shm").glob("dqemu-*")}
+    tmp = Path(tempfile.gettempdir())
+    dirs_before = {p.name for p in tmp.glob("dqemu-*")}
     ours = _Descendants().start()
     try:
         yield
@@ -97,8 +101,19 @@ def no_leftovers() -> Iterator[None]:
         for name in {p.name for p in Path("/dev/shm").glob("dqemu-*")} - before
         if not _maker_alive(Path("/dev/shm") / name) and _maker_pid(name) in ours.pids
     )
+    # new run directories (/tmp/dqemu-<pid>-...) of a launcher that the test started (or
+    # of this process: an in-process run removes its own before it returns) and that no
+    # longer runs: nothing would remove them but the next launcher's reap
+    rundirs = sorted(
+        name
+        for name in {p.name for p in tmp.glob("dqemu-*")} - dirs_before
+        if (tmp / name).is_dir()
+        and _maker_pid(name) in ours.pids
+        and (_maker_pid(name) == os.getpid() or not _maker_alive(tmp / name))
+    )
     assert not left, f"processes left behind: {left}"
     assert not shm, f"shared memory left behind: {shm}"
+    assert not rundirs, f"run directories left behind: {rundirs}"
 
 
 class _Descendants:

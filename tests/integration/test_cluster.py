@@ -117,6 +117,16 @@ def test_node_actors_run_routers_that_mesh_across_nodes(cluster: lc.ClusterState
     assert got["killed_actor_router_gone"], "a router outlived its killed node actor"
     assert got["peer_down"]
     assert got["left_on_b"] == 0
+    # node1's actor made a run directory for its router (LoopbackHost.make_rundir) and was
+    # killed: like a SIGKILLed launcher's, it stays until the next reap on the host (the
+    # next VM's, `dqemu cleanup`, `cluster down`). Reap it here: the tests after this one
+    # found a dead maker's /tmp/dqemu-<pid>-* (ci22: test_up_interrupted_leaves_nothing)
+    actor = int(info[0]["pid"])
+    left = sorted(Path(tempfile.gettempdir()).glob(f"dqemu-{actor}-*"))
+    assert left, "the killed node actor's run directory was not found"
+    assert _wait_for(lambda: not psutil.pid_exists(actor), 60), f"node actor {actor} still runs"
+    reap_stale()
+    assert not [d for d in left if d.exists()], left
 
 
 def test_placement_on_the_cluster(cluster: lc.ClusterState) -> None:

@@ -142,6 +142,29 @@ def test_maker_alive_sees_pid_reuse(tmp_path: Path) -> None:
     assert not maker_alive(p.pid, f)  # and a dead one is not either
 
 
+def test_a_zombie_maker_is_not_alive(tmp_path: Path) -> None:
+    """A SIGKILLed launcher that its parent has not reaped yet has ended: its leftovers are
+    stale. (A detached launcher's parent is init; `dqemu cleanup` right after its SIGKILL
+    found it a zombie and left its run directory and namespaces, test_control.)"""
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.05)
+        f = tmp_path / "thing"
+        f.write_text("")
+        time.sleep(0.05)
+        assert maker_alive(p.pid, f)
+        p.kill()  # not waited for: a zombie until p.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{p.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed process did not become a zombie"
+            time.sleep(0.01)
+        assert process_start(p.pid) is None
+        assert not maker_alive(p.pid, f)
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_reap_stale_removes_only_dead_launchers_leftovers(tmp_path: Path) -> None:
     tmp, shm = tmp_path / "tmp", tmp_path / "shm"
     tmp.mkdir()

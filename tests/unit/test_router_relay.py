@@ -64,6 +64,13 @@ def _threads(pid: int) -> int:
     raise AssertionError("no Threads line")
 
 
+def _counted(proc: RouterProcess) -> int:
+    """Inbound TCP connections the router has accepted so far (each one is either handed
+    to a handshake thread or dropped at once, and counted as such)."""
+    hs = proc.control("stats")["handshakes"]
+    return int(hs["inbound_accepted"]) + int(hs["inbound_dropped_busy"])
+
+
 def test_connection_flood_is_bounded(tmp_path: Path) -> None:
     """1000 connections that never finish a handshake: few threads, few log lines, and the
     router answers its control socket and forwards traffic meanwhile."""
@@ -77,6 +84,7 @@ def test_connection_flood_is_bounded(tmp_path: Path) -> None:
         clients[2].on(p.MSG_PIO_REQ, lambda f: p.PioReply(3, 0))
         base = _threads(r2.proc.pid)
         log_before = len(r2.log().splitlines())
+        counted_before = _counted(r2)  # router 1's link
         conns: list[socket.socket] = []
         peak = base
         t0 = time.monotonic()
@@ -93,11 +101,18 @@ def test_connection_flood_is_bounded(tmp_path: Path) -> None:
                     # responsive meanwhile: control API and forwarding
                     assert r2.control("health")["peers"]["1"]["state"] == "up"
             assert clients[1].request(2, p.PioReq(1, 1, 0, 0, 0), timeout=5.0) == p.PioReply(3, 0)
+            assert len(conns) >= n - 10, len(conns)
+            # connect() returns once the kernel has queued the connection on the listening
+            # socket (backlog 64), not once the router has accepted it: the housekeeping
+            # thread accepts one per select round and shares the GIL with the handshake
+            # threads, so under load it may still have dozens to take here (seen: 982 of 1000
+            # counted). The count is checked once the router has taken them all.
+            wait_for(lambda: _counted(r2) - counted_before >= len(conns), timeout=15.0,
+                     what="the router to accept every connection")  # fmt: skip
             peak = max(peak, _threads(r2.proc.pid))
             assert peak <= base + MAX_INBOUND_HANDSHAKES + 2, (base, peak)
             hs = r2.control("stats")["handshakes"]
             assert hs["inbound_in_progress"] <= MAX_INBOUND_HANDSHAKES, hs
-            assert hs["inbound_accepted"] + hs["inbound_dropped_busy"] >= n - 10, hs
         finally:
             for s in conns:
                 s.close()
