@@ -8,9 +8,11 @@ the machine's load hits every layout alike. Prints every boot as it ends, then o
 layout (medians over the runs) and per sharded layout the shards' own counters (each
 shard logs them as it exits; medians): the posted writes sent (docs/shard-design.md,
 "Posted writes") and the synchronous code announcements and invalidations (§6) with the
-seconds spent waiting for their acks, summed over the shards. Then the load average, a
-line of ratios against one shard per data path (``<path>: boot_ratio_2=<x>
-boot_ratio_4=<y>``) and, last, the default path's (the spec's, direct):
+seconds spent waiting for their acks, summed over the shards. Then the load average, the
+same ratios over the guest's own clock at power-off (``guest_ratio_2``, ``guest_ratio_4``:
+the boot without the launcher's set-up and teardown of namespaces, routers and shards,
+which the wall time includes), a line of ratios against one shard per data path
+(``<path>: boot_ratio_2=<x> boot_ratio_4=<y>``) and, last, the default path's (the spec's, direct):
 ``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from the repository with the venv's python:
 ``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--data-paths router,direct]
 [--posted-writes off|auto|on]``.
@@ -74,6 +76,14 @@ def main() -> int:
         p: " ".join(f"boot_ratio_{n}={medians[Layout(n, p)] / one:.2f}" for n in (2, 4))
         for p in paths
     }
+    # the same over the guest's own clock at power-off (no launcher set-up or teardown)
+    guest = {layout: statistics.median(c["guest_s"] for _, c in runs[layout]) for layout in runs}
+    one_guest = guest[Layout(1)]
+    print(f"guest_s_median shards=1 {one_guest:.2f}")
+    for p in paths:
+        print(f"{p}: " + " ".join(
+            f"guest_ratio_{n}={guest[Layout(n, p)] / one_guest:.2f}" if one_guest else
+            f"guest_ratio_{n}=None" for n in (2, 4)))  # fmt: skip
     for p, line in ratios.items():
         print(f"{p}: {line}")
     print(ratios.get(default_data_path(), ratios[paths[0]]))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -34,10 +33,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from forwarding import raw_link_rtt_us  # noqa: E402
 
-from bench.linux_guest import boot_cpus  # noqa: E402
+from bench.linux_guest import boot_cpus, guest_seconds  # noqa: E402
 from cluster.router.stats import LatencyHistogram  # noqa: E402
-
-POWER_DOWN = re.compile(r"^\[\s*(\d+\.\d+)\] reboot: Power down", re.M)
 
 
 def boot_once(mode: str, vcpus: int, timeout: int) -> tuple[float, float, list[dict[str, Any]]]:
@@ -47,9 +44,8 @@ def boot_once(mode: str, vcpus: int, timeout: int) -> tuple[float, float, list[d
         run = boot_cpus(
             vcpus, 2, "--memory-mode", mode, "--stats-file", str(stats), timeout=timeout
         )
-        m = POWER_DOWN.search(run.stdout)
         routers = json.loads(stats.read_text()).get("routers", []) if stats.exists() else []
-        return run.elapsed, float(m.group(1)) if m else 0.0, routers
+        return run.elapsed, guest_seconds(run) or 0.0, routers
 
 
 def merged(routers: list[dict[str, Any]], kind: str) -> LatencyHistogram:

@@ -27,6 +27,7 @@ FIGURES = (
     "invalidate_wait_s",
 )  # fmt: skip
 KV = re.compile(r"DQ KV ([A-Za-z0-9_.-]+)=(.*)")
+POWER_DOWN = re.compile(r"^\[\s*(\d+\.\d+)\] reboot: Power down", re.M)
 
 
 class BenchError(SystemExit):
@@ -139,12 +140,22 @@ def boot_cpus(vcpus: int, shards: int, *extra: str, timeout: float = 600) -> Gue
     return checked(run, what, "online_cpus", str(vcpus))
 
 
+def guest_seconds(run: GuestRun) -> float | None:
+    """The guest kernel's own clock when it powered off (the time stamp of its ``reboot:
+    Power down`` line): its boot and test, without the launcher's set-up and teardown of
+    the shards, routers and namespaces; None if the line did not come."""
+    m = POWER_DOWN.search(run.stdout)
+    return float(m.group(1)) if m else None
+
+
 def boot_once(vcpus: int, shards: int, *extra: str) -> tuple[float, dict[str, float]]:
     """One ``dq.run=cpus`` boot (``extra``: loopback arguments): its wall time and the
-    shards' counters."""
+    shards' counters, with ``guest_s`` (`guest_seconds`, 0 if unknown) among them."""
     with tempfile.TemporaryDirectory(prefix="dqemu-boot-bench-") as logs:
         run = boot_cpus(vcpus, shards, "--log-dir", logs, *extra)
-        return run.elapsed, summed_counters(Path(logs))
+        counters = summed_counters(Path(logs))
+        counters["guest_s"] = guest_seconds(run) or 0.0
+        return run.elapsed, counters
 
 
 def summed_counters(log_dir: Path) -> dict[str, float]:

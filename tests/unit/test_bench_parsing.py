@@ -13,6 +13,7 @@ from bench.linux_guest import (
     add_vm_choices,
     checked,
     data_paths,
+    guest_seconds,
     loopback_cmd,
     read_kv,
     vm_flags,
@@ -124,3 +125,10 @@ def test_boot_alternates_the_paths_run_by_run() -> None:
         (1, None), (2, "router"), (2, "direct"), (4, "router"), (4, "direct")
     ]  # fmt: skip
     assert run_order(1, ["router", "direct"])[1:3] == [(2, "direct"), (2, "router")]
+
+
+def test_guest_seconds_is_the_power_off_time_stamp() -> None:
+    out = "[    0.000000] Linux version 6.1\n[    9.876543] reboot: Power down\n"
+    assert guest_seconds(GuestRun(12.0, 0, out, "")) == pytest.approx(9.876543)
+    # no power-off line (a run that ended otherwise): unknown, not 0
+    assert guest_seconds(GuestRun(12.0, 1, "[    1.0] panic\n", "")) is None
