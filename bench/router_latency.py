@@ -117,7 +117,11 @@ def register(path: str, shard: int) -> socket.socket:
 
 
 def role_echo(path: str, shard: int) -> None:
-    """Answer every request by rewriting its header in place (PIO_REQ -> PIO_REPLY)."""
+    """Answer every request by rewriting its header in place (PIO_REQ -> PIO_REPLY); drop
+    every other frame, as a real shard does. Sent back, the router's LINK_STATE UP (to this
+    shard, dst = its own id) would come straight back (a frame from a shard to its own id
+    is delivered to that shard) and bounce between the router and the echo for ever,
+    loading both under every round trip (bench/shard_pingpong.c's echo did the same)."""
     s = register(path, shard)
     print("ready", flush=True)
     buf = bytearray(1 << 20)
@@ -129,16 +133,20 @@ def role_echo(path: str, shard: int) -> None:
         if not n:
             return
         end += n
-        out_start = start
+        spans: list[tuple[int, int]] = []  # the requests' bytes, adjacent ones merged
         while end - start >= 24:
             magic, ver, _t, flags, src, dst, length, rid = unpack_from(buf, start)
             if end - start < 24 + length:
                 break
             if flags & p.FLAG_WANT_REPLY:
                 pack_into(buf, start, magic, ver, REP_TYPE, p.FLAG_REPLY, dst, src, length, rid)
+                if spans and spans[-1][1] == start:
+                    spans[-1] = (spans[-1][0], start + 24 + length)
+                else:
+                    spans.append((start, start + 24 + length))
             start += 24 + length
-        if start > out_start:
-            s.sendall(mv[out_start:start])
+        for a, b in spans:
+            s.sendall(mv[a:b])
         if start == end:
             start = end = 0
         elif start > len(buf) // 2:

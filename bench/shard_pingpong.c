@@ -7,6 +7,7 @@
  *   shard_pingpong echo SOCK SHARD [spin]
  *       registers as SHARD on the router's UNIX socket SOCK, prints "ready",
  *       answers every request by rewriting its header (PIO_REQ -> PIO_REPLY)
+ *       and drops every other frame
  *   shard_pingpong client SOCK SHARD DST [spin]
  *       registers, prints "ready"; then for each count N read from stdin
  *       sends N PIO_REQs to shard DST one at a time, each waiting for its
@@ -159,17 +160,26 @@ static int do_register(const char *path, uint16_t shard)
     }
 }
 
+/*
+ * Answer what came in together with one write, as the Python echo. Only
+ * requests are answered; anything else (the router's LINK_STATE UP, sent to
+ * this shard with dst = its own id) is dropped, as a real shard does: sent
+ * back, it would come straight back from the router (a frame from a shard
+ * to its own id is delivered to that shard), and bounce between the two for
+ * ever, keeping the router and the echo busy under every round trip.
+ */
 static void echo(int fd)
 {
+    static uint8_t out[BUFSZ];
+
     for (;;) {
-        size_t from;
+        size_t n = 0;
 
         while (!whole_frame()) {
             fill(fd);
         }
-        /* answer what came in together with one write, as the Python echo */
-        from = start;
         while (whole_frame()) {
+            size_t from = start;
             DQHeader *h = next_frame(fd);
 
             if (h->flags & DQ_FLAG_WANT_REPLY) {
@@ -179,9 +189,13 @@ static void echo(int fd)
                 h->flags = DQ_FLAG_REPLY;
                 h->src = h->dst;
                 h->dst = s;
+                memcpy(out + n, buf + from, start - from);
+                n += start - from;
             }
         }
-        send_all(fd, buf + from, start - from);
+        if (n) {
+            send_all(fd, out, n);
+        }
     }
 }
 
