@@ -40,7 +40,7 @@ from cluster.vm.exit_policy import (
 from cluster.vm.host import QMPEvent, QMPLink, ShardHost, Started
 from cluster.vm.plan import VMPlan
 from cluster.vm.serial_hub import SerialHub
-from cluster.vm.signals import Terminated, terminate_on_signals
+from cluster.vm.signals import SignalGuard, Terminated, terminate_on_signals
 
 START_TIMEOUT = 30.0
 # DQEMU_START_TIMEOUT (seconds) replaces it where everything is slow: in the RDMA test host
@@ -92,13 +92,14 @@ class Silence:
 
 
 @contextlib.contextmanager
-def _signals_guard() -> Iterator[None]:
-    """SIGTERM/SIGHUP as :class:`Terminated`, where signals can be handled (the main thread)."""
+def _signals_guard() -> Iterator[SignalGuard]:
+    """SIGTERM/SIGHUP as :class:`Terminated`, where signals can be handled (the main
+    thread); elsewhere a guard whose ``defer()`` does nothing."""
     if threading.current_thread() is threading.main_thread():
-        with terminate_on_signals():
-            yield
+        with terminate_on_signals() as guard:
+            yield guard
     else:
-        yield
+        yield SignalGuard()
 
 
 class VMOrchestrator:
@@ -148,8 +149,8 @@ class VMOrchestrator:
         missing = [h for h in plan.hosts if h not in self.hosts]
         if missing:
             raise DqemuError(f"no host for {', '.join(missing)}")
-        try:
-            with _signals_guard():
+        with _signals_guard() as guard:
+            try:
                 self._start()
                 self.state = "running"
                 self.events.state_is("running")
@@ -159,13 +160,16 @@ class VMOrchestrator:
                 self.state = "shutting-down"
                 result.router_stats = self._collect_stats()
                 return result
-        except KeyboardInterrupt:
-            return VMResult(EXIT_INTERRUPTED, "interrupted", self.lines())
-        except Terminated as t:
-            return VMResult(EXIT_SHARD_FAILED, f"terminated by {t}", self.lines(),
-                            signal=t.signum)  # fmt: skip
-        finally:
-            self._teardown()
+            except KeyboardInterrupt:
+                return VMResult(EXIT_INTERRUPTED, "interrupted", self.lines())
+            except Terminated as t:
+                return VMResult(EXIT_SHARD_FAILED, f"terminated by {t}", self.lines(),
+                                signal=t.signum)  # fmt: skip
+            finally:
+                # a signal now (a second Ctrl-C, a SIGTERM) must not cut the teardown
+                # short: the VM is ending anyway, and what is left half torn down stays
+                guard.defer()
+                self._teardown()
 
     def lines(self) -> list[str]:
         return self.console.lines() if self.console else []

@@ -16,18 +16,48 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+class SignalGuard:
+    """What :func:`terminate_on_signals` yields. ``defer()`` turns SIGTERM, SIGHUP and
+    SIGINT from an exception into a note (``deferred``) until the guard ends: for a
+    teardown that a second signal must not cut short, which would leave its children, run
+    directory and namespaces behind."""
+
+    def __init__(self) -> None:
+        self.deferred: list[int] = []
+        self._old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    def _set(self, sig: int, handler: Callable[[int, FrameType | None], None]) -> None:
+        old = signal.signal(sig, handler)
+        self._old.setdefault(sig, old)
+
+    def defer(self) -> None:
+        def note(signum: int, _frame: FrameType | None) -> None:
+            self.deferred.append(signum)
+
+        for sig in DEFERRED:
+            self._set(sig, note)
+
+    def restore(self) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old.clear()
+
+
+DEFERRED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
 @contextmanager
-def terminate_on_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into a :class:`Terminated` exception so ``finally`` blocks run."""
+def terminate_on_signals() -> Iterator[SignalGuard]:
+    """Turn SIGTERM/SIGHUP into a :class:`Terminated` exception so ``finally`` blocks run;
+    the guard it yields can defer them (and SIGINT) for the teardown in those blocks."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         raise Terminated(signum)
 
-    old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+    guard = SignalGuard()
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        old[sig] = signal.signal(sig, handler)
+        guard._set(sig, handler)
     try:
-        yield
+        yield guard
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        guard.restore()
