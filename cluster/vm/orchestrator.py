@@ -99,7 +99,7 @@ def _signals_guard() -> Iterator[SignalGuard]:
         with terminate_on_signals() as guard:
             yield guard
     else:
-        yield SignalGuard()
+        yield SignalGuard(inert=True)
 
 
 class VMOrchestrator:

@@ -22,7 +22,9 @@ class SignalGuard:
     teardown that a second signal must not cut short, which would leave its children, run
     directory and namespaces behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, inert: bool = False) -> None:
+        # inert: for a thread other than the main one, where signals cannot be handled
+        self.inert = inert
         self.deferred: list[int] = []
         self._old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
 
@@ -34,6 +36,8 @@ class SignalGuard:
         def note(signum: int, _frame: FrameType | None) -> None:
             self.deferred.append(signum)
 
+        if self.inert:
+            return
         for sig in DEFERRED:
             self._set(sig, note)
 
