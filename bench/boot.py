@@ -8,14 +8,14 @@ the machine's load hits every layout alike. Prints every boot as it ends, then o
 layout (medians over the runs) and per sharded layout the shards' own counters (each
 shard logs them as it exits; medians): the posted writes sent (docs/shard-design.md,
 "Posted writes") and the synchronous code announcements and invalidations (§6) with the
-seconds spent waiting for their acks, summed over the shards. Then the load average, the
-same ratios over the guest's own clock at power-off (``guest_ratio_2``, ``guest_ratio_4``:
-the boot without the launcher's set-up and teardown of namespaces, routers and shards,
-which the wall time includes), a line of ratios against one shard per data path
-(``<path>: boot_ratio_2=<x> boot_ratio_4=<y>``) and, last, the default path's (the spec's, direct):
-``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from the repository with the venv's python:
-``.venv/bin/python bench/boot.py [--vcpus 4] [--runs 3] [--data-paths router,direct]
-[--posted-writes off|auto|on]``.
+seconds spent waiting for their acks, summed over the shards. Then the load average; per
+data path the ratios against one shard over the guest's own clock at power-off
+(``<path>: guest_ratio_2=<x> guest_ratio_4=<y>``: the boot without the launcher's set-up
+and teardown of namespaces, routers and shards, which the wall time includes) and over the
+wall time (``<path>: boot_ratio_2=<x> boot_ratio_4=<y>``); and, last, the default path's
+(the spec's, direct) wall-time ratios: ``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from
+the repository with the venv's python: ``.venv/bin/python bench/boot.py [--vcpus 4]
+[--runs 3] [--data-paths router,direct] [--posted-writes off|auto|on]``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,16 @@ def run_order(run: int, paths: list[str]) -> list[Layout]:
     return [Layout(1), *(Layout(s, p) for s in (2, 4) for p in order)]
 
 
+def ratio_line(times: dict[Layout, float], path: str, name: str) -> str:
+    """``<name>_2=<x> <name>_4=<y>``: the 2- and 4-shard ``times`` on ``path`` over one
+    shard's (None where one shard's is unknown)."""
+    one = times[Layout(1)]
+    return " ".join(
+        f"{name}_{n}={times[Layout(n, path)] / one:.2f}" if one else f"{name}_{n}=None"
+        for n in (2, 4)
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vcpus", type=int, default=4)
@@ -71,19 +81,12 @@ def main() -> int:
                 f"{k}={v:.0f}" if not k.endswith("_s") else f"{k}={v:.2f}"
                 for k, v in figures.items()))  # fmt: skip
     print(loadavg())
-    one = medians[Layout(1)]
-    ratios = {
-        p: " ".join(f"boot_ratio_{n}={medians[Layout(n, p)] / one:.2f}" for n in (2, 4))
-        for p in paths
-    }
     # the same over the guest's own clock at power-off (no launcher set-up or teardown)
     guest = {layout: statistics.median(c["guest_s"] for _, c in runs[layout]) for layout in runs}
-    one_guest = guest[Layout(1)]
-    print(f"guest_s_median shards=1 {one_guest:.2f}")
+    print(f"guest_s_median shards=1 {guest[Layout(1)]:.2f}")
     for p in paths:
-        print(f"{p}: " + " ".join(
-            f"guest_ratio_{n}={guest[Layout(n, p)] / one_guest:.2f}" if one_guest else
-            f"guest_ratio_{n}=None" for n in (2, 4)))  # fmt: skip
+        print(f"{p}: {ratio_line(guest, p, 'guest_ratio')}")
+    ratios = {p: ratio_line(medians, p, "boot_ratio") for p in paths}
     for p, line in ratios.items():
         print(f"{p}: {line}")
     print(ratios.get(default_data_path(), ratios[paths[0]]))
