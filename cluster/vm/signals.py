@@ -17,15 +17,14 @@ class Terminated(BaseException):
 
 
 class SignalGuard:
-    """What :func:`terminate_on_signals` yields. ``defer()`` turns SIGTERM, SIGHUP and
-    SIGINT from an exception into a note (``deferred``) until the guard ends: for a
-    teardown that a second signal must not cut short, which would leave its children, run
-    directory and namespaces behind."""
+    """What :func:`terminate_on_signals` yields. ``defer()`` makes SIGTERM, SIGHUP and
+    SIGINT do nothing until the guard ends: for a teardown that a second signal must not
+    cut short, which would leave its children, run directory and namespaces behind. (A
+    Python handler, not SIG_IGN, which the teardown's own child processes would inherit.)"""
 
     def __init__(self, inert: bool = False) -> None:
         # inert: for a thread other than the main one, where signals cannot be handled
         self.inert = inert
-        self.deferred: list[int] = []
         self._old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
 
     def _set(self, sig: int, handler: Callable[[int, FrameType | None], None]) -> None:
@@ -33,13 +32,13 @@ class SignalGuard:
         self._old.setdefault(sig, old)
 
     def defer(self) -> None:
-        def note(signum: int, _frame: FrameType | None) -> None:
-            self.deferred.append(signum)
+        def ignore(_signum: int, _frame: FrameType | None) -> None:
+            pass
 
         if self.inert:
             return
         for sig in DEFERRED:
-            self._set(sig, note)
+            self._set(sig, ignore)
 
     def restore(self) -> None:
         for sig, h in self._old.items():

@@ -1,5 +1,5 @@
 """A signal during a VM's teardown does not cut it short (the launcher's children, run
-directory and namespaces would stay): it is noted and the teardown goes on. Each case runs
+directory and namespaces would stay): it is ignored and the teardown goes on. Each case runs
 in a child Python, so that the old behaviour fails the case, not the test run."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _child(sig: int, where: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_during_teardown_is_noted_not_obeyed(sig: signal.Signals) -> None:
+def test_a_signal_during_teardown_is_ignored(sig: signal.Signals) -> None:
     out = _child(sig, "main")
     assert out.returncode == 0, f"{sig.name} ended the run (exit {out.returncode}): {out.stderr}"
     assert out.stdout.splitlines() == EXPECTED, out.stdout + out.stderr
