@@ -27,12 +27,13 @@ forwarded PIO frames, how many of them were posted writes (no reply: docs/shard-
 the shards' own wake-up counters (docs/shard-design.md §15): replies a vCPU caught by
 polling or read from the link themselves, accesses the owner served and interrupts it
 delivered in its receive thread (``--reply-poll off``, ``--serve-in-rx off``,
-``--reply-read off``, ``--irq-in-rx off`` to compare).
+``--reply-read off``, ``--irq-in-rx off`` to compare), and the config cycles a shard made
+itself (``--local-config off`` to compare).
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
        [--data-paths router,direct] [--posted-writes auto|on|off]
        [--reply-poll on|off] [--serve-in-rx on|off] [--reply-read on|off]
-       [--irq-in-rx on|off]
+       [--irq-in-rx on|off] [--local-config on|off]
 Last line, all p50 over 2 shards on the default data path (the spec's, direct), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
@@ -181,7 +182,8 @@ def main() -> int:
             f"code_invalidate_frames={fwd.get('code_invalidate')} "
             f"replies_polled={fwd.get('replies_polled')} replies_slept={fwd.get('replies_slept')} "
             f"served_in_rx={fwd.get('served_in_rx')} replies_read={fwd.get('replies_read')} "
-            f"rx_woken_empty={fwd.get('rx_woken_empty')} irqs_in_rx={fwd.get('irqs_in_rx')}"
+            f"rx_woken_empty={fwd.get('rx_woken_empty')} irqs_in_rx={fwd.get('irqs_in_rx')} "
+            f"config_local={fwd.get('config_local')}"
         )
     print(f"loadavg: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:

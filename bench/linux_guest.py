@@ -196,6 +196,7 @@ VM_CHOICES = (
     ("serve_in_rx", WAKEUP_CUT_MODES, "on"),
     ("reply_read", WAKEUP_CUT_MODES, "on"),
     ("irq_in_rx", WAKEUP_CUT_MODES, "on"),
+    ("local_config", WAKEUP_CUT_MODES, "on"),
 )
 
 

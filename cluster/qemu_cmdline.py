@@ -144,6 +144,8 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += ",reply-read=off"
     if spec.irq_in_rx == "off":
         obj += ",irq-in-rx=off"
+    if spec.local_config == "off":
+        obj += ",local-config=off"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

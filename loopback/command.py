@@ -129,7 +129,8 @@ def report_end(result: VMResult) -> int:
     return result.exit_code
 
 
-# issue 14's wake-up cuts ([vm] reply_poll, serve_in_rx, reply_read, irq_in_rx): flag, what it does
+# issue 14's cuts ([vm] reply_poll, serve_in_rx, reply_read, irq_in_rx, local_config): flag, what
+# it does
 WAKEUP_CUT_FLAGS = (
     ("--reply-poll", "a vCPU waiting for another shard's reply polls for it briefly before it "
      "sleeps"),
@@ -138,6 +139,8 @@ WAKEUP_CUT_FLAGS = (
     ("--reply-read", "a vCPU polling for a PIO/MMIO reply reads it from the direct link itself"),
     ("--irq-in-rx", "the receive thread delivers another shard's interrupt itself instead of "
      "waking the main loop"),
+    ("--local-config", "a shard other than the PCI host bridge's makes its vCPUs' config "
+     "cycles itself, asking the bridge's shard only for what it must"),
 )  # fmt: skip
 
 

@@ -326,6 +326,9 @@ def test_code_announce_defaults_to_fast() -> None:
 def test_wakeup_cuts_default_to_on() -> None:
     spec = parse_spec(GOOD)
     assert (spec.reply_poll, spec.serve_in_rx, spec.reply_read, spec.irq_in_rx) == ("on",) * 4
+    assert spec.local_config == "on"
+    off = GOOD.replace('memory = "1G"', 'memory = "1G"\nlocal_config = "off"')
+    assert parse_spec(off).local_config == "off"
     both = GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_read = "off"\nirq_in_rx = "off"')
     assert (parse_spec(both).reply_read, parse_spec(both).irq_in_rx) == ("off", "off")
     assert "vm.reply_read: 'no' is not one of on, off" in _err(
