@@ -79,6 +79,9 @@ def assert_full_pass(r: DqtestResult, output: str, machine: str = "q35") -> None
     assert count_checks(r, "isairq ") == 4 * VCPUS
     # a VGA on the last shard: one CRTC whichever CPU uses it (issue 13 §2.6)
     assert count_checks(r, "vga crtc") == VCPUS * VCPUS
+    # config cycles from every CPU: address register, host bridge id, absent function, then
+    # write/read pairs on the host bridge and the VGA (0042's local config cycles)
+    assert count_checks(r, "pcicfg ") == 3 * VCPUS + 2 * VCPUS * VCPUS
     # edu, pc-testdev, VGA and the IDE disk are there, so nothing is skipped. The disk
     # (issue 13 §2.5: the VM starts with it at all) is read through q35's AHCI, or on pc
     # through PIIX's legacy ports, where every CPU reads the sector each CPU wrote.
@@ -119,6 +122,9 @@ def test_dqtest_passes(
         assert run.wakeups[0]["served_in_rx"] > 0, run.wakeups
         # IPIs and device interrupts delivered by the receive thread (0041), on both paths
         assert sum(w["irqs_in_rx"] for w in run.wakeups.values()) > 0, run.wakeups
+        # config cycles made on the vCPUs' own shards (0042): never on the bridge's shard
+        assert run.wakeups[0]["config_local"] == 0, run.wakeups
+        assert all(w["config_local"] > 0 for s, w in run.wakeups.items() if s), run.wakeups
         if data_path is None:
             assert sum(w["replies_polled"] for w in run.wakeups.values()) > 0, run.wakeups
             # vCPUs read replies from the direct link themselves (0039)

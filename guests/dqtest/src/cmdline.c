@@ -21,7 +21,7 @@ struct options opt = {
 };
 
 static const char *const groups[] = {
-    "ipi", "apic", "pingpong", "pio", "mmio", "irq", "msi", "intx", "isairq", "vga", "disk", "mem", "litmus", "xmc", "tsc", "dma",
+    "ipi", "apic", "pingpong", "pio", "mmio", "irq", "msi", "intx", "isairq", "vga", "pcicfg", "disk", "mem", "litmus", "xmc", "tsc", "dma",
 };
 
 static bool key_is(const char *tok, size_t klen, const char *key)

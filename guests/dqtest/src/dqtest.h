@@ -234,6 +234,7 @@ void test_intx(void);
 void test_isairq(void);
 void test_apic_state(void);
 void test_vga(void);
+void test_pcicfg(void);
 void test_disk(void);
 void test_mem(void);
 void test_litmus(void);

@@ -91,7 +91,7 @@ void kmain(void)
         {"ipi", test_ipi},     {"apic", test_apic_state},   {"pingpong", test_pingpong},
         {"pio", test_pio},     {"mmio", test_mmio},         {"irq", test_irq},
         {"msi", test_msi},     {"intx", test_intx},         {"isairq", test_isairq},
-        {"vga", test_vga},     {"disk", test_disk},
+        {"vga", test_vga},     {"pcicfg", test_pcicfg}, {"disk", test_disk},
         {"mem", test_mem},     {"litmus", test_litmus},     {"xmc", test_xmc},
         {"tsc", test_tsc},     {"dma", test_dma},
     };
