@@ -15,7 +15,8 @@ and teardown of namespaces, routers and shards, which the wall time includes) an
 wall time (``<path>: boot_ratio_2=<x> boot_ratio_4=<y>``); and, last, the default path's
 (the spec's, direct) wall-time ratios: ``boot_ratio_2=<x> boot_ratio_4=<y>``. Run it from
 the repository with the venv's python: ``.venv/bin/python bench/boot.py [--vcpus 4]
-[--runs 3] [--data-paths router,direct] [--posted-writes off|auto|on]``.
+[--runs 3] [--data-paths router,direct] [--posted-writes off|auto|on]`` (``--vcpus``: at
+least 4, one per shard of the 4-shard layout).
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ from bench.linux_guest import (  # noqa: E402
 )
 from cluster.spec import DATA_PATHS, default_data_path  # noqa: E402
 
+# the sharded layouts' shard counts; every boot needs a vCPU per shard
+SHARDED = (2, 4)
+MOST_SHARDS = max(SHARDED)
+
 
 def run_order(run: int, paths: list[str]) -> list[Layout]:
     """The layouts of run number ``run`` (from 0) in the order they boot: one shard, then
     2 and 4 shards on every path, the paths' order reversed in every other run."""
     order = paths if run % 2 == 0 else paths[::-1]
-    return [Layout(1), *(Layout(s, p) for s in (2, 4) for p in order)]
+    return [Layout(1), *(Layout(s, p) for s in SHARDED for p in order)]
 
 
 def ratio_line(times: dict[Layout, float], path: str, name: str) -> str:
@@ -56,9 +61,23 @@ def ratio_line(times: dict[Layout, float], path: str, name: str) -> str:
     )
 
 
+def vcpus_arg(value: str) -> int:
+    """``--vcpus``: at least one per shard of the largest layout (4), so that every layout
+    boots; an argparse error otherwise, before any boot."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if n < MOST_SHARDS:
+        raise argparse.ArgumentTypeError(
+            f"{n}: the {MOST_SHARDS}-shard layout needs at least {MOST_SHARDS} vCPUs"
+        )
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vcpus", type=int, default=4)
+    ap.add_argument("--vcpus", type=vcpus_arg, default=4)
     ap.add_argument("--runs", type=int, default=3)
     add_vm_choices(ap, ",".join(DATA_PATHS), "the sharded boots")
     args = ap.parse_args()

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from bench.boot import run_order
+from bench.boot import run_order, vcpus_arg
 from bench.linux_guest import (
     BenchError,
     GuestRun,
@@ -133,3 +133,11 @@ def test_guest_seconds_is_the_power_off_time_stamp() -> None:
     assert guest_seconds(GuestRun(12.0, 0, out, "")) == pytest.approx(9.876543)
     # no power-off line (a run that ended otherwise): unknown, not 0
     assert guest_seconds(GuestRun(12.0, 1, "[    1.0] panic\n", "")) is None
+
+
+def test_boot_needs_a_vcpu_per_shard() -> None:
+    assert vcpus_arg("4") == 4 and vcpus_arg("8") == 8
+    with pytest.raises(argparse.ArgumentTypeError, match="4-shard layout needs at least 4"):
+        vcpus_arg("2")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a number"):
+        vcpus_arg("two")
