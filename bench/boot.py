@@ -52,12 +52,12 @@ def run_order(run: int, paths: list[str]) -> list[Layout]:
 
 
 def ratio_line(times: dict[Layout, float], path: str, name: str) -> str:
-    """``<name>_2=<x> <name>_4=<y>``: the 2- and 4-shard ``times`` on ``path`` over one
+    """``<name>_2=<x> <name>_4=<y>``: the sharded layouts' ``times`` on ``path`` over one
     shard's (None where one shard's is unknown)."""
     one = times[Layout(1)]
     return " ".join(
         f"{name}_{n}={times[Layout(n, path)] / one:.2f}" if one else f"{name}_{n}=None"
-        for n in (2, 4)
+        for n in SHARDED
     )
 
 
