@@ -61,6 +61,27 @@ def connect(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DqemuError(f"cannot join the Ray cluster at {addr}: {first}") from None
+    cluster_messages_to_stderr()
+
+
+def cluster_messages_to_stderr() -> None:
+    """Send to stderr what the cluster says to every driver. A Ray driver prints the GCS's
+    messages ("raylet has lagging heartbeats ...", a resource request that cannot be
+    scheduled) to stdout, even with ``log_to_driver=False``: into ``--json`` output, and
+    into the console copy that ``dqemu run`` writes there. Ray has no setting for this, so
+    its driver's printer (``ray._private.worker.print_to_stdstream``, looked up when each
+    message comes) is wrapped to mark every message as an error line."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "dq_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.dq_to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def ship_boot_files(spec: VMSpec) -> dict[str, list[Any]]:

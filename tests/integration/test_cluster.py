@@ -22,6 +22,7 @@ from cluster.ray import local_cluster as lc
 from loopback import netns
 from loopback.stale import reap_stale, stale_rundirs
 from tests.conftest import REPO, TEST_ENV, dqemu_cmd, run_dqemu
+from tests.support.ray_result import parse_result
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def _driver(st: lc.ClusterState, check: str, *args: str) -> dict[str, object]:
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return parse_result(proc.stdout)
 
 
 def test_nodes_have_their_own_ip_labels_and_resources(cluster: lc.ClusterState) -> None:

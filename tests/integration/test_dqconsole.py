@@ -247,8 +247,11 @@ async def shard_one_up(pilot: Pilot[Any]) -> tuple[VMScreen, ShardPanel]:
     screen: VMScreen = await until(
         pilot, "the VM screen", lambda: isinstance(app.screen, VMScreen) and app.screen
     )
-    panel = await until(pilot, "shard 1's panel", lambda: screen.query("#shard-1").first())
-    assert isinstance(panel, ShardPanel)
+
+    def shard_one() -> ShardPanel | None:  # mounted when the first `info` comes, not at once
+        return next(iter(screen.query("#shard-1").results(ShardPanel)), None)
+
+    panel: ShardPanel = await until(pilot, "shard 1's panel", shard_one)
     await until(pilot, "shard 1 up", lambda: panel.shard.get("state") == "up")
     return screen, panel
 

@@ -1,13 +1,13 @@
 """Ray drivers for tests/integration/test_cluster.py: each check runs on the cluster's head
 node (``ip netns exec <head netns> python -m tests.support.ray_checks CHECK``), as a Ray
-driver, and prints one JSON object with what it saw. The test asserts on it.
+driver, and prints one JSON object with what it saw, on a line of its own
+(tests/support/ray_result.py). The test asserts on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import secrets
 import sys
 import time
@@ -21,8 +21,10 @@ from cluster.errors import DqemuError
 from cluster.qemu_cmdline import BootFiles
 from cluster.ray import node as nodemod
 from cluster.ray import placement
+from cluster.ray.run import cluster_messages_to_stderr
 from cluster.spec import parse_spec
 from cluster.vm.plan import make_plan
+from tests.support.ray_result import format_result
 
 SPEC = """
 [vm]
@@ -189,8 +191,9 @@ def span(name: str, received: str) -> dict[str, Any]:
 
 def main() -> int:
     ray.init(logging_level="ERROR", log_to_driver=False)
+    cluster_messages_to_stderr()  # as dqemu's own connection does
     checks = {"mesh": mesh, "place": place, "commands": commands, "span": span}
-    print(json.dumps(checks[sys.argv[1]](*sys.argv[2:])))
+    print(format_result(checks[sys.argv[1]](*sys.argv[2:])), flush=True)
     return 0
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.errors import DqemuError
-from cluster.ray.run import connect
+from cluster.ray.run import cluster_messages_to_stderr, connect
 
 
 def test_no_cluster_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,3 +49,19 @@ def test_commands_with_an_unreachable_ray_cluster(
     assert main(["info", "ghost"]) == 2
     _out, err = capsys.readouterr()
     assert f"cannot reach the Ray cluster's GCS at {addr}" in err and "Traceback" not in err
+
+
+def test_cluster_messages_go_to_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the GCS says to every driver reaches Ray's own printer as an error line, so it
+    cannot land in `--json` output on stdout."""
+    from ray._private import worker
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # undone after
+    cluster_messages_to_stderr()
+    cluster_messages_to_stderr()  # a second join wraps nothing twice
+    message = {"lines": ["raylet has lagging heartbeats"], "pid": "raylet", "is_err": False}
+    worker.print_to_stdstream(message, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert "lagging heartbeats" in err and "lagging" not in out
