@@ -2,10 +2,10 @@
 
 A shard that sends nothing for the liveness timeout is declared hung (docs/protocol.md,
 "Liveness"). From the router's side a stopped process, a receive thread blocked on a lock
-or on a write, and one that is runnable but gets no CPU all look alike; the kernel tells
-them apart. So when the router declares its shard hung, it logs ``describe``: every
-thread's state letter, wait channel and the time it has waited for a CPU
-(/proc/PID/task/TID/{stat,wchan,schedstat}).
+or on a write, one that is runnable but gets no CPU and one that runs but never gets to
+the heartbeat (a loop) all look alike; the kernel tells them apart. So when the router
+declares its shard hung, it logs ``describe``: every thread's state letter, wait channel,
+and the time it has run and waited for a CPU (/proc/PID/task/TID/{stat,wchan,schedstat}).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class ThreadInfo:
     state: str  # R, S, D, T, t, Z, ...
     wchan: str
     run_delay_ns: int
+    cpu_ns: int
 
 
 def _read(path: Path) -> str | None:
@@ -46,11 +47,12 @@ def thread_info(pid: int, tid: int) -> ThreadInfo | None:
     fields = stat[stat.rindex(")") + 1 :].split()
     sched = (_read(task / "schedstat") or "0 0").split()
     try:
-        delay = int(sched[1])
+        ran, delay = int(sched[0]), int(sched[1])
     except (IndexError, ValueError):
-        delay = 0
+        ran = delay = 0
     wchan = _read(task / "wchan") or ""
-    return ThreadInfo(tid, comm, fields[0] if fields else "?", "" if wchan == "0" else wchan, delay)
+    state = fields[0] if fields else "?"
+    return ThreadInfo(tid, comm, state, "" if wchan == "0" else wchan, delay, ran)
 
 
 def threads(pid: int) -> list[ThreadInfo]:
@@ -63,28 +65,34 @@ def threads(pid: int) -> list[ThreadInfo]:
 
 @dataclass(frozen=True)
 class Sample:
-    """How long each thread had waited for a CPU, at ``at`` (monotonic seconds)."""
+    """How long each thread had run and waited for a CPU, at ``at`` (monotonic seconds)."""
 
     at: float
     run_delay_ns: dict[int, int]
+    cpu_ns: dict[int, int]
 
 
 def sample(pid: int, at: float) -> Sample:
-    return Sample(at, {t.tid: t.run_delay_ns for t in threads(pid)})
+    got = threads(pid)
+    return Sample(at, {t.tid: t.run_delay_ns for t in got}, {t.tid: t.cpu_ns for t in got})
 
 
 def describe(pid: int, since: Sample | None = None, now: float = 0.0) -> str:
-    """Every thread of the process: ``comm state [wchan] [waited X s of the last Y s for
-    a CPU]``; the wait is counted from ``since`` (taken while the shard was silent)."""
+    """Every thread of the process: ``comm state [wchan] [ran X s and waited Y s for a CPU
+    of the last Z s]``; both counted from ``since`` (taken while the shard was silent), and
+    each left out below 0.01 s."""
     parts = []
     for t in threads(pid):
         words = [t.comm, t.state]
         if t.wchan and t.state != "R":
             words.append(t.wchan)
         if since is not None and t.tid in since.run_delay_ns:
+            ran = (t.cpu_ns - since.cpu_ns.get(t.tid, t.cpu_ns)) / 1e9
             waited = (t.run_delay_ns - since.run_delay_ns[t.tid]) / 1e9
-            if waited >= 0.01:
-                words.append(f"waited {waited:.2f} s of the last {now - since.at:.2f} s for a CPU")
+            said = [f"ran {ran:.2f} s"] if ran >= 0.01 else []
+            said += [f"waited {waited:.2f} s for a CPU"] if waited >= 0.01 else []
+            if said:
+                words.append(f"{' and '.join(said)} of the last {now - since.at:.2f} s")
         parts.append(" ".join(words))
     return "; ".join(parts) if parts else "its threads cannot be read"
 
