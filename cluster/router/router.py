@@ -58,7 +58,15 @@ from cluster.router.loglimit import LogLimiter
 from cluster.router.page_stats import PageStatsView
 from cluster.router.rdma import RdmaSetupError, connect_rdma
 from cluster.router.routing import Address, RoutingTable
-from cluster.router.shardproc import HUNG_LINE, Sample, describe, peer_pid, sample
+from cluster.router.shardproc import (
+    HEARTBEAT_THREAD,
+    HUNG_LINE,
+    Sample,
+    describe,
+    peer_pid,
+    sample,
+    starved,
+)
 from cluster.router.transport import (
     KIND_LOCAL,
     KIND_PEER,
@@ -77,6 +85,9 @@ log = logging.getLogger("dqemu.router")
 _DIAL_MIN = 0.1
 _DIAL_MAX = 2.0
 _TICK = 0.05  # housekeeping period: bounds how late a heartbeat or a liveness check is
+# a local shard starved of CPU (not hung) is given this many liveness timeouts of silence;
+# by then its peers' requests to it time out anyway (the shards' request timeout is 10 s)
+STARVED_LIMIT = 10
 # unauthenticated TCP connections being set up at once (each has a thread until its
 # handshake ends or times out); more are closed as soon as they are accepted
 MAX_INBOUND_HANDSHAKES = 16
@@ -99,6 +110,8 @@ class Router:
         self.local_pid = 0
         self._local_peer_pid: int | None = None  # its pid as the kernel says
         self._silence: Sample | None = None  # its threads, once silent for half the timeout
+        self._own_silence: Sample | None = None  # this router's threads, then
+        self._starved_since: float | None = None  # the silence was found to be starvation
         self.peers: dict[int, Link] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
@@ -135,6 +148,7 @@ class Router:
             "peer_links_lost": 0,
             "local_shard_exited": 0,
             "local_shard_hung": 0,
+            "local_shard_starved": 0,
             "remote_shard_down_reports": 0,
             "direct_links_lost": 0,
         }
@@ -416,7 +430,7 @@ class Router:
         local = self.local
         if local is not None and self._shard_hb and not local.closed:
             silent = now - local.last_rx
-            if silent > timeout:
+            if silent > timeout and not self._starved(silent, now):
                 why = (
                     f"its QEMU (pid {self.local_pid}) did not answer the router's heartbeat "
                     f"for {silent:.2f} s (liveness timeout {timeout:g} s)"
@@ -427,9 +441,14 @@ class Router:
                 local.close(why, p.ERR_SHARD_HUNG)
             else:
                 if silent <= timeout / 2:
-                    self._silence = None
-                elif self._silence is None:  # half-way: note each thread's wait for a CPU
+                    if self._starved_since is not None:
+                        log.info("local shard %d answers again, after %.2f s of starvation",
+                                 self.id, now - self._starved_since)  # fmt: skip
+                    self._silence = self._own_silence = None
+                    self._starved_since = None
+                elif self._silence is None:  # half-way: note what each thread has run
                     self._silence = sample(self._shard_pid(), now)
+                    self._own_silence = sample(os.getpid(), now)
                 if now - local.last_ping >= self.cfg.ping_interval:
                     self._ping(local, self.id, now)
         if self.direct is not None:
@@ -444,6 +463,36 @@ class Router:
             self._dialing.add(sid)
             self.peer_info[sid]["state"] = "connecting"
             self._spawn(self._dial_thread, f"dial-{sid}", sid, addr)
+
+    def _starved(self, silent: float, now: float) -> bool:
+        """Is the local shard's silence the host's doing? Its heartbeat thread, or this
+        router's data loop (which reads the PONG), is runnable but has hardly run since
+        half-way through the silence: the scheduler keeps it waiting, as an overloaded
+        host does (on this class of VM a runnable thread has waited 0.5 s behind busy
+        vCPU threads). The silence is then no sign of a hang, for up to
+        ``STARVED_LIMIT`` liveness timeouts; a stopped, blocked or looping shard is told
+        from it by the kernel's view of the same threads (shardproc.py)."""
+        if self._silence is None or silent > STARVED_LIMIT * self.cfg.link_timeout:
+            return False
+        loop = self._data.thread.native_id if self._data.thread is not None else None
+        waiting = starved(self._shard_pid(), self._silence, now, comm=HEARTBEAT_THREAD)
+        if waiting is None and loop and self._own_silence is not None:
+            waiting = starved(os.getpid(), self._own_silence, now, tid=loop)
+        if waiting is None:
+            return False
+        if self._starved_since is None:
+            self._starved_since = now
+            self.liveness["local_shard_starved"] += 1
+            whose = "this router's data loop" if waiting.comm != HEARTBEAT_THREAD else (
+                f"its {HEARTBEAT_THREAD} thread")  # fmt: skip
+            log.warning(
+                "local shard %d has not answered the heartbeat for %.2f s, but %s is "
+                "runnable and got no CPU: the host is overloaded, the shard is not hung "
+                "(declared hung only after %g s of silence): %s", self.id, silent, whose,
+                STARVED_LIMIT * self.cfg.link_timeout,
+                describe(self._shard_pid(), self._silence, now),
+            )  # fmt: skip
+        return True
 
     def _shard_pid(self) -> int:
         return self._local_peer_pid or self.local_pid

@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+# the shard's thread that answers its router's heartbeat (QEMU's receive thread, 0012)
+HEARTBEAT_THREAD = "dqemu-rx"
 # the router's log line when it declares its shard hung; hosts look for it in that log
 HUNG_MARK = " is silent; its threads: "
 HUNG_LINE = "local shard %d" + HUNG_MARK + "%s"
@@ -80,21 +82,45 @@ def sample(pid: int, at: float) -> Sample:
 def describe(pid: int, since: Sample | None = None, now: float = 0.0) -> str:
     """Every thread of the process: ``comm state [wchan] [ran X s and waited Y s for a CPU
     of the last Z s]``; both counted from ``since`` (taken while the shard was silent), and
-    each left out below 0.01 s."""
+    each left out below 0.01 s. A runnable thread that has not run since then says so:
+    the kernel adds a wait to ``schedstat`` only once the thread gets a CPU."""
     parts = []
     for t in threads(pid):
         words = [t.comm, t.state]
         if t.wchan and t.state != "R":
             words.append(t.wchan)
         if since is not None and t.tid in since.run_delay_ns:
+            window = now - since.at
             ran = (t.cpu_ns - since.cpu_ns.get(t.tid, t.cpu_ns)) / 1e9
             waited = (t.run_delay_ns - since.run_delay_ns[t.tid]) / 1e9
             said = [f"ran {ran:.2f} s"] if ran >= 0.01 else []
             said += [f"waited {waited:.2f} s for a CPU"] if waited >= 0.01 else []
-            if said:
-                words.append(f"{' and '.join(said)} of the last {now - since.at:.2f} s")
+            if t.state == "R" and ran < 0.01:
+                words.append(f"got no CPU in the last {window:.2f} s")
+            elif said:
+                words.append(f"{' and '.join(said)} of the last {window:.2f} s")
         parts.append(" ".join(words))
     return "; ".join(parts) if parts else "its threads cannot be read"
+
+
+# a thread that is runnable and ran less than this share of a silence was starved of CPU
+STARVED_SHARE = 0.05
+
+
+def starved(pid: int, since: Sample, now: float, *, comm: str = "",
+            tid: int = 0) -> ThreadInfo | None:  # fmt: skip
+    """The thread of ``pid`` that is runnable (``R``) but has (almost) not run since
+    ``since``: a thread the host's scheduler keeps waiting, not one that is stopped,
+    blocked or looping. Only the thread ``tid``, or those named ``comm``, if given (the
+    one that answers the heartbeat); None if there is none, or nothing can be read."""
+    window_ns = max(now - since.at, 1e-3) * 1e9
+    for t in threads(pid):
+        if (tid and t.tid != tid) or (comm and t.comm != comm) or t.tid not in since.cpu_ns:
+            continue
+        ran = t.cpu_ns - since.cpu_ns[t.tid]
+        if t.state == "R" and ran < STARVED_SHARE * window_ns:
+            return t
+    return None
 
 
 def peer_pid(sock: socket.socket) -> int | None:

@@ -9,6 +9,7 @@ shard is down and why. Stopped processes are continued and killed on every path.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -201,3 +202,91 @@ def test_shard_without_heartbeat_is_not_pinged(tmp_path: Path) -> None:
         finally:
             c1.close()
             c2.close()
+
+
+# A shard stand-in whose heartbeat thread carries the name of QEMU's (dqemu-rx), which a
+# router judges when its shard is silent; it prints that thread's id.
+STARVED_CHILD = """
+import sys, time
+from tests.support.shard_client import ShardClient
+c = ShardClient.connect(sys.argv[1], int(sys.argv[2]), heartbeat=True)
+tid = c._reader.native_id
+with open(f"/proc/self/task/{tid}/comm", "w") as f:
+    f.write("dqemu-rx")
+print(tid, flush=True)
+time.sleep(600)
+"""
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 CPU controller
+
+
+@contextlib.contextmanager
+def cpu_starved(name: str, *tids: int) -> Iterator[None]:
+    """Keep the threads ``tids`` runnable but nearly without CPU: in a cgroup of their own
+    with a CPU quota of 1 ms a second, beside a busy loop that uses it up. A throttled
+    thread stays runnable (R), as one does on an overloaded host."""
+    if not (CPU_CGROUP / "cpu.cfs_quota_us").exists():
+        pytest.skip(f"no cgroup v1 CPU controller at {CPU_CGROUP} to starve a thread with")
+    group = CPU_CGROUP / name
+    group.mkdir()
+    hog = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        (group / "cpu.cfs_period_us").write_text("1000000")
+        (group / "cpu.cfs_quota_us").write_text("1000")
+        for tid in (hog.pid, *tids):
+            (group / "tasks").write_text(str(tid))
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+        (group / "cpu.cfs_quota_us").write_text("-1")
+        for tid in (group / "tasks").read_text().split():
+            with contextlib.suppress(OSError):  # (gone meanwhile)
+                (CPU_CGROUP / "tasks").write_text(tid)
+        group.rmdir()
+
+
+def test_a_local_shard_starved_of_cpu_is_not_declared_hung(tmp_path: Path) -> None:
+    """A shard whose heartbeat thread is runnable but gets no CPU (an overloaded host) is
+    silent for longer than the liveness timeout: its router says so and why, counts it,
+    and keeps the shard; once the thread gets CPU again it answers, and nothing was lost."""
+    with process_mesh([1, 2], tmp_path, link_timeout=0.5) as procs:
+        wait_mesh_up(procs)
+        c1 = ShardClient.connect(procs[1].shard_socket, 1)
+        events = LinkEvents(c1)
+        child = subprocess.Popen(
+            [sys.executable, "-c", STARVED_CHILD, str(procs[2].shard_socket), "2"],
+            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            assert child.stdout is not None
+            reader = int(child.stdout.readline())
+            wait_for(
+                lambda: procs[2].control("health")["local"]["heartbeat"] == "on",
+                what="router 2 heartbeat to its shard on",
+            )
+            with cpu_starved(f"dqemu-test-{os.getpid()}", reader):
+                wait_for(
+                    lambda: procs[2].control("stats")["liveness"]["local_shard_starved"] > 0,
+                    8.0, "router 2 to find its shard starved",
+                )  # fmt: skip
+                time.sleep(2.0)  # four timeouts more: still not hung
+                assert procs[2].control("health")["local"]["connected"]
+            log2 = procs[2].log()
+            assert "local shard 2 has not answered the heartbeat for" in log2, log2
+            assert "its dqemu-rx thread is runnable and got no CPU" in log2, log2
+            assert re.search(r"dqemu-rx R got no CPU in the last \d", log2), log2
+            # its thread has the CPU again: it answers, and the shard stays
+            wait_for(lambda: "local shard 2 answers again" in procs[2].log(), 5.0,
+                     "router 2 to hear from its shard again")  # fmt: skip
+            time.sleep(1.0)
+            h2 = procs[2].control("health")
+            assert h2["ok"] and h2["local"]["connected"], h2
+            assert "is hung" not in procs[2].log()
+            assert procs[2].control("stats")["liveness"]["local_shard_hung"] == 0
+            assert not [e for e in events.got if e[1] == p.LINK_DOWN], events.got
+        finally:
+            child.kill()
+            child.wait(10)
+            if child.stdout is not None:
+                child.stdout.close()
+            c1.close()
