@@ -27,13 +27,14 @@ forwarded PIO frames, how many of them were posted writes (no reply: docs/shard-
 the shards' own wake-up counters (docs/shard-design.md §15): replies a vCPU caught by
 polling or read from the link themselves, accesses the owner served and interrupts it
 delivered in its receive thread (``--reply-poll off``, ``--serve-in-rx off``,
-``--reply-read off``, ``--irq-in-rx off`` to compare), and the config cycles a shard made
-itself (``--local-config off`` to compare).
+``--reply-read off``, ``--irq-in-rx off`` to compare), the config cycles a shard made
+itself (``--local-config off`` to compare), and the halts a vCPU ended by polling for its
+wake-up or by sleeping (``--halt-poll off`` to compare).
 
 Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FILE]
        [--data-paths router,direct] [--posted-writes auto|on|off]
        [--reply-poll on|off] [--serve-in-rx on|off] [--reply-read on|off]
-       [--irq-in-rx on|off] [--local-config on|off]
+       [--irq-in-rx on|off] [--local-config on|off] [--halt-poll on|off]
 Last line, all p50 over 2 shards on the default data path (the spec's, direct), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
@@ -183,7 +184,8 @@ def main() -> int:
             f"replies_polled={fwd.get('replies_polled')} replies_slept={fwd.get('replies_slept')} "
             f"served_in_rx={fwd.get('served_in_rx')} replies_read={fwd.get('replies_read')} "
             f"rx_woken_empty={fwd.get('rx_woken_empty')} irqs_in_rx={fwd.get('irqs_in_rx')} "
-            f"config_local={fwd.get('config_local')}"
+            f"config_local={fwd.get('config_local')} halts_polled={fwd.get('halts_polled')} "
+            f"halts_slept={fwd.get('halts_slept')}"
         )
     print(f"loadavg: {Path('/proc/loadavg').read_text().strip()}")
     if args.json:

@@ -197,6 +197,7 @@ VM_CHOICES = (
     ("reply_read", WAKEUP_CUT_MODES, "on"),
     ("irq_in_rx", WAKEUP_CUT_MODES, "on"),
     ("local_config", WAKEUP_CUT_MODES, "on"),
+    ("halt_poll", WAKEUP_CUT_MODES, "on"),
 )
 
 

@@ -146,6 +146,8 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += ",irq-in-rx=off"
     if spec.local_config == "off":
         obj += ",local-config=off"
+    if spec.halt_poll == "off":
+        obj += ",halt-poll=off"
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

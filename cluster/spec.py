@@ -123,12 +123,13 @@ class VMSpec:
     # the polling vCPU reads its reply from the direct link itself (0039); the receive
     # thread delivers another shard's interrupt itself (0041); a shard other than the PCI
     # host bridge's makes its vCPUs' config cycles itself, reading from the owner only what
-    # it must (0042)
+    # it must (0042); a halted vCPU polls for its wake-up before it sleeps (0043)
     reply_poll: str = "on"
     serve_in_rx: str = "on"
     reply_read: str = "on"
     irq_in_rx: str = "on"
     local_config: str = "on"
+    halt_poll: str = "on"
     # seconds a router waits for a sign of life of a peer router (or of its own shard)
     # before it calls the link dead (docs/protocol.md, liveness); longer where hosts stall
     link_timeout: float = LINK_TIMEOUT
@@ -423,6 +424,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "reply_read": str,
             "irq_in_rx": str,
             "local_config": str,
+            "halt_poll": str,
             "link_timeout": (int, float),
             **VM_OPTION_KEYS,
         },
@@ -540,6 +542,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
     reply_read = _vm_choice(r, vm, "reply_read", WAKEUP_CUT_MODES)
     irq_in_rx = _vm_choice(r, vm, "irq_in_rx", WAKEUP_CUT_MODES)
     local_config = _vm_choice(r, vm, "local_config", WAKEUP_CUT_MODES)
+    halt_poll = _vm_choice(r, vm, "halt_poll", WAKEUP_CUT_MODES)
     link_timeout = float(vm.get("link_timeout", LINK_TIMEOUT))
     low, high = LINK_TIMEOUT_RANGE
     if not low <= link_timeout <= high:
@@ -619,6 +622,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         reply_read=reply_read,
         irq_in_rx=irq_in_rx,
         local_config=local_config,
+        halt_poll=halt_poll,
         link_timeout=link_timeout,
         **options,
     )
@@ -827,7 +831,7 @@ def flag_reader(flags: dict[tuple[str | None, str | None], str]) -> _Reader:
 # [vm] keys that have a flag of their own, which also overrides a --spec's
 VM_FLAG_KEYS = (
     "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
-    "serve_in_rx", "reply_read", "irq_in_rx", "local_config",
+    "serve_in_rx", "reply_read", "irq_in_rx", "local_config", "halt_poll",
 )  # fmt: skip
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
@@ -843,6 +847,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "reply_read"): "--reply-read",
     ("vm", "irq_in_rx"): "--irq-in-rx",
     ("vm", "local_config"): "--local-config",
+    ("vm", "halt_poll"): "--halt-poll",
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",

@@ -129,8 +129,8 @@ def report_end(result: VMResult) -> int:
     return result.exit_code
 
 
-# issue 14's cuts ([vm] reply_poll, serve_in_rx, reply_read, irq_in_rx, local_config): flag, what
-# it does
+# issue 14's cuts ([vm] reply_poll, serve_in_rx, reply_read, irq_in_rx, local_config,
+# halt_poll): flag, what it does
 WAKEUP_CUT_FLAGS = (
     ("--reply-poll", "a vCPU waiting for another shard's reply polls for it briefly before it "
      "sleeps"),
@@ -141,6 +141,7 @@ WAKEUP_CUT_FLAGS = (
      "waking the main loop"),
     ("--local-config", "a shard other than the PCI host bridge's makes its vCPUs' config "
      "cycles itself, asking the bridge's shard only for what it must"),
+    ("--halt-poll", "a halted vCPU polls for its wake-up briefly before it sleeps"),
 )  # fmt: skip
 
 

@@ -299,7 +299,7 @@ class DqtestRun:
     forwarded: dict[str, int]
     # per shard, its wake-up counters as it logged them at exit (patches 0037, 0038):
     # replies_polled, replies_slept, served_in_rx, replies_handed_off, replies_read,
-    # rx_woken_empty, irqs_in_rx, config_local
+    # rx_woken_empty, irqs_in_rx, config_local, halts_polled, halts_slept
     wakeups: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property

@@ -129,6 +129,8 @@ def test_dqtest_passes(
             assert sum(w["replies_polled"] for w in run.wakeups.values()) > 0, run.wakeups
             # vCPUs read replies from the direct link themselves (0039)
             assert sum(w["replies_read"] for w in run.wakeups.values()) > 0, run.wakeups
+            # halted vCPUs caught their wake-up by polling (0043): an IPI answered by an IPI
+            assert sum(w["halts_polled"] for w in run.wakeups.values()) > 0, run.wakeups
         if shards == 4:
             # dqtest's isairq unmask by cpu2 for cpu1 and by cpu3 for cpu2: the I/O shard
             # delivers to a third shard while serving the write, so the reply waits for the

@@ -113,6 +113,7 @@ def test_vm_choices_check_the_paths_when_parsed(capsys: pytest.CaptureFixture[st
     assert ap.parse_args(["--reply-read", "off"]).reply_read == "off"
     assert ap.parse_args(["--irq-in-rx", "off"]).irq_in_rx == "off"
     assert ap.parse_args(["--local-config", "off"]).local_config == "off"
+    assert ap.parse_args(["--halt-poll", "off"]).halt_poll == "off"
     assert ap.parse_args(["--data-paths", "router,direct"]).data_paths == ["router", "direct"]
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["--data-paths", "fast"])

@@ -282,11 +282,18 @@ def test_fast_announce_follows_the_spec() -> None:
 def test_wakeup_cuts_follow_the_spec() -> None:
     paths = ShardPaths(Path("/q.qmp"), None, (Path("/r0"), Path("/r1")), Path("/r/s.sock"))
     (obj,) = opt(shard_argv(Path("/q"), parse_spec(SPEC), 1, paths, BOOT), "-object")[-1:]
-    for prop in ("reply-poll", "serve-in-rx", "reply-read", "irq-in-rx", "local-config"):
+    for prop in (
+        "reply-poll",
+        "serve-in-rx",
+        "reply-read",
+        "irq-in-rx",
+        "local-config",
+        "halt-poll",
+    ):
         assert prop not in obj  # the shard's default: on
     off = (
         '[vm]\nreply_poll = "off"\nserve_in_rx = "off"\nreply_read = "off"\nirq_in_rx = "off"\n'
-        'local_config = "off"\n'
+        'local_config = "off"\nhalt_poll = "off"\n'
     )
     (obj,) = opt(
         shard_argv(Path("/q"), parse_spec(SPEC.replace("[vm]\n", off, 1)), 1, paths, BOOT),
@@ -294,4 +301,4 @@ def test_wakeup_cuts_follow_the_spec() -> None:
     )[-1:]
     assert ",reply-poll=off" in obj and ",serve-in-rx=off" in obj
     assert ",reply-read=off" in obj and ",irq-in-rx=off" in obj
-    assert ",local-config=off" in obj
+    assert ",local-config=off" in obj and ",halt-poll=off" in obj

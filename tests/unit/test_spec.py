@@ -329,6 +329,9 @@ def test_wakeup_cuts_default_to_on() -> None:
     assert spec.local_config == "on"
     off = GOOD.replace('memory = "1G"', 'memory = "1G"\nlocal_config = "off"')
     assert parse_spec(off).local_config == "off"
+    assert spec.halt_poll == "on"
+    off = GOOD.replace('memory = "1G"', 'memory = "1G"\nhalt_poll = "off"')
+    assert parse_spec(off).halt_poll == "off"
     both = GOOD.replace('memory = "1G"', 'memory = "1G"\nreply_read = "off"\nirq_in_rx = "off"')
     assert (parse_spec(both).reply_read, parse_spec(both).irq_in_rx) == ("off", "off")
     assert "vm.reply_read: 'no' is not one of on, off" in _err(
