@@ -143,10 +143,15 @@ class Router:
         # liveness: the local shard's heartbeat state, and what we know of down shards
         self._shard_hb = cfg.shard_heartbeat == "on"
         self.local_down: dict[str, Any] | None = None
+        # the exit status our shard quit the VM with (its COMMAND QUIT to us), and the peers
+        # whose routers told us theirs did: their exits are the VM ending, not a loss
+        self._local_quit: int | None = None
+        self._peers_quit: set[int] = set()
         self.liveness: dict[str, int] = {
             "peer_heartbeat_timeouts": 0,
             "peer_links_lost": 0,
             "local_shard_exited": 0,
+            "local_shard_quit": 0,
             "local_shard_hung": 0,
             "local_shard_starved": 0,
             "remote_shard_down_reports": 0,
@@ -725,6 +730,7 @@ class Router:
                 self._local_peer_pid = peer_pid(sock)
                 was_down = self.local_down is not None
                 self.local_down = None
+                self._local_quit = None
         if link is None:
             msg = f"shard {self.id} is already registered (pid {self.local_pid})"
             log.error("local shard (pid %d) refused: %s", reg.pid, msg)
@@ -779,8 +785,14 @@ class Router:
         who = link.peer_id
         stopping = self._stopping.is_set()
         # bookkeeping first, so that whoever sees the failed requests also sees the state
-        # a lost local shard and a heartbeat timeout get their own ERROR line
-        quiet = stopping or link.kind == KIND_LOCAL or link.down_code == p.ERR_HEARTBEAT
+        # a lost local shard and a heartbeat timeout get their own ERROR line; a peer router
+        # whose shard quit the VM is expected to go
+        quiet = (
+            stopping
+            or link.kind == KIND_LOCAL
+            or link.down_code == p.ERR_HEARTBEAT
+            or (link.kind == KIND_PEER and who in self._peers_quit and not pend)
+        )
         level = logging.INFO if quiet else logging.WARNING
         log.log(
             level,
@@ -837,13 +849,27 @@ class Router:
     def _local_lost(self, link: Link, reason: str) -> None:
         code = link.down_code
         hung = code == p.ERR_SHARD_HUNG
-        self.liveness["local_shard_hung" if hung else "local_shard_exited"] += 1
-        cause = "shard hung" if hung else "shard exited"
+        quit_status = None if hung else self._local_quit
+        if quit_status is not None:
+            self.liveness["local_shard_quit"] += 1
+            cause = "shard quit"
+        else:
+            self.liveness["local_shard_hung" if hung else "local_shard_exited"] += 1
+            cause = "shard hung" if hung else "shard exited"
         with self._lock:
             if self.local is not None:
                 return  # a new shard has registered already
             self.local_down = {"cause": cause, "code": code, "detail": reason, "since": time.time()}
         n = self._tell_peers(p.LINK_DOWN, code)
+        if quit_status is not None:
+            log.info(
+                "local shard %d exited: it quit the VM (exit status %d); told %d peer router(s)",
+                self.id, quit_status, n,
+            )  # fmt: skip
+            self.events.append(
+                {"t": time.time(), "event": "local_quit", "shard": self.id, "status": quit_status}
+            )
+            return
         log.error(
             "local shard %d %s: %s; told %d peer router(s)",
             self.id,
@@ -867,7 +893,11 @@ class Router:
             )  # fmt: skip
             return
         info = self.peer_info.setdefault(sid, {})
-        if msg.state == p.LINK_DOWN:
+        if msg.state == p.LINK_DOWN and sid in self._peers_quit:
+            info["shard_down"] = {"cause": "shard quit", "code": msg.reason, "since": time.time()}
+            log.info("shard %d exited: it quit the VM (reported by its router)", sid)
+            self.events.append({"t": time.time(), "event": "shard_quit", "shard": sid})
+        elif msg.state == p.LINK_DOWN:
             cause = p.ERROR_NAMES.get(msg.reason, f"error {msg.reason}")
             self.liveness["remote_shard_down_reports"] += 1
             info["shard_down"] = {"cause": cause, "code": msg.reason, "since": time.time()}
@@ -876,6 +906,7 @@ class Router:
                 {"t": time.time(), "event": "shard_down", "shard": sid, "cause": cause}
             )
         else:
+            self._peers_quit.discard(sid)
             info.pop("shard_down", None)
             log.info("shard %d is back (reported by its router)", sid)
         self._notify_local(sid, msg.state, msg.reason)
@@ -1075,6 +1106,28 @@ class Router:
                 self._drop_logged.add(key)
                 log.warning("dropped %s from %s: %s", p.type_name(t), link.name, message)
 
+    def _quit_notice(self, link: Link, local: bool, msg: p.Command) -> None:
+        """COMMAND QUIT to this router: from our shard as it quits the VM, or from a peer
+        router passing its shard's on (docs/protocol.md, "Liveness"). The shard's exit that
+        follows is then the VM ending, logged as such, not as a loss."""
+        if msg.command != p.CMD_QUIT:
+            link.stats.drop("COMMAND to a router other than QUIT")
+            return
+        if local and link is self.local:
+            first = self._local_quit is None
+            self._local_quit = msg.arg & 0xFF
+            if first:
+                log.info("local shard %d quits the VM (exit status %d)", self.id, msg.arg & 0xFF)
+                out = p.encode_frame(msg, src=self.id, dst=p.DST_ROUTER)
+                with self._lock:
+                    peers = list(self.peers.values())
+                for peer in peers:  # before our report of its exit, on the same links
+                    peer.send(out)
+        elif not local:
+            self._peers_quit.add(link.peer_id)
+        else:
+            link.stats.drop("COMMAND QUIT from a link that is not our shard's")
+
     def _router_frame(self, link: Link, raw: bytes) -> None:
         """A frame addressed to this router (dst = DST_ROUTER). Slow path."""
         f = p.decode_frame(raw)
@@ -1095,6 +1148,9 @@ class Router:
             return
         if f.type == p.MSG_LINK_STATE and local and isinstance(msg, p.LinkState):
             self._direct_link_lost(msg)
+            return
+        if f.type == p.MSG_COMMAND and isinstance(msg, p.Command) and not f.is_reply:
+            self._quit_notice(link, local, msg)
             return
         if f.type == p.MSG_PAGE_STATS and isinstance(msg, p.PageStats):
             if local and link is self.local:

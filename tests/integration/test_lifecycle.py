@@ -184,6 +184,18 @@ def test_commands_from_each_shard(vm_factory: Any, issuer: int) -> None:
     code = vm.finish()
     assert code == 0, vm.err[-5:]
     assert any("every shard exited 0" in ln for ln in vm.err), vm.err[-5:]
+    assert_routers_saw_a_quit(vm.log_dir)
+
+
+def assert_routers_saw_a_quit(log_dir: Path) -> None:
+    """Every router logged its shard's exit as the VM quitting (0044), with no ERROR
+    line: a quit is not a lost shard."""
+    for s in (0, 1):
+        log = (log_dir / f"router{s}.log").read_text(errors="replace")
+        assert f"local shard {s} exited: it quit the VM (exit status 0)" in log, log[-2000:]
+        assert f"shard {1 - s} exited: it quit the VM" in log, log[-2000:]
+        errors = [ln for ln in log.splitlines() if " ERROR: " in ln]
+        assert not errors, errors
 
 
 @pytest.mark.parametrize(
@@ -204,6 +216,7 @@ def test_reboot_twice_then_poweroff(tmp_path: Path, args: tuple[str, ...]) -> No
     assert r.kv()["boot"] == "3"
     assert r.stdout.count("smp: Brought up 2 nodes, 2 CPUs") == 3, r.stdout[-3000:]
     assert "every shard exited 0" in r.stderr, r.stderr[-2000:]
+    assert_routers_saw_a_quit(tmp_path)
 
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z .*dqemu: shard (\d+) lost \((.*)\)")

@@ -184,6 +184,51 @@ def test_local_shard_exits_or_hangs(tmp_path: Path, how: str) -> None:
                 c.close()
 
 
+def test_a_shard_that_quits_is_reported_as_quitting_not_lost(tmp_path: Path) -> None:
+    """A shard that quits the VM tells its router (COMMAND QUIT to DST_ROUTER) before it
+    exits; the routers log its exit as the VM ending, with no ERROR or WARNING line, and
+    every other shard still hears LINK_STATE DOWN (docs/protocol.md, "Liveness")."""
+    with process_mesh([1, 2, 3], tmp_path) as procs:
+        wait_mesh_up(procs)
+        clients = [ShardClient.connect(procs[i].shard_socket, i) for i in (1, 3)]
+        try:
+            events = [LinkEvents(c) for c in clients]
+            c2 = ShardClient.connect(procs[2].shard_socket, 2, heartbeat=True)
+            # what the routers log from here on (the mesh's start-up may log dial retries)
+            start = {i: len(procs[i].log()) for i in (1, 2, 3)}
+            try:
+                c2.send(p.DST_ROUTER, p.Command(p.CMD_QUIT, 0, 3))
+            finally:
+                c2.close()
+            for ev in events:
+                reason, _t = ev.wait_down(2, BOUND + 1.0)
+                assert reason == p.ERR_SHARD_EXITED, reason
+            h2 = procs[2].control("health")
+            assert h2["local"]["down"]["cause"] == "shard quit", h2
+            liveness = procs[2].control("stats")["liveness"]
+            assert liveness["local_shard_quit"] == 1 and liveness["local_shard_exited"] == 0
+            # the router logs the exit after it has told its peers: wait for the line
+            wait_for(
+                lambda: "local shard 2 exited: it quit the VM (exit status 3)" in procs[2].log(),
+                what="router 2 to log its shard's quit",
+            )
+            assert "local shard 2 quits the VM (exit status 3)" in procs[2].log()
+            for i in (1, 3):
+                wait_for(
+                    lambda i=i: "shard 2 exited: it quit the VM" in procs[i].log(),
+                    what=f"router {i} to log shard 2's quit",
+                )
+                assert health_down(procs[i].control("health"), 2)["cause"] == "shard quit"
+                assert procs[i].control("stats")["liveness"]["remote_shard_down_reports"] == 0
+            for i in (1, 2, 3):
+                lines = procs[i].log()[start[i] :].splitlines()
+                bad = [ln for ln in lines if "ERROR" in ln or "WARN" in ln]
+                assert not bad, bad
+        finally:
+            for c in clients:
+                c.close()
+
+
 def test_shard_without_heartbeat_is_not_pinged(tmp_path: Path) -> None:
     """An old shard (never sends PING/PONG) is not pinged in the default "auto" mode, so
     one that is simply not reading is not declared hung."""
