@@ -121,6 +121,7 @@ typedef struct {
 
 typedef struct {
     int used, started, registered, closed, rx_dead, out_armed, dirty, local;
+    int tx_dead; /* the peer is gone, its last frames unread: see tx_gone() */
     int fd, peer_id;
     const LinkOps *ops;
     RdmaLink *rdma; /* an RDMA link (_rdma.c), else NULL */
@@ -524,12 +525,32 @@ static int flush(Engine *e, int slot)
     return l->ops->send(e, slot);
 }
 
+/*
+ * A send found the peer gone (EPIPE, ECONNRESET), but what it sent before it
+ * went may still be unread here: a shard sends its router COMMAND QUIT just
+ * before it exits (docs/protocol.md, "Liveness"). So the link is not closed
+ * yet: what is queued for it is dropped, and the read side closes it once it
+ * has read everything (end of stream, or the receive error).
+ */
+static void tx_gone(Engine *e, int slot)
+{
+    Link *l = e->links[slot];
+
+    l->tx_dead = 1;
+    l->oh = l->ot = 0;
+    arm_out(e, slot, 0);
+}
+
 /* a stream socket's send: what the socket takes now, the rest on EPOLLOUT */
 static int stream_send(Engine *e, int slot)
 {
     Link *l = e->links[slot];
     ssize_t n;
 
+    if (l->tx_dead) {
+        l->oh = l->ot = 0;
+        return 0;
+    }
     while (l->ot > l->oh) {
         n = send(l->fd, l->ob + l->oh, l->ot - l->oh,
                  MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -539,6 +560,10 @@ static int stream_send(Engine *e, int slot)
             }
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 arm_out(e, slot, 1);
+                return 0;
+            }
+            if ((errno == EPIPE || errno == ECONNRESET) && !l->rx_dead) {
+                tx_gone(e, slot);
                 return 0;
             }
             close_errno(e, slot, "send failed", errno);
