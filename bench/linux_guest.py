@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, WAKEUP_CUT_MODES
+from cluster.spec import DATA_PATHS, POSTED_WRITES_MODES, WAKEUP_CUT_KEYS, WAKEUP_CUT_MODES
 from loopback.shard_logs import shard_counters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,12 +192,7 @@ def _data_paths_arg(value: str) -> list[str]:
 # the VM options the benches can set (None: the spec's default), and their flags
 VM_CHOICES = (
     ("posted_writes", POSTED_WRITES_MODES, "auto"),
-    ("reply_poll", WAKEUP_CUT_MODES, "on"),
-    ("serve_in_rx", WAKEUP_CUT_MODES, "on"),
-    ("reply_read", WAKEUP_CUT_MODES, "on"),
-    ("irq_in_rx", WAKEUP_CUT_MODES, "on"),
-    ("local_config", WAKEUP_CUT_MODES, "on"),
-    ("halt_poll", WAKEUP_CUT_MODES, "on"),
+    *((key, WAKEUP_CUT_MODES, "on") for key in WAKEUP_CUT_KEYS),
 )
 
 

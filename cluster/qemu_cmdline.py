@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.spec import DeviceSpec, VMSpec, clock_sync_enabled
+from cluster.spec import WAKEUP_CUT_KEYS, DeviceSpec, VMSpec, clock_sync_enabled
 from cluster.vm_options import smp_arg
 
 # Added to a Linux (bzImage) kernel's command line: serial console, and a panic that
@@ -136,18 +136,9 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
         obj += f",posted-shm={posted}"
     if spec.code_announce == "fast":
         obj += ",fast-announce=on"
-    if spec.reply_poll == "off":
-        obj += ",reply-poll=off"
-    if spec.serve_in_rx == "off":
-        obj += ",serve-in-rx=off"
-    if spec.reply_read == "off":
-        obj += ",reply-read=off"
-    if spec.irq_in_rx == "off":
-        obj += ",irq-in-rx=off"
-    if spec.local_config == "off":
-        obj += ",local-config=off"
-    if spec.halt_poll == "off":
-        obj += ",halt-poll=off"
+    obj += "".join(
+        f",{key.replace('_', '-')}=off" for key in WAKEUP_CUT_KEYS if getattr(spec, key) == "off"
+    )
     knob = spec.shards[shard]
     if knob.test_clock_skew_ns or knob.test_clock_drift_ppm:
         obj += (

@@ -145,6 +145,11 @@ CLOCK_SYNC_MODES = ("auto", "on", "off")
 POSTED_WRITES_MODES = ("auto", "on", "off")
 CODE_ANNOUNCE_MODES = ("fast", "plain")
 WAKEUP_CUT_MODES = ("on", "off")
+# issue 14's cuts: [vm] keys that take WAKEUP_CUT_MODES, default "on"; each is the shard
+# property of the same name with "-" for "_" (qemu_cmdline.py) and the flag "--" + that
+WAKEUP_CUT_KEYS = (
+    "reply_poll", "serve_in_rx", "reply_read", "irq_in_rx", "local_config", "halt_poll",
+)  # fmt: skip
 # the test knob's drift limit (the dqemu-shard object's own is larger)
 MAX_TEST_CLOCK_DRIFT_PPM = 10_000
 
@@ -419,12 +424,7 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
             "clock_sync": str,
             "posted_writes": str,
             "code_announce": str,
-            "reply_poll": str,
-            "serve_in_rx": str,
-            "reply_read": str,
-            "irq_in_rx": str,
-            "local_config": str,
-            "halt_poll": str,
+            **dict.fromkeys(WAKEUP_CUT_KEYS, str),
             "link_timeout": (int, float),
             **VM_OPTION_KEYS,
         },
@@ -830,8 +830,7 @@ def flag_reader(flags: dict[tuple[str | None, str | None], str]) -> _Reader:
 
 # [vm] keys that have a flag of their own, which also overrides a --spec's
 VM_FLAG_KEYS = (
-    "data_path", "memory_mode", "posted_writes", "code_announce", "transport", "reply_poll",
-    "serve_in_rx", "reply_read", "irq_in_rx", "local_config", "halt_poll",
+    "data_path", "memory_mode", "posted_writes", "code_announce", "transport", *WAKEUP_CUT_KEYS,
 )  # fmt: skip
 _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "vcpus"): "--vcpus",
@@ -842,12 +841,7 @@ _FLAG_KEYS: dict[tuple[str | None, str | None], str] = {
     ("vm", "memory_mode"): "--memory-mode",
     ("vm", "posted_writes"): "--posted-writes",
     ("vm", "code_announce"): "--code-announce",
-    ("vm", "reply_poll"): "--reply-poll",
-    ("vm", "serve_in_rx"): "--serve-in-rx",
-    ("vm", "reply_read"): "--reply-read",
-    ("vm", "irq_in_rx"): "--irq-in-rx",
-    ("vm", "local_config"): "--local-config",
-    ("vm", "halt_poll"): "--halt-poll",
+    **{("vm", key): "--" + key.replace("_", "-") for key in WAKEUP_CUT_KEYS},
     ("vm", "transport"): "--transport",
     ("vm", "cpu"): "--cpu",
     ("vm", "machine_options"): "--machine",
