@@ -35,6 +35,7 @@ Usage: bench/forwarding.py [--vcpus 2] [--iters 300] [--machine q35] [--json FIL
        [--data-paths router,direct] [--posted-writes auto|on|off]
        [--reply-poll on|off] [--serve-in-rx on|off] [--reply-read on|off]
        [--irq-in-rx on|off] [--local-config on|off] [--halt-poll on|off]
+       [--transport tcp|rdma] [--link-timeout S]
 Last line, all p50 over 2 shards on the default data path (the spec's, direct), in µs:
 ``ipi_rtt_us=<p50> pio_rtt_us=<p50> mmio_rtt_us=<p50> raw_link_rtt_us=<p50>``.
 """
@@ -56,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from bench.linux_guest import add_vm_choices, vm_extra  # noqa: E402
 from cluster.errors import DqemuError  # noqa: E402
 from cluster.qemu_build import ensure_qemu  # noqa: E402
-from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, VMSpec  # noqa: E402
+from cluster.spec import DATA_PATHS, DEFAULT_DATA_PATH, TRANSPORTS, VMSpec  # noqa: E402
 from loopback.dqtest import Latency, build_dqtest, dqtest_spec, run_dqtest  # noqa: E402
 
 GROUPS = "pingpong,pio,mmio"
@@ -88,6 +89,14 @@ def p50_us(lats: list[Latency]) -> float | None:
     return round(statistics.median(vals) / 1000, 2) if vals else None
 
 
+def sharded_vm(args: argparse.Namespace) -> dict[str, object]:
+    """The 2-shard runs' own [vm] keys: the transport, and a longer link timeout if asked."""
+    vm: dict[str, object] = {"transport": args.transport}
+    if args.link_timeout is not None:
+        vm["link_timeout"] = args.link_timeout
+    return vm
+
+
 def raw_link_rtt_us() -> float:
     """The Python raw one-hop round trip between two namespaces, from router_latency.py."""
     cmd = [sys.executable, str(ROOT / "bench" / "router_latency.py"), "--iters", "2000",
@@ -111,7 +120,7 @@ def run(
     r = run_dqtest(
         kernel, qemu=qemu, shards=shards, append=append, vcpus=args.vcpus,
         machine=args.machine, timeout=args.timeout, data_path=data_path,
-        vm_extra=vm_extra(args) or None,
+        vm_extra={**vm_extra(args), **(sharded_vm(args) if shards > 1 else {})},
     )  # fmt: skip
     wakeups = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before
     if r.returncode is None or not r.result.complete:
@@ -135,6 +144,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", type=Path, help="also write every latency row as JSON here")
     add_vm_choices(ap, ",".join(DATA_PATHS), "the 2-shard runs")
+    ap.add_argument(
+        "--transport", choices=TRANSPORTS, default="tcp",
+        help="the 2-shard runs' vm.transport (rdma: where the kernel has rxe, e.g. in the "
+        "RDMA test host, bench/rdma.py)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--link-timeout", type=float,
+        help="the 2-shard runs' vm.link_timeout in seconds (TCG inside TCG: routers of a "
+        "healthy link were seen silent for over the default 1 s)",
+    )  # fmt: skip
     args = ap.parse_args()
     paths: list[str] = args.data_paths
     if args.vcpus < 2:

@@ -35,13 +35,16 @@ from tests.support import rdma_host  # noqa: E402
 INNER = """
 set -u
 run_bench() {{
-  python bench/router_latency.py --no-netns --transport "$@" --rdma-device rxe0 \\
-    --iters {iters} --messages {messages} --rounds 1 --cpus all > /tmp/bench-$1.txt 2>&1 \\
-    || {{ echo "router_latency --transport $1 failed:"; cat /tmp/bench-$1.txt; exit 3; }}
-  sed "s/^/[$1] /" /tmp/bench-$1.txt
+  tag=$1; shift
+  python bench/router_latency.py --no-netns --rdma-device rxe0 "$@" \\
+    --iters {iters} --messages {messages} --rounds 1 --cpus all > /tmp/bench-$tag.txt 2>&1 \\
+    || {{ echo "router_latency $* failed:"; cat /tmp/bench-$tag.txt; exit 3; }}
+  sed "s/^/[$tag] /" /tmp/bench-$tag.txt
 }}
-run_bench rdma --verbs-device rxe0 {extra}
-run_bench tcp {extra}
+run_bench rdma --transport rdma --verbs-device rxe0 {extra}
+run_bench tcp --transport tcp {extra}
+run_bench rdma-direct --transport rdma --data-path direct --verbs-device rxe0 {extra}
+run_bench tcp-direct --transport tcp --data-path direct {extra}
 """
 
 
@@ -71,7 +74,7 @@ def main() -> int:
         return 2
     out = r.output
     for ln in out.splitlines():
-        if ln.startswith(("[rdma]", "[tcp]")):
+        if ln.startswith(("[rdma]", "[tcp]", "[rdma-direct]", "[tcp-direct]")):
             print(ln)
     if r.returncode != 0:
         print(out[-4000:], file=sys.stderr)
@@ -82,14 +85,21 @@ def main() -> int:
     verbs_e = last_kv(out, "rdma", "verbs_events_rtt_us")
     py_rdma = last_kv(out, "rdma", "router_rtt_us")
     py_tcp = last_kv(out, "tcp", "router_rtt_us")
+    d_rdma = last_kv(out, "rdma-direct", "router_c_rtt_us")
+    d_tcp = last_kv(out, "tcp-direct", "router_c_rtt_us")
+    d_verbs = last_kv(out, "rdma-direct", "verbs_rtt_us")
     print(
         f"python_client: rdma_rtt_us={py_rdma:.1f} tcp_rtt_us={py_tcp:.1f} "
         f"ratio={py_rdma / verbs:.2f}; verbs_events_rtt_us={verbs_e:.1f} "
         f"ratio_events={rdma / verbs_e:.2f}"
     )
     print(
-        f"rdma_rtt_us={rdma:.1f} tcp_rtt_us={tcp:.1f} verbs_rtt_us={verbs:.1f} "
+        f"router_path: rdma_rtt_us={rdma:.1f} tcp_rtt_us={tcp:.1f} verbs_rtt_us={verbs:.1f} "
         f"ratio={rdma / verbs:.2f}"
+    )
+    print(
+        f"rdma_rtt_us={d_rdma:.1f} tcp_rtt_us={d_tcp:.1f} verbs_rtt_us={d_verbs:.1f} "
+        f"ratio={d_rdma / d_verbs:.2f}"
     )
     return 0
 

@@ -22,31 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loopback.dqtest import (  # noqa: E402
-    DEBUG_EXIT_DEVICE,
-    EXIT_PASS,
-    ISA_IRQ_DEVICE,
-    VGA_DEVICE,
-    build_dqtest,
-)
+from loopback.dqtest import EXIT_PASS, build_dqtest  # noqa: E402
 from tests.support import rdma_host  # noqa: E402
-
-
-def dqtest_toml(kernel: Path, append: str, timeout: float) -> str:
-    """dqtest's VM over 2 shards as a spec file: loopback/dqtest.py's devices (its
-    ``dqtest_spec`` without the scratch disk), for ``dqemu loopback --spec``. Its routers
-    wait 20 s (``link_timeout``) before calling a link dead: under TCG inside TCG both
-    routers of a healthy link were seen silent for just over the default 1 s."""
-    devices = [(DEBUG_EXIT_DEVICE, 0), ("edu", 0), (ISA_IRQ_DEVICE, 1), (VGA_DEVICE, 1)]
-    return "\n".join(
-        [
-            '[vm]\nvcpus = 4\nmemory = 256\nmachine = "q35"\nlink_timeout = 20',
-            f'[boot]\nkernel = "{kernel}"\nappend = "{append}"\ntimeout = {timeout:g}',
-            '[[shard]]\nid = 0\nvcpus = "0-1"\n[[shard]]\nid = 1\nvcpus = "2-3"',
-            *(f'[[device]]\ndevice = "{d}"\nshard = {k}' for d, k in devices),
-        ]
-    )
-
+from tests.support.rdma_host import dqtest_toml  # noqa: E402
 
 # in the test host: dqtest over RDMA, the launcher's rxe devices seen while it runs and
 # gone after it; then a SIGKILLed launcher's devices, reaped by `dqemu cleanup`
@@ -115,11 +93,15 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=100, help="dqtest's iters= (kernel argument)")
     ap.add_argument("--wait-ms", type=int, default=20000, help="dqtest's timeout_ms=")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds for the whole boot")
+    ap.add_argument(
+        "--data-path", choices=("router", "direct"), default="router",
+        help="direct: frames between the shards go on their own queue pairs",
+    )  # fmt: skip
     args = ap.parse_args()
     kernel = build_dqtest()  # here: the test host sees the build cache read-only
     # timeout_ms: a single wait in dqtest may take long in TCG inside TCG (default 2 s)
     append = f"iters={args.iters} timeout_ms={args.wait_ms}"
-    spec = dqtest_toml(kernel, append=append, timeout=args.timeout - 300)
+    spec = dqtest_toml(kernel, append=append, timeout=args.timeout - 300, data_path=args.data_path)
     t0 = time.monotonic()
     try:
         r = rdma_host.run(["sh", "-c", SCRIPT.format(spec=spec)], timeout=args.timeout)

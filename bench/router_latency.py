@@ -16,6 +16,9 @@ Two hosts, A and B, are network namespaces joined by veth (loopback/netns.py). R
 (c) one-way throughput over one router link: small frames from A's client to a sink on B.
 
 ``--transport rdma`` links the two routers by RDMA (the raw figures stay TCP's).
+``--data-path direct`` gives the routers direct shard links: the C ends of (a') take them
+(with ``--transport rdma``, the queue pair the series' hw/dqemu/rdma.c sets up over them,
+busy-polled), so their round trip is one hop each way, through no router.
 
 Last line: ``router_rtt_us=<p50> raw_rtt_us=<p50> ratio=<router/raw> msgs_per_s=<n>``
 (raw = the Python one-hop p50); the line before it, ``router_c_rtt_us=<p50>
@@ -56,7 +59,7 @@ from cluster.router import protocol as p  # noqa: E402
 from cluster.router.auth import generate_secret, write_secret_file  # noqa: E402
 from cluster.router.control import ControlError, control_call  # noqa: E402
 from loopback.netns import Topology, available  # noqa: E402
-from tests.support.proto_header import write_include_dir  # noqa: E402
+from tests.support.proto_header import write_include_dir, write_rdma_sources  # noqa: E402
 from tests.support.shard_client import ShardClient  # noqa: E402
 
 HDR = p.HEADER
@@ -286,6 +289,8 @@ class Bench:
                 cfg["busy_poll_cpu"] = self.args.busy_poll_cpu
             if self.args.transport == "rdma":
                 cfg.update(transport="rdma", rdma_device=self.args.rdma_device)
+            if self.args.data_path == "direct":
+                cfg["data_path"] = "direct"
             if not self.topo:  # on 127.0.0.1 pick free ports
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", 0))
@@ -372,16 +377,25 @@ class Bench:
         echo.wait(EXIT_WAIT)
         return router_lat, raw_lat, api_lat
 
-    def compile_c(self, name: str) -> Path | None:
-        """bench/<name>.c built now (with the QEMU series' header), or None without gcc."""
+    def compile_c(self, name: str, rdma: bool = False) -> Path | None:
+        """bench/<name>.c built now (with the QEMU series' header), or None without gcc;
+        ``rdma``: with the series' RDMA direct link (hw/dqemu/rdma.c, libibverbs, GLib)."""
         gcc = shutil.which("gcc")
         if gcc is None:
             return None
         exe = self.tmp / name
         inc = write_include_dir(self.tmp / "include")
+        extra: list[str] = []
+        if rdma:
+            glib = subprocess.run(
+                ["pkg-config", "--cflags", "--libs", "glib-2.0"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()  # fmt: skip
+            extra = ["-DDQ_BENCH_RDMA", str(write_rdma_sources(inc)), *glib, "-libverbs"]
         subprocess.run(
-            [gcc, "-O2", f"-I{inc}", "-o", str(exe), str(ROOT / "bench" / f"{name}.c")], check=True
-        )
+            [gcc, "-O2", f"-I{inc}", "-o", str(exe), str(ROOT / "bench" / f"{name}.c"), *extra],
+            check=True,
+        )  # fmt: skip
         return exe
 
     def raw_c(self) -> dict[str, float] | None:
@@ -400,15 +414,18 @@ class Bench:
         -e) runs between the blocks, so that both see the same machine load. Run first, so
         that router A's request latencies (its view of shard 2) are the C ends' alone; router
         B's view of its shard is read while the C echo is its shard."""
-        exe = self.compile_c("shard_pingpong")
+        direct = self.args.data_path == "direct"
+        exe = self.compile_c("shard_pingpong", rdma=direct and self.args.transport == "rdma")
         if exe is None:
             return None
+        # direct: the C ends take the direct link that their routers hand them
+        opt = [f"direct={self.args.rdma_device}"] if direct else []
         echo = self.spawn(
-            None, [str(exe), "echo", str(dirs[1] / "shard.sock"), "2"],
+            None, [str(exe), "echo", str(dirs[1] / "shard.sock"), "2", *opt],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         client = self.spawn(
-            None, [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2"],
+            None, [str(exe), "client", str(dirs[0] / "shard.sock"), "1", "2", *opt],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
         assert echo.stdout is not None and client.stdin is not None and client.stdout is not None
@@ -585,6 +602,12 @@ def main() -> int:
         "that bench/rdma.py boots)",
     )  # fmt: skip
     ap.add_argument("--rdma-device", default="", help="with --transport rdma (default: first)")
+    ap.add_argument(
+        "--data-path", choices=("router", "direct"), default="router",
+        help="the routers' data_path; direct: the C shard ends (a') take their direct link "
+        "(with --transport rdma, the queue pair they set up over it) and the round trip "
+        "crosses no router",
+    )  # fmt: skip
     ap.add_argument(
         "--verbs-device", default="",
         help="run ibv_rc_pingpong on this RDMA device between the C shard ends' blocks "

@@ -4,16 +4,23 @@
  * is measured between two C ends, and the figure is the routers' and their
  * link's, not a Python client's.
  *
- *   shard_pingpong echo SOCK SHARD [spin]
+ *   shard_pingpong echo SOCK SHARD [spin] [direct[=DEV]]
  *       registers as SHARD on the router's UNIX socket SOCK, prints "ready",
  *       answers every request by rewriting its header (PIO_REQ -> PIO_REPLY)
  *       and drops every other frame
- *   shard_pingpong client SOCK SHARD DST [spin]
+ *   shard_pingpong client SOCK SHARD DST [spin] [direct[=DEV]]
  *       registers, prints "ready"; then for each count N read from stdin
  *       sends N PIO_REQs to shard DST one at a time, each waiting for its
  *       reply, and prints their latencies (microseconds) on one line
  *
  * "spin" busy-polls reads (non-blocking recv in a loop) instead of sleeping.
+ * "direct" registers for direct shard links (routers with data_path
+ * "direct", docs/protocol.md) and, once the router hands over the link to the
+ * peer, sends and reads the frames on it: on the socket (DQ_FD_DIRECT), or
+ * on the RDMA queue pair set up over it (DQ_FD_DIRECT_RDMA) on device DEV
+ * (default: the first with port 1 active), always busy-polled (so give the
+ * two ends a CPU each), with the series' own hw/dqemu/rdma.c (built in with
+ * -DDQ_BENCH_RDMA).
  * The frame layout is the QEMU series' own header (hw/dqemu/proto.h, taken out
  * of qemu-patches/0002 by the bench when it compiles this file).
  *
@@ -21,6 +28,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,10 +38,24 @@
 #include <unistd.h>
 
 #include "hw/dqemu/proto.h"
+#ifdef DQ_BENCH_RDMA
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "hw/dqemu/rdma.h"
+#endif
 
 #define BUFSZ (1 << 20)
 
 static int spin;
+/* "direct": the link to the peer (its socket), and its queue pair if RDMA */
+static int direct = -1;
+static const char *rdma_dev = "";
+#ifdef DQ_BENCH_RDMA
+static DQemuRdma *rdma;
+#endif
+/* descriptors that came with the router's frames, for its SHARD_FDs */
+static int fds[16];
+static int nfds;
 static uint8_t buf[BUFSZ];
 static size_t start, end;
 
@@ -46,6 +68,18 @@ static void die(const char *what)
 static void send_all(int fd, const void *p, size_t n)
 {
     const uint8_t *b = p;
+
+#ifdef DQ_BENCH_RDMA
+    if (rdma && fd == direct) {
+        const char *why;
+
+        if (!dqemu_rdma_write(rdma, p, n, &why)) {
+            fprintf(stderr, "shard_pingpong: RDMA link: %s\n", why);
+            exit(1);
+        }
+        return;
+    }
+#endif
 
     while (n) {
         ssize_t k = write(fd, b, n);
@@ -69,8 +103,67 @@ static void fill(int fd)
         end -= start;
         start = 0;
     }
+#ifdef DQ_BENCH_RDMA
+    /*
+     * Busy-poll, and after 1 ms without a frame sleep on the completion
+     * channel, as a shard's receive thread does: an idle echo must not
+     * spin beside the verbs round trips measured between the blocks.
+     */
+    for (struct timespec last = { 0 }; rdma;) {
+        struct pollfd pfd = { .fd = dqemu_rdma_channel_fd(rdma), .events = POLLIN };
+        struct timespec now;
+        const char *why;
+        size_t n;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!last.tv_sec) {
+            last = now;
+        } else if ((now.tv_sec - last.tv_sec) * 1000000000L +
+                   (now.tv_nsec - last.tv_nsec) > 1000000L) {
+            poll(&pfd, 1, 100);
+            /* take the event and rearm; the fill below sees what came */
+            dqemu_rdma_event(rdma);
+            last = now;
+        }
+        if (!dqemu_rdma_fill(rdma, &why)) {
+            fprintf(stderr, "shard_pingpong: RDMA link: %s\n", why);
+            exit(1);
+        }
+        n = dqemu_rdma_peek(rdma, buf + end, BUFSZ - end);
+        if (n) {
+            n = n < BUFSZ - end ? n : BUFSZ - end;
+            dqemu_rdma_take(rdma, NULL, n);
+            end += n;
+            return;
+        }
+    }
+#endif
     for (;;) {
-        k = recv(fd, buf + end, BUFSZ - end, spin ? MSG_DONTWAIT : 0);
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(4 * sizeof(int))];
+        } ctl;
+        struct iovec iov = { .iov_base = buf + end, .iov_len = BUFSZ - end };
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1,
+            .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b),
+        };
+        struct cmsghdr *c;
+
+        /* a router's SHARD_FD carries a descriptor: keep them, in order */
+        k = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | (spin ? MSG_DONTWAIT : 0));
+        for (c = CMSG_FIRSTHDR(&mh); k > 0 && c; c = CMSG_NXTHDR(&mh, c)) {
+            int *in = (int *)CMSG_DATA(c);
+            size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+            for (size_t i = 0; c->cmsg_type == SCM_RIGHTS && i < n; i++) {
+                if (nfds == (int)(sizeof(fds) / sizeof(fds[0]))) {
+                    fprintf(stderr, "shard_pingpong: too many descriptors\n");
+                    exit(1);
+                }
+                fds[nfds++] = in[i];
+            }
+        }
         if (k > 0) {
             end += (size_t)k;
             return;
@@ -146,6 +239,7 @@ static int do_register(const char *path, uint16_t shard)
     memset(&f.r, 0, sizeof(f.r));
     f.r.shard_id = shard;
     f.r.pid = (uint32_t)getpid();
+    f.r.features = direct == -2 ? DQ_FEAT_DIRECT : 0;
     send_all(fd, &f, sizeof(f));
     for (;;) {
         DQHeader *h = next_frame(fd);
@@ -157,6 +251,67 @@ static int do_register(const char *path, uint16_t shard)
             }
             return fd;
         }
+    }
+}
+
+/*
+ * "direct": wait for the router's SHARD_FD of the link to @peer (-1: any),
+ * set the link up, tell the peer (DIRECT_UP, through the router) and return
+ * the peer's id. The stats page (DQ_FD_STATS) is not used here.
+ */
+static uint16_t take_direct(int rfd, uint16_t self, int peer)
+{
+    struct {
+        DQHeader h;
+        DQMsgDirectUp u;
+    } up;
+
+    for (;;) {
+        DQHeader *h = next_frame(rfd);
+        DQMsgShardFd *m = (DQMsgShardFd *)(h + 1);
+        int fd;
+
+        if (h->type != DQ_MSG_SHARD_FD || h->flags & DQ_FLAG_ERROR) {
+            continue;
+        }
+        /* each SHARD_FD carries one descriptor, in order */
+        fd = nfds ? fds[0] : -1;
+        if (nfds) {
+            memmove(fds, fds + 1, --nfds * sizeof(int));
+        }
+        if (fd < 0) {
+            fprintf(stderr, "shard_pingpong: SHARD_FD without a descriptor\n");
+            exit(1);
+        }
+        if (m->kind == DQ_FD_STATS ||
+            (peer >= 0 && m->peer_shard != (uint16_t)peer)) {
+            close(fd);
+            continue;
+        }
+        direct = fd;
+        peer = m->peer_shard;
+        if (m->kind == DQ_FD_DIRECT_RDMA) {
+#ifdef DQ_BENCH_RDMA
+            Error *err = NULL;
+
+            /* TCG inside TCG: the peer's set-up may take long */
+            rdma = dqemu_rdma_connect(fd, rdma_dev, 1, 0, 120000, &err);
+            if (!rdma) {
+                fprintf(stderr, "shard_pingpong: %s\n", err->msg);
+                exit(1);
+            }
+#else
+            fprintf(stderr, "shard_pingpong: an RDMA link, but built "
+                    "without -DDQ_BENCH_RDMA\n");
+            exit(1);
+#endif
+        }
+        header(&up.h, DQ_MSG_DIRECT_UP, 0, self, (uint16_t)peer,
+               sizeof(up.u), 0);
+        memset(&up.u, 0, sizeof(up.u));
+        up.u.shard_id = self;
+        send_all(rfd, &up, sizeof(up));
+        return (uint16_t)peer;
     }
 }
 
@@ -254,8 +409,27 @@ int main(int argc, char **argv)
                 "client SOCK SHARD DST [spin]\n", argv[0]);
         return 2;
     }
-    spin = strcmp(argv[argc - 1], "spin") == 0;
+    for (int i = strcmp(argv[1], "echo") ? 5 : 4; i < argc; i++) {
+        if (!strcmp(argv[i], "spin")) {
+            spin = 1;
+        } else if (!strncmp(argv[i], "direct", 6) &&
+                   (!argv[i][6] || argv[i][6] == '=')) {
+            direct = -2; /* wanted, not there yet */
+            rdma_dev = argv[i][6] ? argv[i] + 7 : "";
+        } else {
+            fprintf(stderr, "shard_pingpong: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
     fd = do_register(argv[2], (uint16_t)atoi(argv[3]));
+    if (direct == -2) {
+        int peer = strcmp(argv[1], "echo") ? atoi(argv[4]) : -1;
+
+        take_direct(fd, (uint16_t)atoi(argv[3]), peer);
+        /* from here on, frames come and go on the link */
+        start = end = 0;
+        fd = direct;
+    }
     if (strcmp(argv[1], "echo") == 0) {
         printf("ready\n");
         fflush(stdout);

@@ -10,6 +10,7 @@ image or a network backend is opened by its owner only.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,18 @@ def shard_object(spec: VMSpec, shard: int, router: Path, posted: Path | None = N
     if knob.test_dsm_delay:
         obj += f",test-dsm-delay={knob.test_dsm_delay}"
     return f"{obj},owners={owners}" if owners else obj
+
+
+def with_rdma_device(argv: Sequence[str], device: str) -> list[str]:
+    """A shard's argv with the RDMA device of its direct links (its router's device, which a
+    host knows only once it has set up its links: loopback's rxe devices) on its dqemu-shard
+    object."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("dqemu-shard,") and i and out[i - 1] == "-object":
+            out[i] = f"{arg},rdma-device={device}"
+            return out
+    raise ValueError("no dqemu-shard object in the shard's command line")
 
 
 def dsm_homes(spec: VMSpec) -> str:

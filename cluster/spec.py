@@ -522,18 +522,12 @@ def spec_from_data(data: dict[str, Any], r: _Reader, base: Path | None) -> VMSpe
         raise r.fail(
             "vm", None, "transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}"
         )
-    # RDMA links carry frames between routers, so an RDMA VM takes the router path
-    # unless its spec names another one (and then it is refused below)
-    data_path = vm.get("data_path") or ("router" if transport == "rdma" else default_data_path())
+    # over RDMA too the direct path is the default: the shards' own queue pairs
+    data_path = vm.get("data_path") or default_data_path()
     if data_path not in DATA_PATHS:
         raise r.fail(
             "vm", None, "data_path", f"{data_path!r} is not one of {', '.join(DATA_PATHS)}"
         )
-    if transport == "rdma" and data_path == "direct":
-        raise r.fail(
-            "vm", None, "transport",
-            '"rdma" needs data_path "router", not "direct" (RDMA links join routers only)',
-        )  # fmt: skip
     clock_sync = _vm_choice(r, vm, "clock_sync", CLOCK_SYNC_MODES)
     posted_writes = _vm_choice(r, vm, "posted_writes", POSTED_WRITES_MODES)
     code_announce = _vm_choice(r, vm, "code_announce", CODE_ANNOUNCE_MODES)

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from cluster.errors import DqemuError
+from cluster.qemu_cmdline import with_rdma_device
 from cluster.router.control import ControlError, control_call
 from cluster.router.shardproc import HUNG_MARK
 from cluster.vm.exit_policy import EXIT_SHARD_FAILED, last_words, log_tail
@@ -269,9 +270,10 @@ class LoopbackHost(ShardHost):
     def start_shard(self, shard: int) -> Started:
         plan = self._plan()
         s = plan.shard(shard)
-        child = self.sup.spawn(
-            s.name, s.argv, netns=self.netns.get(shard), log=self.log_dir / s.log
-        )
+        argv = list(s.argv)
+        if shard in self.rdma_device:
+            argv = with_rdma_device(argv, self.rdma_device[shard])
+        child = self.sup.spawn(s.name, argv, netns=self.netns.get(shard), log=self.log_dir / s.log)
         self.qemu[shard] = child
         if set(self.qemu) == set(self.shard_ids):
             self._write_pids()

@@ -220,8 +220,6 @@ def config_from_data(data: Any) -> RouterConfig:
     transport = data.get("transport", "tcp")
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
-    if transport == "rdma" and data_path == "direct":
-        raise ConfigError('transport "rdma" works with data_path "router" only')
     rdma_device = data.get("rdma_device", "")
     if not isinstance(rdma_device, str):
         raise ConfigError(f"rdma_device must be a device name string, not {rdma_device!r}")

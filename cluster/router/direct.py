@@ -28,8 +28,10 @@ from cluster.router.transport import Link
 
 
 class DirectLinks:
-    def __init__(self, own_id: int, peers: list[int]) -> None:
+    def __init__(self, own_id: int, peers: list[int], rdma: bool = False) -> None:
         self.own_id = own_id
+        # with transport "rdma" the shards set up a queue pair over the data connection
+        self.fd_kind = p.FD_DIRECT_RDMA if rdma else p.FD_DIRECT
         # one stats slot per possible peer, fixed for the router's life
         self.slots: dict[int, int] = {sid: i for i, sid in enumerate(sorted(peers))}
         self._lock = threading.Lock()
@@ -97,7 +99,7 @@ class DirectLinks:
                 self._page_sent_to = local
                 self._handed.clear()
             for sid, sock in list(self._socks.items()):
-                msg = p.ShardFd(sid, p.FD_DIRECT, self.slots[sid])
+                msg = p.ShardFd(sid, self.fd_kind, self.slots[sid])
                 if not local.send_fd(self._frame(msg), sock.fileno()):
                     break
                 sock.close()  # the shard has its own copy now

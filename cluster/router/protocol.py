@@ -96,6 +96,7 @@ FEATURES_KNOWN = FEAT_DSM | FEAT_DIRECT
 # SHARD_FD.kind
 FD_STATS = 1  # a memfd holding the stats page
 FD_DIRECT = 2  # a connected, authenticated stream socket to SHARD_FD.peer_shard
+FD_DIRECT_RDMA = 3  # the same, for an RDMA queue pair's set-up ("RDMA links")
 # one slot of the stats page: the router's per-link counters (see stats.Counters)
 STATS_NBUCKETS = 42 * 8
 STATS_SLOT_SIZE = 8 * (4 * 256 + STATS_NBUCKETS + 3)

@@ -170,7 +170,9 @@ class Router:
         self._refusal_log = LogLimiter(log, "connection-refusal")
         # direct shard links (data_path = "direct"): data connections and the stats page
         self.direct = (
-            DirectLinks(self.id, list(self.routes.peers())) if cfg.data_path == "direct" else None
+            DirectLinks(self.id, list(self.routes.peers()), rdma=cfg.transport == "rdma")
+            if cfg.data_path == "direct"
+            else None
         )
         self._data_dialing: set[int] = set()
         self._data_next: dict[int, float] = {}

@@ -3,16 +3,19 @@ with soft-RoCE, tests/support/rdma_host.py) runs, over rxe devices, the TCP rout
 request, broadcast, control, ordering, fuzz and loss cases with DQEMU_TEST_TRANSPORT=rdma, and the
 RDMA link's own cases (tests/rdma/). One boot for all of it: a boot costs 30-90 s.
 
-`dqemu loopback --transport rdma` of dqtest over 2 shards in the test host (nested TCG) takes
-longer than a test may: it is bench/rdma_loopback.py, which checks and times it."""
+`dqemu loopback --transport rdma` of dqtest over 2 shards in the test host (nested TCG) on the
+routers' path takes longer than a test may: it is bench/rdma_loopback.py, which checks and
+times it. On the direct path (the shards' own queue pairs) a short dqtest run is a test here."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
+from loopback.dqtest import EXIT_PASS, build_dqtest
 from tests.support import rdma_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.testhost]
@@ -56,3 +59,45 @@ def test_rdma_links_in_the_test_host() -> None:
     tail = r.output[-8000:]
     assert r.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail and " skipped" not in tail, tail
+
+
+# in the test host: dqtest over 2 shards whose frames go on the shards' own queue pairs
+# (transport "rdma", data_path "direct"); the shards' logs name the device of each link
+DIRECT_SCRIPT = """
+set -u
+cat > /tmp/dqtest.toml <<'EOF_SPEC'
+{spec}
+EOF_SPEC
+export DQEMU_START_TIMEOUT=600
+mkdir -p /tmp/dqlogs
+dqemu loopback --spec /tmp/dqtest.toml --transport rdma --log-dir /tmp/dqlogs > /tmp/out.txt 2>&1
+RC=$?
+tail -n 4 /tmp/out.txt
+echo "== links"; grep -h "on RDMA device" /tmp/dqlogs/shard*.log
+echo "== router errors"; grep -h "ERROR" /tmp/dqlogs/router*.log
+echo "== exit $RC"
+"""
+
+
+def test_dqtest_on_direct_rdma_links_in_the_test_host() -> None:
+    """The whole forwarding path of a VM over RDMA without routers in it: dqtest (IPIs,
+    PIO, MMIO, interrupts, clock, code coherence) passes, each shard logs the RDMA device
+    its direct link runs on, and the routers log no error (the power-off included)."""
+    try:
+        rdma_host.generic_kernel()
+    except rdma_host.RdmaHostUnavailable as e:
+        if not _kernel_installable():
+            pytest.skip(f"{e}, and apt has no {rdma_host.KERNEL_PACKAGE} to install")
+        raise
+    kernel = build_dqtest()
+    spec = rdma_host.dqtest_toml(
+        kernel, append="iters=50 timeout_ms=20000", timeout=900, data_path="direct"
+    )
+    r = rdma_host.run(["sh", "-c", DIRECT_SCRIPT.format(spec=spec)], timeout=1500)
+    out = r.output
+    assert "dqtest: PASS" in out and f"== exit {EXIT_PASS}" in out, out[-6000:]
+    links = out.split("== links\n", 1)[1].split("== router errors", 1)[0]
+    assert re.search(r"shard 0: direct link to shard 1 on RDMA device dq\d+rxe0", links), out
+    assert re.search(r"shard 1: direct link to shard 0 on RDMA device dq\d+rxe1", links), out
+    errors = out.split("== router errors\n", 1)[1].split("== exit", 1)[0]
+    assert not errors.strip(), errors

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.paths import cache_root
+from loopback.dqtest import DEBUG_EXIT_DEVICE, ISA_IRQ_DEVICE, VGA_DEVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -180,6 +181,24 @@ def main() -> int:
         return 2
     sys.stdout.write(r.output)
     return r.returncode
+
+
+def dqtest_toml(kernel: Path, append: str, timeout: float, data_path: str = "router") -> str:
+    """dqtest's VM over 2 shards as a spec file: loopback/dqtest.py's devices (its
+    ``dqtest_spec`` without the scratch disk), for ``dqemu loopback --spec``. Its routers
+    wait 20 s (``link_timeout``) before calling a link dead: under TCG inside TCG both
+    routers of a healthy link were seen silent for just over the default 1 s. ``data_path``
+    "direct": the shards' own queue pairs carry the frames between them."""
+    devices = [(DEBUG_EXIT_DEVICE, 0), ("edu", 0), (ISA_IRQ_DEVICE, 1), (VGA_DEVICE, 1)]
+    return "\n".join(
+        [
+            '[vm]\nvcpus = 4\nmemory = 256\nmachine = "q35"\nlink_timeout = 20',
+            f'data_path = "{data_path}"',
+            f'[boot]\nkernel = "{kernel}"\nappend = "{append}"\ntimeout = {timeout:g}',
+            '[[shard]]\nid = 0\nvcpus = "0-1"\n[[shard]]\nid = 1\nvcpus = "2-3"',
+            *(f'[[device]]\ndevice = "{d}"\nshard = {k}' for d, k in devices),
+        ]
+    )
 
 
 if __name__ == "__main__":

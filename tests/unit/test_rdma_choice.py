@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.qemu_cmdline import BootFiles
+from cluster.qemu_cmdline import BootFiles, with_rdma_device
 from cluster.router.config import ConfigError, config_from_data
 from cluster.router.router import Router
-from cluster.spec import SpecError, parse_spec
+from cluster.spec import SpecError, default_data_path, parse_spec
 from cluster.vm.plan import make_plan
 from tests.unit._router_support import SECRET, router_config
 
@@ -48,8 +48,16 @@ def test_spec_transport() -> None:
     assert all(s.router.config("/run", "127.0.0.1")["transport"] == "rdma" for s in plan.shards)
     with pytest.raises(SpecError, match=r"vm\.transport: 'ib' is not one of tcp, rdma"):
         parse_spec(SPEC.format(extra='transport = "ib"'), origin="vm.toml")
-    with pytest.raises(SpecError, match='needs data_path "router"'):
-        parse_spec(SPEC.format(extra='transport = "rdma"\ndata_path = "direct"'))
+    # the direct path over RDMA: the shards' own queue pairs, on their routers' devices
+    spec = parse_spec(SPEC.format(extra='transport = "rdma"\ndata_path = "direct"'))
+    assert (spec.transport, spec.data_path) == ("rdma", "direct")
+    plan = make_plan(spec, qemu="/q", boot=boot, vm_id="t-1")  # type: ignore[arg-type]
+    cfg = plan.shards[0].router.config("/run", "127.0.0.1")
+    assert (cfg["transport"], cfg["data_path"]) == ("rdma", "direct")
+    argv = with_rdma_device(plan.shards[1].argv, "rxe7")
+    assert next(a for a in argv if a.startswith("dqemu-shard,")).endswith(",rdma-device=rxe7")
+    with pytest.raises(ValueError, match="no dqemu-shard object"):
+        with_rdma_device(["qemu", "-m", "1G"], "rxe0")
 
 
 def test_router_config_transport(tmp_path: Path) -> None:
@@ -66,7 +74,6 @@ def test_router_config_transport(tmp_path: Path) -> None:
         ({"transport": "udp"}, "transport must be one of tcp, rdma"),
         ({"transport": "rdma", "rdma_port": 0}, "rdma_port must be an integer 1..255"),
         ({"rdma_gid_index": "x"}, "rdma_gid_index must be an integer"),
-        ({"transport": "rdma", "data_path": "direct"}, 'works with data_path "router" only'),
     ):
         with pytest.raises(ConfigError, match=msg):
             config_from_data({**base, **bad})
@@ -129,14 +136,13 @@ def test_flags_over_a_spec_are_checked_as_the_spec(tmp_path: Path) -> None:
     plain.write_text(SPEC.format(extra=""))
     direct = tmp_path / "direct.toml"
     direct.write_text(SPEC.format(extra='data_path = "direct"'))
-    # no data_path in the file: --transport rdma takes the routers' path, as the file would
+    # no data_path in the file: --transport rdma takes the default path (direct)
     spec = load_spec(plain, {"transport": "rdma"})
-    assert (spec.transport, spec.data_path) == ("rdma", "router")
-    # a file that asks for direct links is not switched silently: the flag is refused
-    with pytest.raises(SpecError, match=rf'^--transport \(over {direct}\): "rdma" needs data_path'):
-        load_spec(direct, {"transport": "rdma"})
-    with pytest.raises(SpecError, match=r'^--transport .*needs data_path "router"'):
-        load_spec(plain, {"transport": "rdma", "data_path": "direct"})
+    assert (spec.transport, spec.data_path) == ("rdma", default_data_path())
+    assert load_spec(plain, {"transport": "rdma", "data_path": "router"}).data_path == "router"
+    # a file that asks for direct links keeps them: the shards' own queue pairs
+    assert load_spec(direct, {"transport": "rdma"}).data_path == "direct"
+    assert load_spec(plain, {"transport": "rdma", "data_path": "direct"}).data_path == "direct"
     with pytest.raises(SpecError, match=r"^--memory-mode \(over .*\): 'big' is not one of"):
         load_spec(plain, {"memory_mode": "big"})
     assert load_spec(plain, {"data_path": "router"}).data_path == "router"
