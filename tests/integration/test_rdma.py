@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from cluster.vm.exit_policy import EXIT_SHARD_FAILED
 from loopback.dqtest import EXIT_PASS, build_dqtest
 from tests.support import rdma_host
 
@@ -76,13 +77,30 @@ tail -n 4 /tmp/out.txt
 echo "== links"; grep -h "on RDMA device" /tmp/dqlogs/shard*.log
 echo "== router errors"; grep -h "ERROR" /tmp/dqlogs/router*.log
 echo "== exit $RC"
+# a peer that dies: shard 1's QEMU is SIGKILLed once both RDMA links are up
+mkdir -p /tmp/dqlogs2
+sed -i 's/iters=[0-9]*/iters=1000000/' /tmp/dqtest.toml
+dqemu loopback --spec /tmp/dqtest.toml --transport rdma --log-dir /tmp/dqlogs2 \\
+  > /tmp/out2.txt 2>&1 &
+L=$!
+for i in $(seq 1200); do
+  [ "$(cat /tmp/dqlogs2/shard*.log 2>/dev/null | grep -c 'on RDMA device')" = 2 ] && break
+  sleep 0.5
+done
+T0=$(date +%s)
+kill -9 $(python3 -c 'import json; print(json.load(open("/tmp/dqlogs2/pids.json"))["shard 1"])')
+wait $L
+echo "== killed: exit $? after $(( $(date +%s) - T0 )) s"
+tail -n 3 /tmp/out2.txt
+echo "== left: $(pgrep -c qemu-system)"
 """
 
 
 def test_dqtest_on_direct_rdma_links_in_the_test_host() -> None:
     """The whole forwarding path of a VM over RDMA without routers in it: dqtest (IPIs,
     PIO, MMIO, interrupts, clock, code coherence) passes, each shard logs the RDMA device
-    its direct link runs on, and the routers log no error (the power-off included)."""
+    its direct link runs on, and the routers log no error (the power-off included). Then a
+    shard dies (SIGKILL) on its RDMA links: the VM ends with the loss named."""
     try:
         rdma_host.generic_kernel()
     except rdma_host.RdmaHostUnavailable as e:
@@ -101,3 +119,9 @@ def test_dqtest_on_direct_rdma_links_in_the_test_host() -> None:
     assert re.search(r"shard 1: direct link to shard 0 on RDMA device dq\d+rxe1", links), out
     errors = out.split("== router errors\n", 1)[1].split("== exit", 1)[0]
     assert not errors.strip(), errors
+    # the peer that died: the VM ends at once, naming it, and nothing is left running
+    m = re.search(r"== killed: exit (\d+) after (\d+) s\n(.*)== left: (\d+)", out, re.S)
+    assert m, out[-4000:]
+    assert int(m.group(1)) == EXIT_SHARD_FAILED, out[-4000:]
+    assert "shard 1" in m.group(3) and "signal 9" in m.group(3), m.group(3)
+    assert int(m.group(2)) < 60 and m.group(4) == "0", out[-4000:]
