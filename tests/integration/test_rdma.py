@@ -43,13 +43,18 @@ def _kernel_installable() -> bool:
     return "Candidate:" in r.stdout and "Candidate: (none)" not in r.stdout
 
 
-def test_rdma_links_in_the_test_host() -> None:
+def _need_test_host() -> None:
+    """Skip where the test host's kernel is neither installed nor installable."""
     try:
         rdma_host.generic_kernel()
     except rdma_host.RdmaHostUnavailable as e:
         if not _kernel_installable():
             pytest.skip(f"{e}, and apt has no {rdma_host.KERNEL_PACKAGE} to install")
         raise
+
+
+def test_rdma_links_in_the_test_host() -> None:
+    _need_test_host()
     cmd = [
         "env", "DQEMU_TEST_TRANSPORT=rdma", "DQEMU_TEST_RDMA_DEVICE=rxe0",
         "DQEMU_TEST_TIMEOUT_SCALE=10",
@@ -101,12 +106,7 @@ def test_dqtest_on_direct_rdma_links_in_the_test_host() -> None:
     PIO, MMIO, interrupts, clock, code coherence) passes, each shard logs the RDMA device
     its direct link runs on, and the routers log no error (the power-off included). Then a
     shard dies (SIGKILL) on its RDMA links: the VM ends with the loss named."""
-    try:
-        rdma_host.generic_kernel()
-    except rdma_host.RdmaHostUnavailable as e:
-        if not _kernel_installable():
-            pytest.skip(f"{e}, and apt has no {rdma_host.KERNEL_PACKAGE} to install")
-        raise
+    _need_test_host()
     kernel = build_dqtest()
     spec = rdma_host.dqtest_toml(
         kernel, append="iters=50 timeout_ms=20000", timeout=900, data_path="direct"
