@@ -97,6 +97,7 @@ kill -9 $(python3 -c 'import json; print(json.load(open("/tmp/dqlogs2/pids.json"
 wait $L
 echo "== killed: exit $? after $(( $(date +%s) - T0 )) s"
 tail -n 3 /tmp/out2.txt
+grep -h "shard 1" /tmp/dqlogs2/shard0.log | tail -n 3
 echo "== left: $(pgrep -c qemu-system)"
 """
 
