@@ -48,7 +48,14 @@ def test_smp_across_shards(tmp_path: Path, layout: str) -> None:
     )
     assert_smp_passed(r, cpus=4)
     assert fwd["ipi"] > 0, fwd  # IPIs crossed shards
-    assert fwd["pio"] > 0 and fwd["mmio"] > 0, fwd
+    # every CPU reads PCI config space (tests/smp): the host bridge's shard answers the others
+    assert fwd["pio"] > 0 and fwd["pci_cfg_read"] > 0, fwd
+    if layout == "4x1":
+        # MMIO from the boot itself (driver probing): over 2 shards only when the guest
+        # happens to probe on CPU 2 or 3 (1 boot in 3-4 here forwarded none, with
+        # pci_cfg_read=0 too); over 4 shards three CPUs of four forward it. dqtest's
+        # mmio_read (test_dqtest) forwards MMIO from every CPU on purpose.
+        assert fwd["mmio"] > 0, fwd
 
 
 def test_serial_from_non_io_shard(tmp_path: Path) -> None:
