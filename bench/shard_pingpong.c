@@ -256,10 +256,10 @@ static int do_register(const char *path, uint16_t shard)
 
 /*
  * "direct": wait for the router's SHARD_FD of the link to @peer (-1: any),
- * set the link up, tell the peer (DIRECT_UP, through the router) and return
- * the peer's id. The stats page (DQ_FD_STATS) is not used here.
+ * set the link up (in "direct") and tell the peer (DIRECT_UP, through the
+ * router). The stats page (DQ_FD_STATS) is not used here.
  */
-static uint16_t take_direct(int rfd, uint16_t self, int peer)
+static void take_direct(int rfd, uint16_t self, int peer)
 {
     struct {
         DQHeader h;
@@ -311,7 +311,7 @@ static uint16_t take_direct(int rfd, uint16_t self, int peer)
         memset(&up.u, 0, sizeof(up.u));
         up.u.shard_id = self;
         send_all(rfd, &up, sizeof(up));
-        return (uint16_t)peer;
+        return;
     }
 }
 
@@ -405,8 +405,8 @@ int main(int argc, char **argv)
     int fd;
 
     if (argc < 4 || (strcmp(argv[1], "echo") && argc < 5)) {
-        fprintf(stderr, "usage: %s echo SOCK SHARD [spin] | "
-                "client SOCK SHARD DST [spin]\n", argv[0]);
+        fprintf(stderr, "usage: %s echo SOCK SHARD [spin] [direct[=DEV]] | "
+                "client SOCK SHARD DST [spin] [direct[=DEV]]\n", argv[0]);
         return 2;
     }
     for (int i = strcmp(argv[1], "echo") ? 5 : 4; i < argc; i++) {
